@@ -1,0 +1,85 @@
+"""Writing a model bundle: the folder the daemon loads (schema: docs/bundle.md).
+
+The manifest is written last, after every graph has passed its ONNX Runtime check, so a folder with a
+manifest is a finished bundle; a failed export leaves none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+from tokenizers import Tokenizer
+
+from . import __version__
+from .graphs import export_graphs
+from .models import Models
+from .reference import CLIP_SIZE
+from .tokenizer import EOS, token_id
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.toml"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+MAX_TOKENS = 67  # ClipCap's entry_length
+
+
+@dataclass
+class Provenance:
+    image_encoder: str
+    language_model: str
+    mapper: str
+    training_data: str
+    notes: str = ""
+    evaluation: dict | None = None  # {"dataset": str, "scores": {name: value}}
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def stop_tokens(tok: Tokenizer) -> list[int]:
+    return [token_id(tok, "."), tok.token_to_id(EOS)]
+
+
+def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS) -> dict:
+    gpt = models.gpt.config
+    if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
+        raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
+    if models.clipcap.prefix_length + max_tokens > gpt.n_positions:
+        raise ValueError(f"prefix {models.clipcap.prefix_length} + {max_tokens} tokens exceed GPT-2's {gpt.n_positions} positions")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    report = export_graphs(models, out, CLIP_SIZE)
+    tok.save(str(out / "tokenizer.json"), pretty=False)
+
+    prov = {"created": provenance.created, "tool": f"clipcap-export {__version__}",
+            "image_encoder": provenance.image_encoder, "language_model": provenance.language_model,
+            "mapper": provenance.mapper, "training_data": provenance.training_data}
+    if provenance.notes:
+        prov["notes"] = provenance.notes
+    if provenance.evaluation:
+        prov["evaluation"] = provenance.evaluation
+    prov["export_check"] = vars(report)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "provenance": prov,
+        "preprocess": {"size": CLIP_SIZE, "resize": "shorter-side", "filter": "bicubic", "crop": "center",
+                       "mean": CLIP_MEAN, "std": CLIP_STD},
+        "image_encoder": {"file": "image_encoder.onnx", "embedding_dim": models.embedding_dim,
+                          "normalize": models.normalize_embedding},
+        "mapper": {"file": "mapper.onnx", "kind": models.clipcap.clip_project.kind,
+                   "prefix_length": models.clipcap.prefix_length},
+        "language_model": {"file": "lm.onnx", "kind": "gpt2", "width": gpt.n_embd, "layers": gpt.n_layer,
+                           "heads": gpt.n_head, "vocab_size": gpt.vocab_size, "max_positions": gpt.n_positions},
+        "tokenizer": {"file": "tokenizer.json", "eos_token": tok.token_to_id(EOS), "stop_tokens": stop_tokens(tok),
+                      "max_tokens": max_tokens},
+    }
+    (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
+    return manifest
+
+
+def read_manifest(bundle: Path) -> dict:
+    return tomllib.loads((bundle / MANIFEST).read_text(encoding="utf-8"))

@@ -1,0 +1,189 @@
+"""The three ONNX graphs of a bundle, exported from PyTorch and checked against it.
+
+Tensor names and shapes are those of docs/bundle.md. Every graph is run with ONNX Runtime right after
+export and compared with the PyTorch model it came from; a difference above the bound stops the export.
+The language model is compared with Hugging Face's `GPT2LMHeadModel` recomputing the whole sequence,
+so the check also proves the KV-cache graph (written here) equal to the model (written there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import Models
+
+OPSET = 17  # ONNX Runtime 1.14+ (older Jetson images) and TensorRT 8.6 run opset 17
+# |onnx - torch| <= TOLERANCE * (1 + max |torch|): float32 round-off, scaled by the outputs' magnitude.
+TOLERANCE = 1e-4
+
+
+class ExportCheckError(RuntimeError):
+    pass
+
+
+class ImageEncoderGraph(nn.Module):
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixel_values):
+        return self.clip(pixel_values=pixel_values).image_embeds
+
+
+class LmGraph(nn.Module):
+    """GPT-2 forward with the KV cache as explicit tensors (docs/bundle.md, lm.onnx).
+
+    Reads the weights of a Hugging Face GPT2LMHeadModel; written out here rather than wrapping HF's
+    forward because the graph's signature is the bundle contract and must not follow HF's cache API.
+    """
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.t = gpt.transformer
+        cfg = gpt.config
+        self.width, self.heads = cfg.n_embd, cfg.n_head
+        self.head_dim = self.width // self.heads
+        # Gemm(transB=1) reads wte as it is; a bias-free matmul would make the exporter store wte twice.
+        self.register_buffer("logits_bias", torch.zeros(cfg.vocab_size), persistent=False)
+
+    def forward(self, prefix_embeds, input_ids, *past):
+        t = self.t
+        x = torch.cat([prefix_embeds, t.wte(input_ids)], 1)
+        batch, new = x.shape[0], x.shape[1]
+        past_len = past[0].shape[2]
+        positions = torch.arange(new) + past_len
+        x = x + t.wpe(positions)
+        visible = torch.arange(past_len + new)[None, :] <= positions[:, None]  # causal, offset by the past
+        present = []
+        for i, block in enumerate(t.h):
+            h = block.ln_1(x)
+            q, k, v = block.attn.c_attn(h).split(self.width, dim=2)
+            q, k, v = (z.view(batch, new, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+            k = torch.cat([past[2 * i], k], 2)
+            v = torch.cat([past[2 * i + 1], v], 2)
+            present += [k, v]
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            attn = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+            y = (attn @ v).transpose(1, 2).reshape(batch, new, self.width)
+            x = x + block.attn.c_proj(y)
+            x = x + block.mlp(block.ln_2(x))
+        hidden = t.ln_f(x)
+        logits = F.linear(hidden[:, -1], t.wte.weight, self.logits_bias)
+        return (logits, hidden, *present)
+
+
+def lm_input_names(layers: int) -> list[str]:
+    return ["prefix_embeds", "input_ids"] + [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def lm_output_names(layers: int) -> list[str]:
+    return ["logits", "hidden_states"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the wrapped model's
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    module.eval()
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _compare(name: str, got: np.ndarray, want: torch.Tensor, worst: float) -> float:
+    want = want.detach().numpy()
+    if got.shape != want.shape:
+        raise ExportCheckError(f"{name}: ONNX Runtime gives shape {got.shape}, PyTorch {want.shape}")
+    diff = float(np.abs(got - want).max()) if got.size else 0.0
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    bound = TOLERANCE * (1.0 + scale)
+    if not diff <= bound:
+        raise ExportCheckError(f"{name}: max |ONNX Runtime - PyTorch| = {diff:.3g} exceeds {bound:.3g}")
+    return max(worst, diff)
+
+
+@dataclass
+class ExportReport:
+    """Max |ONNX Runtime - PyTorch| per graph, as written into the manifest."""
+
+    image_encoder: float
+    mapper: float
+    lm: float
+
+
+def export_image_encoder(models: Models, path: Path, size: int) -> float:
+    graph = ImageEncoderGraph(models.clip)
+    _export(graph, (torch.randn(1, 3, size, size),), path, ["pixel_values"], ["image_embeds"],
+            {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}})
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    got = _session(path).run(None, {"pixel_values": pixels.numpy()})[0]
+    with torch.no_grad():
+        want = models.clip(pixel_values=pixels).image_embeds
+    return _compare(f"{path.name} image_embeds", got, want, 0.0)
+
+
+def export_mapper(models: Models, path: Path) -> float:
+    mapper = models.clipcap.clip_project
+    _export(mapper, (torch.randn(1, models.embedding_dim),), path, ["image_embeds"], ["prefix"],
+            {"image_embeds": {0: "batch"}, "prefix": {0: "batch"}})
+    embeds = torch.randn(3, models.embedding_dim, generator=torch.Generator().manual_seed(2))
+    got = _session(path).run(None, {"image_embeds": embeds.numpy()})[0]
+    with torch.no_grad():
+        want = mapper(embeds)
+    return _compare(f"{path.name} prefix", got, want, 0.0)
+
+
+def export_lm(models: Models, path: Path) -> float:
+    gpt = models.gpt
+    cfg = gpt.config
+    layers, heads, width = cfg.n_layer, cfg.n_head, cfg.n_embd
+    head_dim = width // heads
+    inputs, outputs = lm_input_names(layers), lm_output_names(layers)
+    axes = {"prefix_embeds": {0: "batch", 1: "prefix_len"}, "input_ids": {0: "batch", 1: "new_len"},
+            "logits": {0: "batch"}, "hidden_states": {0: "batch", 1: "new_len"}}
+    axes |= {n: {0: "batch", 2: "past_len"} for n in inputs[2:]}
+    axes |= {n: {0: "batch", 2: "total_len"} for n in outputs[2:]}
+    # Trace with non-empty prefix, tokens and past so no size is specialised to 0 or 1.
+    example = (torch.randn(2, 3, width), torch.zeros(2, 2, dtype=torch.long),
+               *[torch.zeros(2, heads, 4, head_dim) for _ in range(2 * layers)])
+    _export(LmGraph(gpt), example, path, inputs, outputs, axes)
+
+    # Check: a prefix pass then token steps, against the full recomputation of HF's model.
+    session = _session(path)
+    g = torch.Generator().manual_seed(3)
+    batch, prefix_len, steps = 3, 5, 4
+    prefix = torch.randn(batch, prefix_len, width, generator=g)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, steps), generator=g)
+    feeds = {"prefix_embeds": prefix.numpy(), "input_ids": np.zeros((batch, 0), np.int64)}
+    feeds |= {n: np.zeros((batch, heads, 0, head_dim), np.float32) for n in inputs[2:]}
+    worst = 0.0
+    for step in range(steps + 1):
+        out = session.run(None, feeds)
+        with torch.no_grad():
+            embeds = torch.cat([prefix, gpt.transformer.wte(tokens[:, :step])], 1)
+            want = gpt(inputs_embeds=embeds, output_hidden_states=True)
+        new = prefix_len if step == 0 else 1
+        worst = _compare(f"{path.name} logits (step {step})", out[0], want.logits[:, -1], worst)
+        worst = _compare(f"{path.name} hidden_states (step {step})", out[1], want.hidden_states[-1][:, -new:], worst)
+        if step < steps:
+            feeds = {"prefix_embeds": np.zeros((batch, 0, width), np.float32), "input_ids": tokens[:, step:step + 1].numpy()}
+            feeds |= dict(zip(inputs[2:], out[2:]))
+    return worst
+
+
+def export_graphs(models: Models, out_dir: Path, size: int) -> ExportReport:
+    return ExportReport(
+        image_encoder=export_image_encoder(models, out_dir / "image_encoder.onnx", size),
+        mapper=export_mapper(models, out_dir / "mapper.onnx"),
+        lm=export_lm(models, out_dir / "lm.onnx"),
+    )

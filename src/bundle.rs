@@ -1,0 +1,299 @@
+//! The model bundle: its manifest, and the check that the ONNX graphs agree with it.
+//!
+//! The schema is docs/bundle.md; this module is its reader. Everything that can be checked without
+//! running a model is checked here, before any session runs, so a bad bundle fails at load with the
+//! file and the key or tensor named, never later in the middle of a caption.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Tensor { path: PathBuf, tensor: String, message: String },
+    #[error("{path}: {message}")]
+    Graph { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub provenance: Provenance,
+    pub preprocess: PreprocessSpec,
+    pub image_encoder: ImageEncoderSpec,
+    pub mapper: MapperSpec,
+    pub language_model: LanguageModelSpec,
+    pub tokenizer: TokenizerSpec,
+    pub text_encoder: Option<TextEncoderSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    pub created: String,
+    pub tool: String,
+    pub image_encoder: String,
+    pub language_model: String,
+    pub mapper: String,
+    pub training_data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    pub evaluation: Option<Evaluation>,
+    pub export_check: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    pub dataset: String,
+    pub scores: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    pub size: u32,
+    pub resize: String,
+    pub filter: String,
+    pub crop: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEncoderSpec {
+    pub file: String,
+    pub embedding_dim: usize,
+    pub normalize: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapperSpec {
+    pub file: String,
+    pub kind: String,
+    pub prefix_length: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageModelSpec {
+    pub file: String,
+    pub kind: String,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+}
+
+impl LanguageModelSpec {
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    pub file: String,
+    pub eos_token: u32,
+    pub stop_tokens: Vec<u32>,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderSpec {
+    pub file: String,
+    pub tokenizer: String,
+    pub context_length: usize,
+    pub embedding_dim: usize,
+}
+
+/// A bundle whose manifest has been read and checked for internal consistency.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Read { path: path.clone(), source })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let bundle = Bundle { dir, manifest };
+        bundle.validate()?;
+        Ok(bundle)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn validate(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        let bad = |message: String| BundleError::Manifest { path: self.file(MANIFEST), message };
+        if m.format_version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {} is not supported; this clipcap reads version {FORMAT_VERSION}",
+                m.format_version
+            )));
+        }
+        let p = &m.preprocess;
+        for (key, value, expected) in [
+            ("preprocess.resize", &p.resize, "shorter-side"),
+            ("preprocess.filter", &p.filter, "bicubic"),
+            ("preprocess.crop", &p.crop, "center"),
+        ] {
+            if value != expected {
+                return Err(bad(format!("{key} = {value:?} is not supported (only {expected:?})")));
+            }
+        }
+        if p.size == 0 || p.std.iter().any(|s| !(*s > 0.0)) {
+            return Err(bad("preprocess.size must be > 0 and preprocess.std positive".into()));
+        }
+        let lm = &m.language_model;
+        if lm.kind != "gpt2" {
+            return Err(bad(format!("language_model.kind = {:?} is not supported (only \"gpt2\")", lm.kind)));
+        }
+        if lm.heads == 0 || lm.width % lm.heads != 0 {
+            return Err(bad(format!("language_model.width {} is not a multiple of heads {}", lm.width, lm.heads)));
+        }
+        if lm.layers == 0 || lm.vocab_size == 0 {
+            return Err(bad("language_model.layers and vocab_size must be > 0".into()));
+        }
+        if m.mapper.prefix_length == 0 {
+            return Err(bad("mapper.prefix_length must be > 0".into()));
+        }
+        let t = &m.tokenizer;
+        if m.mapper.prefix_length + t.max_tokens > lm.max_positions {
+            return Err(bad(format!(
+                "mapper.prefix_length {} + tokenizer.max_tokens {} exceed language_model.max_positions {}",
+                m.mapper.prefix_length, t.max_tokens, lm.max_positions
+            )));
+        }
+        for (key, id) in std::iter::once(("tokenizer.eos_token", &t.eos_token))
+            .chain(t.stop_tokens.iter().map(|id| ("tokenizer.stop_tokens", id)))
+        {
+            if *id as usize >= lm.vocab_size {
+                return Err(bad(format!("{key}: token {id} is outside the vocabulary of {}", lm.vocab_size)));
+            }
+        }
+        if let Some(te) = &m.text_encoder {
+            if te.embedding_dim != m.image_encoder.embedding_dim {
+                return Err(bad(format!(
+                    "text_encoder.embedding_dim {} differs from image_encoder.embedding_dim {}",
+                    te.embedding_dim, m.image_encoder.embedding_dim
+                )));
+            }
+        }
+        let mut files = vec![
+            ("image_encoder.file", &m.image_encoder.file),
+            ("mapper.file", &m.mapper.file),
+            ("language_model.file", &lm.file),
+            ("tokenizer.file", &t.file),
+        ];
+        if let Some(te) = &m.text_encoder {
+            files.push(("text_encoder.file", &te.file));
+            files.push(("text_encoder.tokenizer", &te.tokenizer));
+        }
+        for (key, file) in files {
+            if !self.file(file).is_file() {
+                return Err(bad(format!("{key}: {} does not exist", self.file(file).display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One axis of a tensor as the bundle format declares it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dim {
+    /// Must be dynamic in the graph (batch, sequence lengths).
+    Dynamic,
+    /// Must be this size, or dynamic.
+    Fixed(usize),
+}
+
+/// What the format says one graph input or output is.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub ty: TensorElementType,
+    pub dims: Vec<Dim>,
+}
+
+impl TensorSpec {
+    pub fn f32(name: impl Into<String>, dims: Vec<Dim>) -> Self {
+        TensorSpec { name: name.into(), ty: TensorElementType::Float32, dims }
+    }
+    pub fn i64(name: impl Into<String>, dims: Vec<Dim>) -> Self {
+        TensorSpec { name: name.into(), ty: TensorElementType::Int64, dims }
+    }
+}
+
+/// Refuses a graph whose inputs or outputs differ from the format: a missing tensor, another element
+/// type, rank or width, a fixed axis where the format needs a dynamic one, or an input the runtime
+/// would not feed.
+pub fn check_graph(path: &Path, session: &Session, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Result<(), BundleError> {
+    let tensor_err = |tensor: &str, message: String| BundleError::Tensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message,
+    };
+    for outlet in session.inputs() {
+        if !inputs.iter().any(|s| s.name == outlet.name()) {
+            return Err(tensor_err(outlet.name(), "the graph requires this input, which the bundle format does not define".into()));
+        }
+    }
+    for (role, specs, outlets) in [("input", inputs, session.inputs()), ("output", outputs, session.outputs())] {
+        for spec in specs {
+            let Some(outlet) = outlets.iter().find(|o| o.name() == spec.name) else {
+                return Err(tensor_err(&spec.name, format!("missing {role}")));
+            };
+            let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+                return Err(tensor_err(&spec.name, format!("{role} is not a tensor")));
+            };
+            if *ty != spec.ty {
+                return Err(tensor_err(&spec.name, format!("{role} has element type {ty}, expected {}", spec.ty)));
+            }
+            if shape.len() != spec.dims.len() {
+                return Err(tensor_err(&spec.name, format!("{role} has rank {}, expected {}", shape.len(), spec.dims.len())));
+            }
+            for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {
+                match want {
+                    Dim::Dynamic if got >= 0 => {
+                        return Err(tensor_err(&spec.name, format!("{role} axis {axis} is fixed to {got}, it must be dynamic")));
+                    }
+                    Dim::Fixed(n) if got >= 0 && got as usize != *n => {
+                        return Err(tensor_err(
+                            &spec.name,
+                            format!("{role} axis {axis} is {got}, the manifest says {n}"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}

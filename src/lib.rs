@@ -1,0 +1,13 @@
+//! clipcap: image captioning (CLIP -> mapper -> GPT-2) through ONNX Runtime.
+//!
+//! See ARCHITECTURE.md for the map of modules and the rules that keep them apart.
+
+pub mod bundle;
+pub mod captioner;
+pub mod config;
+pub mod decoding;
+pub mod imageio;
+pub mod lm;
+pub mod preprocess;
+pub mod runtime;
+pub mod vision;

@@ -1,0 +1,215 @@
+//! The language-model session: a prefix pass, then one step at a time for a batch of sequences,
+//! with the KV cache kept here so decoders never see it.
+//!
+//! A step is a list of (parent sequence, next token) pairs: sequence `i` of the new batch continues
+//! sequence `parents[i]` of the old one. The identity (greedy, or every beam keeping its place) reuses
+//! the cache tensors as they are; anything else (beams reordered, forked or dropped) gathers their
+//! rows first. All sequences of a batch have the same length, so no attention mask is needed.
+
+use std::borrow::Cow;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
+use crate::runtime::{Runtime, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("invalid step: {0}")]
+    Step(String),
+}
+
+impl From<ort::Error> for LmError {
+    fn from(e: ort::Error) -> Self {
+        LmError::Runtime(e.into())
+    }
+}
+
+pub struct LanguageModel {
+    session: Session,
+    spec: LanguageModelSpec,
+    prefix_length: usize,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+}
+
+/// The state of one generation: the cache and the last outputs of every live sequence.
+pub struct LmState {
+    batch: usize,
+    /// Positions processed so far (prefix plus tokens), the same for every sequence.
+    len: usize,
+    /// `present.{i}.key`, `present.{i}.value` of the last run: [batch, heads, len, head_dim].
+    cache: Vec<DynValue>,
+    logits: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+impl LmState {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch == 0
+    }
+
+    /// Next-token logits of sequence `seq` [vocab_size].
+    pub fn logits(&self, seq: usize) -> &[f32] {
+        let v = self.logits.len() / self.batch;
+        &self.logits[seq * v..(seq + 1) * v]
+    }
+
+    /// Last-layer hidden state of sequence `seq` at its last position [width].
+    pub fn hidden(&self, seq: usize) -> &[f32] {
+        let d = self.hidden.len() / self.batch;
+        &self.hidden[seq * d..(seq + 1) * d]
+    }
+}
+
+impl LanguageModel {
+    pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Self, LmError> {
+        let m = &bundle.manifest;
+        let spec = m.language_model.clone();
+        let path = bundle.file(&spec.file);
+        let session = runtime.session(&path)?;
+        let (h, dh) = (spec.heads, spec.head_dim());
+        let kv = |name: String| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)]);
+        let past_names: Vec<String> =
+            (0..spec.layers).flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")]).collect();
+        let present_names: Vec<String> =
+            (0..spec.layers).flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")]).collect();
+        let mut inputs = vec![
+            TensorSpec::f32("prefix_embeds", vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)]),
+            TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Dynamic]),
+        ];
+        inputs.extend(past_names.iter().cloned().map(kv));
+        let mut outputs = vec![
+            TensorSpec::f32("logits", vec![Dim::Dynamic, Dim::Fixed(spec.vocab_size)]),
+            TensorSpec::f32("hidden_states", vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)]),
+        ];
+        outputs.extend(present_names.iter().cloned().map(kv));
+        check_graph(&path, &session, &inputs, &outputs)?;
+        Ok(LanguageModel { session, spec, prefix_length: m.mapper.prefix_length, past_names, present_names })
+    }
+
+    pub fn spec(&self) -> &LanguageModelSpec {
+        &self.spec
+    }
+
+    /// Runs the prefix pass for one image: `prefix` is [prefix_length, width], flattened.
+    pub fn start(&mut self, prefix: &[f32]) -> Result<LmState, LmError> {
+        let (k, d) = (self.prefix_length, self.spec.width);
+        if prefix.len() != k * d {
+            return Err(LmError::Step(format!("prefix has {} values, expected {k} x {d}", prefix.len())));
+        }
+        let empty_past: Vec<f32> = Vec::new();
+        let past_shape = [1, self.spec.heads, 0, self.spec.head_dim()];
+        let past = (0..self.past_names.len())
+            .map(|_| Ok(TensorRef::from_array_view((past_shape, empty_past.as_slice()))?.into()))
+            .collect::<Result<_, ort::Error>>()?;
+        let no_ids: Vec<i64> = Vec::new();
+        self.run(
+            TensorRef::from_array_view(([1, k, d], prefix))?,
+            TensorRef::from_array_view(([1, 0], no_ids.as_slice()))?,
+            past,
+            1,
+            0,
+            k,
+        )
+    }
+
+    /// Advances `state`: sequence `i` of the new batch is old sequence `parents[i]` followed by `tokens[i]`.
+    pub fn step(&mut self, state: &mut LmState, parents: &[usize], tokens: &[u32]) -> Result<(), LmError> {
+        let n = parents.len();
+        if n == 0 || n != tokens.len() {
+            return Err(LmError::Step(format!("{n} parents for {} tokens", tokens.len())));
+        }
+        if let Some(p) = parents.iter().find(|&&p| p >= state.batch) {
+            return Err(LmError::Step(format!("parent {p} does not exist (batch of {})", state.batch)));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
+            return Err(LmError::Step(format!("token {t} is outside the vocabulary of {}", self.spec.vocab_size)));
+        }
+        if state.len + 1 > self.spec.max_positions {
+            return Err(LmError::Step(format!("sequence would exceed {} positions", self.spec.max_positions)));
+        }
+        let identity = n == state.batch && parents.iter().enumerate().all(|(i, &p)| i == p);
+        let cache = std::mem::take(&mut state.cache);
+        let past: Vec<DynValue> = if identity {
+            cache
+        } else {
+            cache.iter().map(|t| gather_rows(t, parents)).collect::<Result<_, _>>()?
+        };
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let no_prefix: Vec<f32> = Vec::new();
+        *state = self.run(
+            TensorRef::from_array_view(([n, 0, self.spec.width], no_prefix.as_slice()))?,
+            TensorRef::from_array_view(([n, 1], ids.as_slice()))?,
+            past.iter().map(Into::into).collect(),
+            n,
+            state.len,
+            1,
+        )?;
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        prefix: TensorRef<f32>,
+        ids: TensorRef<i64>,
+        past: Vec<SessionInputValue<'_>>,
+        batch: usize,
+        past_len: usize,
+        new: usize,
+    ) -> Result<LmState, LmError> {
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
+            vec![("prefix_embeds".into(), prefix.into()), ("input_ids".into(), ids.into())];
+        inputs.extend(self.past_names.iter().map(|n| Cow::from(n.as_str())).zip(past));
+        let mut out = self.session.run(inputs)?;
+        let (v, d) = (self.spec.vocab_size, self.spec.width);
+        let len = past_len + new;
+        let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
+        let hidden_all = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?;
+        let hidden = (0..batch).flat_map(|b| hidden_all[(b * new + new - 1) * d..(b * new + new) * d].iter().copied()).collect();
+        let kv_shape = [batch, self.spec.heads, len, self.spec.head_dim()];
+        let mut cache = Vec::with_capacity(self.present_names.len());
+        for name in &self.present_names {
+            let value = out.remove(name.as_str()).ok_or_else(|| RuntimeError::Ort(format!("output `{name}` missing")))?;
+            extract(&value, &kv_shape, name)?;
+            cache.push(value);
+        }
+        Ok(LmState { batch, len, cache, logits, hidden })
+    }
+}
+
+/// The data of an f32 output, refused unless its shape is `shape`: the graph declared dynamic axes,
+/// so only the values it returns prove what it computed.
+fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [f32], LmError> {
+    let (got, data) = value.try_extract_tensor::<f32>()?;
+    if got.len() != shape.len() || got.iter().zip(shape).any(|(&g, &s)| g as usize != s) {
+        return Err(RuntimeError::Ort(format!("output `{name}` has shape {got:?}, expected {shape:?}")).into());
+    }
+    Ok(data)
+}
+
+/// A new tensor whose row `i` (first axis) is row `rows[i]` of `t`.
+fn gather_rows(t: &DynValue, rows: &[usize]) -> Result<DynValue, LmError> {
+    let (shape, data) = t.try_extract_tensor::<f32>()?;
+    let row = data.len() / shape[0] as usize;
+    let mut out = Vec::with_capacity(row * rows.len());
+    for &r in rows {
+        out.extend_from_slice(&data[r * row..(r + 1) * row]);
+    }
+    let mut new_shape: Vec<i64> = shape.to_vec();
+    new_shape[0] = rows.len() as i64;
+    Ok(Tensor::from_array((new_shape, out))?.into_dyn())
+}

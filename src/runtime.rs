@@ -1,0 +1,113 @@
+//! The ONNX Runtime environment: loading the library, choosing execution providers, making sessions.
+//!
+//! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic`) and the API version requested is the
+//! oldest that serves (api-17, ONNX Runtime 1.17+), so the same binary runs on the runtime builds that
+//! Jetson images ship as well as on the pinned wheel used here. Execution providers are tried in the
+//! configured order; one that this build of ONNX Runtime lacks, or that fails to start (no GPU, missing
+//! CUDA libraries), is skipped with a warning, and CPU is always the last resort.
+
+use std::path::{Path, PathBuf};
+
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::session::builder::SessionBuilder;
+
+use crate::config::{Provider, RuntimeConfig};
+
+/// The library file name the system loader is asked for when nothing else is configured.
+pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
+/// The wheel whose `libonnxruntime.so` this project is tested with.
+pub const PINNED_WHEEL: &str = "onnxruntime==1.23.2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason}\n\
+         Install it with `pip install {PINNED_WHEEL}` (scripts/setup.sh does) and point \
+         runtime.onnxruntime_library in the config, or ORT_DYLIB_PATH, at \
+         <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>"
+    )]
+    Library { path: PathBuf, reason: String },
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    #[error("{path}: cannot load the ONNX graph: {reason}")]
+    Model { path: PathBuf, reason: String },
+}
+
+impl<R> From<ort::Error<R>> for RuntimeError {
+    fn from(e: ort::Error<R>) -> Self {
+        RuntimeError::Ort(e.to_string())
+    }
+}
+
+pub struct Runtime {
+    env: Environment,
+    /// The configured providers that this ONNX Runtime build has, in order; CPU is implied last.
+    providers: Vec<Provider>,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    pub fn init(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let path = library_path(config);
+        let builder = ort::init_from(&path).map_err(|e| RuntimeError::Library { path: path.clone(), reason: e.to_string() })?;
+        let env = builder.with_name("clipcap").build()?;
+        let mut providers = Vec::new();
+        for &p in &config.providers {
+            let available = match p {
+                Provider::Tensorrt => ep::TensorRT::is_available()?,
+                Provider::Cuda => ep::CUDA::is_available()?,
+                Provider::Cpu => true,
+            };
+            if available {
+                providers.push(p);
+            } else {
+                tracing::warn!(provider = p.name(), "execution provider not in this ONNX Runtime build; skipped");
+            }
+        }
+        Ok(Runtime { env, providers, config: config.clone() })
+    }
+
+    /// Providers that will be tried for each session, in order.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
+        let model_err = |reason: String| RuntimeError::Model { path: path.to_path_buf(), reason };
+        let mut builder = Session::builder(&self.env)?
+            .with_intra_threads(self.config.intra_threads)?
+            .with_inter_threads(self.config.inter_threads)?;
+        for &p in &self.providers {
+            match register(p, &mut builder) {
+                Ok(()) => {
+                    tracing::debug!(model = %path.display(), provider = p.name(), "execution provider registered");
+                    break;
+                }
+                Err(e) => tracing::warn!(model = %path.display(), provider = p.name(), error = %e, "execution provider failed; falling back"),
+            }
+        }
+        builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
+    }
+}
+
+fn register(p: Provider, builder: &mut SessionBuilder) -> ort::Result<()> {
+    match p {
+        Provider::Tensorrt => ep::TensorRT::default().register(builder),
+        Provider::Cuda => ep::CUDA::default().register(builder),
+        Provider::Cpu => Ok(()), // always there; needs no registration
+    }
+}
+
+/// Configured path, else `ORT_DYLIB_PATH`, else the bare library name (which `ort` looks up next to the
+/// executable first, then through the system loader).
+fn library_path(config: &RuntimeConfig) -> PathBuf {
+    if !config.onnxruntime_library.as_os_str().is_empty() {
+        return config.onnxruntime_library.clone();
+    }
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_LIBRARY),
+    }
+}
