@@ -16,12 +16,19 @@ pub const MANIFEST: &str = "manifest.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error("{path}: tensor `{tensor}`: {message}")]
-    Tensor { path: PathBuf, tensor: String, message: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Graph { path: PathBuf, message: String },
 }
@@ -135,7 +142,10 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| BundleError::Read {
+            path: path.clone(),
+            error,
+        })?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest {
             path: path.clone(),
             message: e.to_string().trim_end().to_string(),
@@ -151,7 +161,10 @@ impl Bundle {
 
     fn validate(&self) -> Result<(), BundleError> {
         let m = &self.manifest;
-        let bad = |message: String| BundleError::Manifest { path: self.file(MANIFEST), message };
+        let bad = |message: String| BundleError::Manifest {
+            path: self.file(MANIFEST),
+            message,
+        };
         if m.format_version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format_version {} is not supported; this clipcap reads version {FORMAT_VERSION}",
@@ -165,21 +178,33 @@ impl Bundle {
             ("preprocess.crop", &p.crop, "center"),
         ] {
             if value != expected {
-                return Err(bad(format!("{key} = {value:?} is not supported (only {expected:?})")));
+                return Err(bad(format!(
+                    "{key} = {value:?} is not supported (only {expected:?})"
+                )));
             }
         }
-        if p.size == 0 || p.std.iter().any(|s| !(*s > 0.0)) {
-            return Err(bad("preprocess.size must be > 0 and preprocess.std positive".into()));
+        if p.size == 0 || !p.std.iter().all(|s| *s > 0.0) {
+            return Err(bad(
+                "preprocess.size must be > 0 and preprocess.std positive".into(),
+            ));
         }
         let lm = &m.language_model;
         if lm.kind != "gpt2" {
-            return Err(bad(format!("language_model.kind = {:?} is not supported (only \"gpt2\")", lm.kind)));
+            return Err(bad(format!(
+                "language_model.kind = {:?} is not supported (only \"gpt2\")",
+                lm.kind
+            )));
         }
-        if lm.heads == 0 || lm.width % lm.heads != 0 {
-            return Err(bad(format!("language_model.width {} is not a multiple of heads {}", lm.width, lm.heads)));
+        if lm.heads == 0 || !lm.width.is_multiple_of(lm.heads) {
+            return Err(bad(format!(
+                "language_model.width {} is not a multiple of heads {}",
+                lm.width, lm.heads
+            )));
         }
         if lm.layers == 0 || lm.vocab_size == 0 {
-            return Err(bad("language_model.layers and vocab_size must be > 0".into()));
+            return Err(bad(
+                "language_model.layers and vocab_size must be > 0".into()
+            ));
         }
         if m.mapper.prefix_length == 0 {
             return Err(bad("mapper.prefix_length must be > 0".into()));
@@ -195,16 +220,19 @@ impl Bundle {
             .chain(t.stop_tokens.iter().map(|id| ("tokenizer.stop_tokens", id)))
         {
             if *id as usize >= lm.vocab_size {
-                return Err(bad(format!("{key}: token {id} is outside the vocabulary of {}", lm.vocab_size)));
-            }
-        }
-        if let Some(te) = &m.text_encoder {
-            if te.embedding_dim != m.image_encoder.embedding_dim {
                 return Err(bad(format!(
-                    "text_encoder.embedding_dim {} differs from image_encoder.embedding_dim {}",
-                    te.embedding_dim, m.image_encoder.embedding_dim
+                    "{key}: token {id} is outside the vocabulary of {}",
+                    lm.vocab_size
                 )));
             }
+        }
+        if let Some(te) = &m.text_encoder
+            && te.embedding_dim != m.image_encoder.embedding_dim
+        {
+            return Err(bad(format!(
+                "text_encoder.embedding_dim {} differs from image_encoder.embedding_dim {}",
+                te.embedding_dim, m.image_encoder.embedding_dim
+            )));
         }
         let mut files = vec![
             ("image_encoder.file", &m.image_encoder.file),
@@ -218,7 +246,10 @@ impl Bundle {
         }
         for (key, file) in files {
             if !self.file(file).is_file() {
-                return Err(bad(format!("{key}: {} does not exist", self.file(file).display())));
+                return Err(bad(format!(
+                    "{key}: {} does not exist",
+                    self.file(file).display()
+                )));
             }
         }
         Ok(())
@@ -244,17 +275,30 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn f32(name: impl Into<String>, dims: Vec<Dim>) -> Self {
-        TensorSpec { name: name.into(), ty: TensorElementType::Float32, dims }
+        TensorSpec {
+            name: name.into(),
+            ty: TensorElementType::Float32,
+            dims,
+        }
     }
     pub fn i64(name: impl Into<String>, dims: Vec<Dim>) -> Self {
-        TensorSpec { name: name.into(), ty: TensorElementType::Int64, dims }
+        TensorSpec {
+            name: name.into(),
+            ty: TensorElementType::Int64,
+            dims,
+        }
     }
 }
 
 /// Refuses a graph whose inputs or outputs differ from the format: a missing tensor, another element
 /// type, rank or width, a fixed axis where the format needs a dynamic one, or an input the runtime
 /// would not feed.
-pub fn check_graph(path: &Path, session: &Session, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Result<(), BundleError> {
+pub fn check_graph(
+    path: &Path,
+    session: &Session,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Result<(), BundleError> {
     let tensor_err = |tensor: &str, message: String| BundleError::Tensor {
         path: path.to_path_buf(),
         tensor: tensor.to_string(),
@@ -262,10 +306,16 @@ pub fn check_graph(path: &Path, session: &Session, inputs: &[TensorSpec], output
     };
     for outlet in session.inputs() {
         if !inputs.iter().any(|s| s.name == outlet.name()) {
-            return Err(tensor_err(outlet.name(), "the graph requires this input, which the bundle format does not define".into()));
+            return Err(tensor_err(
+                outlet.name(),
+                "the graph requires this input, which the bundle format does not define".into(),
+            ));
         }
     }
-    for (role, specs, outlets) in [("input", inputs, session.inputs()), ("output", outputs, session.outputs())] {
+    for (role, specs, outlets) in [
+        ("input", inputs, session.inputs()),
+        ("output", outputs, session.outputs()),
+    ] {
         for spec in specs {
             let Some(outlet) = outlets.iter().find(|o| o.name() == spec.name) else {
                 return Err(tensor_err(&spec.name, format!("missing {role}")));
@@ -274,15 +324,28 @@ pub fn check_graph(path: &Path, session: &Session, inputs: &[TensorSpec], output
                 return Err(tensor_err(&spec.name, format!("{role} is not a tensor")));
             };
             if *ty != spec.ty {
-                return Err(tensor_err(&spec.name, format!("{role} has element type {ty}, expected {}", spec.ty)));
+                return Err(tensor_err(
+                    &spec.name,
+                    format!("{role} has element type {ty}, expected {}", spec.ty),
+                ));
             }
             if shape.len() != spec.dims.len() {
-                return Err(tensor_err(&spec.name, format!("{role} has rank {}, expected {}", shape.len(), spec.dims.len())));
+                return Err(tensor_err(
+                    &spec.name,
+                    format!(
+                        "{role} has rank {}, expected {}",
+                        shape.len(),
+                        spec.dims.len()
+                    ),
+                ));
             }
             for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {
                 match want {
                     Dim::Dynamic if got >= 0 => {
-                        return Err(tensor_err(&spec.name, format!("{role} axis {axis} is fixed to {got}, it must be dynamic")));
+                        return Err(tensor_err(
+                            &spec.name,
+                            format!("{role} axis {axis} is fixed to {got}, it must be dynamic"),
+                        ));
                     }
                     Dim::Fixed(n) if got >= 0 && got as usize != *n => {
                         return Err(tensor_err(

@@ -76,7 +76,11 @@ impl Captioner {
         &self.preprocessor
     }
 
-    pub fn caption(&mut self, image: &RgbImage, decoder: &mut dyn Decoder) -> Result<Caption, CaptionError> {
+    pub fn caption(
+        &mut self,
+        image: &RgbImage,
+        decoder: &mut dyn Decoder,
+    ) -> Result<Caption, CaptionError> {
         let start = Instant::now();
         let mut ms = Timings::default();
         let lap = |slot: &mut f64, since: &mut Instant| {
@@ -90,17 +94,26 @@ impl Captioner {
         lap(&mut ms.encode, &mut t);
         let prefix = self.mapper.prefix(&image_embeds)?;
         lap(&mut ms.map, &mut t);
-        let mut generation = Generation::start(&mut self.lm, &prefix, &self.stop_tokens, self.max_tokens)?;
+        let mut generation =
+            Generation::start(&mut self.lm, &prefix, &self.stop_tokens, self.max_tokens)?;
         let token_ids = decoder.decode(&mut generation)?;
         lap(&mut ms.decode, &mut t);
         let caption = self.detokenize(&token_ids)?;
         ms.total = start.elapsed().as_secs_f64() * 1e3;
-        Ok(Caption { caption, token_ids, ms, image_embeds })
+        Ok(Caption {
+            caption,
+            token_ids,
+            ms,
+            image_embeds,
+        })
     }
 
     /// Caption text of `ids`: special tokens (end-of-text) dropped, surrounding spaces trimmed.
     pub fn detokenize(&self, ids: &[u32]) -> Result<String, CaptionError> {
-        let text = self.tokenizer.decode(ids, true).map_err(|e| CaptionError::Tokenizer(e.to_string()))?;
+        let text = self
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| CaptionError::Tokenizer(e.to_string()))?;
         Ok(text.trim().to_string())
     }
 }
@@ -109,8 +122,12 @@ impl Captioner {
 fn load_tokenizer(bundle: &Bundle) -> Result<Tokenizer, CaptionError> {
     let m = &bundle.manifest;
     let path = bundle.file(&m.tokenizer.file);
-    let bad = |message: String| BundleError::Manifest { path: path.clone(), message };
-    let tokenizer = Tokenizer::from_file(&path).map_err(|e| bad(format!("not a tokenizers JSON file: {e}")))?;
+    let bad = |message: String| BundleError::Manifest {
+        path: path.clone(),
+        message,
+    };
+    let tokenizer =
+        Tokenizer::from_file(&path).map_err(|e| bad(format!("not a tokenizers JSON file: {e}")))?;
     let size = tokenizer.get_vocab_size(true);
     if size != m.language_model.vocab_size {
         return Err(bad(format!(
@@ -120,9 +137,16 @@ fn load_tokenizer(bundle: &Bundle) -> Result<Tokenizer, CaptionError> {
         .into());
     }
     let eos = m.tokenizer.eos_token;
-    let is_special = tokenizer.get_added_vocabulary().get_added_tokens_decoder().get(&eos).is_some_and(|t| t.special);
+    let is_special = tokenizer
+        .get_added_vocabulary()
+        .get_added_tokens_decoder()
+        .get(&eos)
+        .is_some_and(|t| t.special);
     if !is_special {
-        return Err(bad(format!("token {eos} (tokenizer.eos_token) is not a special token of this tokenizer")).into());
+        return Err(bad(format!(
+            "token {eos} (tokenizer.eos_token) is not a special token of this tokenizer"
+        ))
+        .into());
     }
     Ok(tokenizer)
 }

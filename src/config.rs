@@ -67,7 +67,10 @@ pub struct ConfigError {
 impl Config {
     /// Defaults, then `file`, then `CLIPCAP__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError { file: file.map(Path::to_path_buf), message };
+        let err = |message: String| ConfigError {
+            file: file.map(Path::to_path_buf),
+            message,
+        };
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.is_file() {
@@ -94,7 +97,9 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let r = &self.runtime;
         if r.providers.is_empty() {
-            return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());
+            return Err(
+                "runtime.providers must name at least one provider (\"cpu\" always works)".into(),
+            );
         }
         if r.inter_threads == 0 {
             return Err("runtime.inter_threads must be >= 1".into());

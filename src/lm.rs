@@ -82,23 +82,47 @@ impl LanguageModel {
         let path = bundle.file(&spec.file);
         let session = runtime.session(&path)?;
         let (h, dh) = (spec.heads, spec.head_dim());
-        let kv = |name: String| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)]);
-        let past_names: Vec<String> =
-            (0..spec.layers).flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")]).collect();
-        let present_names: Vec<String> =
-            (0..spec.layers).flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")]).collect();
+        let kv = |name: String| {
+            TensorSpec::f32(
+                name,
+                vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)],
+            )
+        };
+        let past_names: Vec<String> = (0..spec.layers)
+            .flat_map(|i| {
+                [
+                    format!("past_key_values.{i}.key"),
+                    format!("past_key_values.{i}.value"),
+                ]
+            })
+            .collect();
+        let present_names: Vec<String> = (0..spec.layers)
+            .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
+            .collect();
         let mut inputs = vec![
-            TensorSpec::f32("prefix_embeds", vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)]),
+            TensorSpec::f32(
+                "prefix_embeds",
+                vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)],
+            ),
             TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Dynamic]),
         ];
         inputs.extend(past_names.iter().cloned().map(kv));
         let mut outputs = vec![
             TensorSpec::f32("logits", vec![Dim::Dynamic, Dim::Fixed(spec.vocab_size)]),
-            TensorSpec::f32("hidden_states", vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)]),
+            TensorSpec::f32(
+                "hidden_states",
+                vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)],
+            ),
         ];
         outputs.extend(present_names.iter().cloned().map(kv));
         check_graph(&path, &session, &inputs, &outputs)?;
-        Ok(LanguageModel { session, spec, prefix_length: m.mapper.prefix_length, past_names, present_names })
+        Ok(LanguageModel {
+            session,
+            spec,
+            prefix_length: m.mapper.prefix_length,
+            past_names,
+            present_names,
+        })
     }
 
     pub fn spec(&self) -> &LanguageModelSpec {
@@ -109,7 +133,10 @@ impl LanguageModel {
     pub fn start(&mut self, prefix: &[f32]) -> Result<LmState, LmError> {
         let (k, d) = (self.prefix_length, self.spec.width);
         if prefix.len() != k * d {
-            return Err(LmError::Step(format!("prefix has {} values, expected {k} x {d}", prefix.len())));
+            return Err(LmError::Step(format!(
+                "prefix has {} values, expected {k} x {d}",
+                prefix.len()
+            )));
         }
         let empty_past: Vec<f32> = Vec::new();
         let past_shape = [1, self.spec.heads, 0, self.spec.head_dim()];
@@ -128,30 +155,52 @@ impl LanguageModel {
     }
 
     /// Advances `state`: sequence `i` of the new batch is old sequence `parents[i]` followed by `tokens[i]`.
-    pub fn step(&mut self, state: &mut LmState, parents: &[usize], tokens: &[u32]) -> Result<(), LmError> {
+    pub fn step(
+        &mut self,
+        state: &mut LmState,
+        parents: &[usize],
+        tokens: &[u32],
+    ) -> Result<(), LmError> {
         let n = parents.len();
         if n == 0 || n != tokens.len() {
-            return Err(LmError::Step(format!("{n} parents for {} tokens", tokens.len())));
+            return Err(LmError::Step(format!(
+                "{n} parents for {} tokens",
+                tokens.len()
+            )));
         }
         if let Some(p) = parents.iter().find(|&&p| p >= state.batch) {
-            return Err(LmError::Step(format!("parent {p} does not exist (batch of {})", state.batch)));
+            return Err(LmError::Step(format!(
+                "parent {p} does not exist (batch of {})",
+                state.batch
+            )));
         }
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
-            return Err(LmError::Step(format!("token {t} is outside the vocabulary of {}", self.spec.vocab_size)));
+            return Err(LmError::Step(format!(
+                "token {t} is outside the vocabulary of {}",
+                self.spec.vocab_size
+            )));
         }
         if state.len + 1 > self.spec.max_positions {
-            return Err(LmError::Step(format!("sequence would exceed {} positions", self.spec.max_positions)));
+            return Err(LmError::Step(format!(
+                "sequence would exceed {} positions",
+                self.spec.max_positions
+            )));
         }
+        // The state is replaced only after a successful run, so a failed step leaves it usable.
         let identity = n == state.batch && parents.iter().enumerate().all(|(i, &p)| i == p);
-        let cache = std::mem::take(&mut state.cache);
-        let past: Vec<DynValue> = if identity {
-            cache
+        let gathered: Vec<DynValue> = if identity {
+            Vec::new()
         } else {
-            cache.iter().map(|t| gather_rows(t, parents)).collect::<Result<_, _>>()?
+            state
+                .cache
+                .iter()
+                .map(|t| gather_rows(t, parents))
+                .collect::<Result<_, _>>()?
         };
+        let past = if identity { &state.cache } else { &gathered };
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let no_prefix: Vec<f32> = Vec::new();
-        *state = self.run(
+        let next = self.run(
             TensorRef::from_array_view(([n, 0, self.spec.width], no_prefix.as_slice()))?,
             TensorRef::from_array_view(([n, 1], ids.as_slice()))?,
             past.iter().map(Into::into).collect(),
@@ -159,6 +208,7 @@ impl LanguageModel {
             state.len,
             1,
         )?;
+        *state = next;
         Ok(())
     }
 
@@ -171,23 +221,44 @@ impl LanguageModel {
         past_len: usize,
         new: usize,
     ) -> Result<LmState, LmError> {
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
-            vec![("prefix_embeds".into(), prefix.into()), ("input_ids".into(), ids.into())];
-        inputs.extend(self.past_names.iter().map(|n| Cow::from(n.as_str())).zip(past));
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
+            ("prefix_embeds".into(), prefix.into()),
+            ("input_ids".into(), ids.into()),
+        ];
+        inputs.extend(
+            self.past_names
+                .iter()
+                .map(|n| Cow::from(n.as_str()))
+                .zip(past),
+        );
         let mut out = self.session.run(inputs)?;
         let (v, d) = (self.spec.vocab_size, self.spec.width);
         let len = past_len + new;
         let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
         let hidden_all = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?;
-        let hidden = (0..batch).flat_map(|b| hidden_all[(b * new + new - 1) * d..(b * new + new) * d].iter().copied()).collect();
+        let hidden = (0..batch)
+            .flat_map(|b| {
+                hidden_all[(b * new + new - 1) * d..(b * new + new) * d]
+                    .iter()
+                    .copied()
+            })
+            .collect();
         let kv_shape = [batch, self.spec.heads, len, self.spec.head_dim()];
         let mut cache = Vec::with_capacity(self.present_names.len());
         for name in &self.present_names {
-            let value = out.remove(name.as_str()).ok_or_else(|| RuntimeError::Ort(format!("output `{name}` missing")))?;
+            let value = out
+                .remove(name.as_str())
+                .ok_or_else(|| RuntimeError::Ort(format!("output `{name}` missing")))?;
             extract(&value, &kv_shape, name)?;
             cache.push(value);
         }
-        Ok(LmState { batch, len, cache, logits, hidden })
+        Ok(LmState {
+            batch,
+            len,
+            cache,
+            logits,
+            hidden,
+        })
     }
 }
 
@@ -196,7 +267,10 @@ impl LanguageModel {
 fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [f32], LmError> {
     let (got, data) = value.try_extract_tensor::<f32>()?;
     if got.len() != shape.len() || got.iter().zip(shape).any(|(&g, &s)| g as usize != s) {
-        return Err(RuntimeError::Ort(format!("output `{name}` has shape {got:?}, expected {shape:?}")).into());
+        return Err(RuntimeError::Ort(format!(
+            "output `{name}` has shape {got:?}, expected {shape:?}"
+        ))
+        .into());
     }
     Ok(data)
 }

@@ -1,5 +1,6 @@
 //! The `clipcap` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +13,11 @@ use clipcap::imageio;
 use clipcap::runtime::Runtime;
 
 #[derive(Parser)]
-#[command(name = "clipcap", version, about = "Image captioning with CLIP, a mapping network and GPT-2")]
+#[command(
+    name = "clipcap",
+    version,
+    about = "Image captioning with CLIP, a mapping network and GPT-2"
+)]
 struct Cli {
     /// Configuration file (TOML; see config.toml for every key). Environment variables
     /// CLIPCAP__SECTION__KEY override it.
@@ -59,14 +64,23 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = ["warn", "info", "debug"][verbose.min(2) as usize];
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Caption { bundle, json, images } => {
+        Command::Caption {
+            bundle,
+            json,
+            images,
+        } => {
             let bundle = Bundle::open(&bundle)?;
             let runtime = Runtime::init(&config.runtime)?;
             let mut captioner = Captioner::load(&bundle, &runtime)?;
@@ -76,18 +90,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map_err(anyhow::Error::from)
                     .and_then(|img| Ok(captioner.caption(&img, &mut Greedy)?));
                 match result {
-                    Ok(c) if json => println!("{}", serde_json::json!({"image": path, "caption": c.caption, "token_ids": c.token_ids, "ms": c.ms})),
+                    Ok(c) if json => println!(
+                        "{}",
+                        serde_json::json!({"image": path, "caption": c.caption, "token_ids": c.token_ids, "ms": c.ms})
+                    ),
                     Ok(c) => println!("{}: {}", path.display(), c.caption),
                     Err(e) => {
                         failed = true;
                         eprintln!("error: {e:#}");
                         if json {
-                            println!("{}", serde_json::json!({"image": path, "error": format!("{e:#}")}));
+                            println!(
+                                "{}",
+                                serde_json::json!({"image": path, "error": format!("{e:#}")})
+                            );
                         }
                     }
                 }
             }
-            Ok(if failed { ExitCode::from(EXIT_SOME_FAILED) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(EXIT_SOME_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -29,7 +29,11 @@ pub struct Preprocessor {
 
 impl Preprocessor {
     pub fn new(spec: &PreprocessSpec) -> Self {
-        Preprocessor { size: spec.size, mean: spec.mean, std: spec.std }
+        Preprocessor {
+            size: spec.size,
+            mean: spec.mean,
+            std: spec.std,
+        }
     }
 
     pub fn size(&self) -> u32 {
@@ -37,11 +41,11 @@ impl Preprocessor {
     }
 
     /// Number of f32 values of one preprocessed image: 3 x size x size.
-    pub fn len(&self) -> usize {
+    pub fn tensor_len(&self) -> usize {
         3 * (self.size as usize).pow(2)
     }
 
-    /// Writes the normalised CHW tensor of `image` into `out` (length `self.len()`).
+    /// Writes the normalised CHW tensor of `image` into `out` (length `self.tensor_len()`).
     pub fn run_into(&self, image: &RgbImage, out: &mut [f32]) {
         let rgb = self.resize_crop(image);
         let plane = (self.size as usize).pow(2);
@@ -54,7 +58,7 @@ impl Preprocessor {
     }
 
     pub fn run(&self, image: &RgbImage) -> Vec<f32> {
-        let mut out = vec![0.0; self.len()];
+        let mut out = vec![0.0; self.tensor_len()];
         self.run_into(image, &mut out);
         out
     }
@@ -97,7 +101,11 @@ impl Preprocessor {
 fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let new_long = (size as f64 * long as f64 / short as f64) as usize;
-    if w <= h { (size, new_long) } else { (new_long, size) }
+    if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    }
 }
 
 /// torchvision's `CenterCrop`: `int(round((extent - size) / 2.0))`, Python rounding half to even.
@@ -144,19 +152,22 @@ impl Coefficients {
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
             let mut ww = 0.0;
-            for x in 0..xmax {
-                let w = bicubic(((x + xmin) as f64 - center + 0.5) * ss);
-                k[x] = w;
-                ww += w;
+            for (x, kx) in k[..xmax].iter_mut().enumerate() {
+                *kx = bicubic(((x + xmin) as f64 - center + 0.5) * ss);
+                ww += *kx;
             }
-            for x in 0..xmax {
-                let w = if ww != 0.0 { k[x] / ww } else { k[x] };
+            for (kx, out) in k[..xmax].iter().zip(&mut weights[i * ksize..]) {
+                let w = if ww != 0.0 { kx / ww } else { *kx };
                 let fixed = w * (1u32 << PRECISION_BITS) as f64;
-                weights[i * ksize + x] = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+                *out = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
             }
             bounds.push((xmin, xmax));
         }
-        Coefficients { bounds, ksize, weights }
+        Coefficients {
+            bounds,
+            ksize,
+            weights,
+        }
     }
 
     /// The range of source indices any output pixel reads.
@@ -203,8 +214,14 @@ mod tests {
 
     #[test]
     fn identity_size_is_a_plain_crop() {
-        let img = RgbImage::from_fn(224, 230, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
-        let p = Preprocessor { size: 224, mean: [0.0; 3], std: [1.0; 3] };
+        let img = RgbImage::from_fn(224, 230, |x, y| {
+            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+        });
+        let p = Preprocessor {
+            size: 224,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
         let out = p.resize_crop(&img);
         // 230 -> offset round(3.0) = 3
         assert_eq!(&out[..3], &[0, 3, 3]);
@@ -216,7 +233,10 @@ mod tests {
             let c = Coefficients::new(i, o, 0..o);
             for (j, &(_, n)) in c.bounds.iter().enumerate() {
                 let s: i32 = c.weights[j * c.ksize..j * c.ksize + n].iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i32, "{i}->{o} pixel {j}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= n as i32,
+                    "{i}->{o} pixel {j}: {s}"
+                );
             }
         }
     }

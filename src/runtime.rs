@@ -7,6 +7,7 @@
 //! CUDA libraries), is skipped with a warning, and CPU is always the last resort.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
@@ -49,11 +50,25 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Loads ONNX Runtime on first use; later calls share the process's one environment (ONNX Runtime
+    /// allows one per process) and only apply their own session settings.
     pub fn init(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        static ENV: Mutex<Option<Environment>> = Mutex::new(None);
         let path = library_path(config);
-        let builder = ort::init_from(&path).map_err(|e| RuntimeError::Library { path: path.clone(), reason: e.to_string() })?;
-        let env = builder.with_name("clipcap").build()?;
-        let mut providers = Vec::new();
+        let env = {
+            let mut env = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &*env {
+                Some(e) => e.clone(),
+                None => {
+                    let builder = ort::init_from(&path).map_err(|e| RuntimeError::Library {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    env.insert(builder.with_name("clipcap").build()?).clone()
+                }
+            }
+        };
+        let (mut providers, mut missing) = (Vec::new(), Vec::new());
         for &p in &config.providers {
             let available = match p {
                 Provider::Tensorrt => ep::TensorRT::is_available()?,
@@ -63,10 +78,22 @@ impl Runtime {
             if available {
                 providers.push(p);
             } else {
-                tracing::warn!(provider = p.name(), "execution provider not in this ONNX Runtime build; skipped");
+                missing.push(p.name());
             }
         }
-        Ok(Runtime { env, providers, config: config.clone() })
+        if !missing.is_empty() {
+            tracing::warn!(
+                "execution providers {} are not in this ONNX Runtime build ({}); using {}",
+                missing.join(", "),
+                path.display(),
+                providers.first().map_or("cpu", |p| p.name())
+            );
+        }
+        Ok(Runtime {
+            env,
+            providers,
+            config: config.clone(),
+        })
     }
 
     /// Providers that will be tried for each session, in order.
@@ -75,7 +102,10 @@ impl Runtime {
     }
 
     pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
-        let model_err = |reason: String| RuntimeError::Model { path: path.to_path_buf(), reason };
+        let model_err = |reason: String| RuntimeError::Model {
+            path: path.to_path_buf(),
+            reason,
+        };
         let mut builder = Session::builder(&self.env)?
             .with_intra_threads(self.config.intra_threads)?
             .with_inter_threads(self.config.inter_threads)?;
@@ -85,10 +115,14 @@ impl Runtime {
                     tracing::debug!(model = %path.display(), provider = p.name(), "execution provider registered");
                     break;
                 }
-                Err(e) => tracing::warn!(model = %path.display(), provider = p.name(), error = %e, "execution provider failed; falling back"),
+                Err(e) => {
+                    tracing::warn!(model = %path.display(), provider = p.name(), error = %e, "execution provider failed; falling back")
+                }
             }
         }
-        builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
+        builder
+            .commit_from_file(path)
+            .map_err(|e| model_err(e.to_string()))
     }
 }
 

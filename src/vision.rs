@@ -35,8 +35,19 @@ impl ImageEncoder {
         check_graph(
             &path,
             &session,
-            &[TensorSpec::f32("pixel_values", vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)])],
-            &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
+            &[TensorSpec::f32(
+                "pixel_values",
+                vec![
+                    Dim::Dynamic,
+                    Dim::Fixed(3),
+                    Dim::Fixed(size),
+                    Dim::Fixed(size),
+                ],
+            )],
+            &[TensorSpec::f32(
+                "image_embeds",
+                vec![Dim::Dynamic, Dim::Fixed(dim)],
+            )],
         )?;
         Ok(ImageEncoder { session, size, dim })
     }
@@ -59,21 +70,40 @@ pub struct Mapper {
 impl Mapper {
     pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Self, VisionError> {
         let m = &bundle.manifest;
-        let (dim, k, width) = (m.image_encoder.embedding_dim, m.mapper.prefix_length, m.language_model.width);
+        let (dim, k, width) = (
+            m.image_encoder.embedding_dim,
+            m.mapper.prefix_length,
+            m.language_model.width,
+        );
         let path = bundle.file(&m.mapper.file);
         let session = runtime.session(&path)?;
         check_graph(
             &path,
             &session,
-            &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
-            &[TensorSpec::f32("prefix", vec![Dim::Dynamic, Dim::Fixed(k), Dim::Fixed(width)])],
+            &[TensorSpec::f32(
+                "image_embeds",
+                vec![Dim::Dynamic, Dim::Fixed(dim)],
+            )],
+            &[TensorSpec::f32(
+                "prefix",
+                vec![Dim::Dynamic, Dim::Fixed(k), Dim::Fixed(width)],
+            )],
         )?;
-        Ok(Mapper { session, embedding_dim: dim, normalize: m.image_encoder.normalize, prefix_len: k * width })
+        Ok(Mapper {
+            session,
+            embedding_dim: dim,
+            normalize: m.image_encoder.normalize,
+            prefix_len: k * width,
+        })
     }
 
     /// The GPT-2 prefix [K, D] (flattened) for one image embedding.
     pub fn prefix(&mut self, embedding: &[f32]) -> Result<Vec<f32>, VisionError> {
-        let input: Vec<f32> = if self.normalize { l2_normalized(embedding) } else { embedding.to_vec() };
+        let input: Vec<f32> = if self.normalize {
+            l2_normalized(embedding)
+        } else {
+            embedding.to_vec()
+        };
         let tensor = TensorRef::from_array_view(([1, self.embedding_dim], input.as_slice()))?;
         let outputs = self.session.run(ort::inputs!["image_embeds" => tensor])?;
         single_row(&outputs["prefix"], self.prefix_len, "prefix")
@@ -86,10 +116,17 @@ pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
 }
 
 /// The values of a batch-of-one output, checked to have `len` of them.
-fn single_row(value: &ort::value::DynValue, len: usize, name: &str) -> Result<Vec<f32>, VisionError> {
+fn single_row(
+    value: &ort::value::DynValue,
+    len: usize,
+    name: &str,
+) -> Result<Vec<f32>, VisionError> {
     let (shape, data) = value.try_extract_tensor::<f32>()?;
     if shape.first() != Some(&1) || data.len() != len {
-        return Err(RuntimeError::Ort(format!("output `{name}` has shape {shape:?}, expected {len} values for one image")).into());
+        return Err(RuntimeError::Ort(format!(
+            "output `{name}` has shape {shape:?}, expected {len} values for one image"
+        ))
+        .into());
     }
     Ok(data.to_vec())
 }

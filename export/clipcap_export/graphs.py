@@ -9,6 +9,7 @@ so the check also proves the KV-cache graph (written here) equal to the model (w
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def lm_output_names(layers: int) -> list[str]:
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
     module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the wrapped model's
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # CLIP's image-size check is a Python branch the tracer warns about; the size is fixed anyway.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     module.eval()

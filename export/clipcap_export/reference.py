@@ -8,12 +8,17 @@ wins, and generation stops after a stop token (kept in the ids) or after `max_to
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from clip.clip import _transform
 from PIL import Image
+
+with warnings.catch_warnings():
+    # clip-anytorch imports pkg_resources, which warns on import; the pin keeps it working.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    from clip.clip import _transform
 
 from .models import Models
 

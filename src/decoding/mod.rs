@@ -30,9 +30,20 @@ pub struct Generation<'a> {
 
 impl<'a> Generation<'a> {
     /// Runs the prefix pass; the first logits are then available for sequence 0.
-    pub fn start(lm: &'a mut LanguageModel, prefix: &[f32], stop_tokens: &'a [u32], max_tokens: usize) -> Result<Self, DecodeError> {
+    pub fn start(
+        lm: &'a mut LanguageModel,
+        prefix: &[f32],
+        stop_tokens: &'a [u32],
+        max_tokens: usize,
+    ) -> Result<Self, DecodeError> {
         let state = lm.start(prefix)?;
-        Ok(Generation { lm, state, stop_tokens, max_tokens, steps: 0 })
+        Ok(Generation {
+            lm,
+            state,
+            stop_tokens,
+            max_tokens,
+            steps: 0,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -65,7 +76,9 @@ impl<'a> Generation<'a> {
     pub fn step(&mut self, pairs: &[(usize, u32)]) -> Result<(), DecodeError> {
         // Token t of a caption comes from the logits after t - 1 steps, so max_tokens - 1 steps suffice.
         if self.steps + 1 >= self.max_tokens {
-            return Err(LmError::Step(format!("step budget of {} exhausted", self.max_tokens - 1)).into());
+            return Err(
+                LmError::Step(format!("step budget of {} exhausted", self.max_tokens - 1)).into(),
+            );
         }
         let (parents, tokens): (Vec<usize>, Vec<u32>) = pairs.iter().copied().unzip();
         self.lm.step(&mut self.state, &parents, &tokens)?;

@@ -17,7 +17,11 @@ pub fn tiny_bundle() -> PathBuf {
 
 /// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml after scripts/setup.sh).
 pub fn runtime() -> Runtime {
-    let config = RuntimeConfig { providers: vec![Provider::Cpu], intra_threads: 1, ..RuntimeConfig::default() };
+    let config = RuntimeConfig {
+        providers: vec![Provider::Cpu],
+        intra_threads: 1,
+        ..RuntimeConfig::default()
+    };
     Runtime::init(&config).unwrap_or_else(|e| panic!("{e}\n(run scripts/setup.sh first)"))
 }
 
@@ -39,7 +43,8 @@ impl Reference {
     pub fn pixels(&self) -> Vec<f32> {
         let name = self.image.file_name().unwrap().to_string_lossy();
         let path = fixtures().join("reference").join(format!("{name}.npy"));
-        let array: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let array: ndarray::ArrayD<f32> =
+            ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         array.iter().copied().collect()
     }
 }
@@ -47,7 +52,14 @@ impl Reference {
 pub fn references() -> Vec<Reference> {
     let path = fixtures().join("reference/tiny-greedy.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
-    let refs: Vec<Reference> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(refs.len() >= 5, "{}: expected at least 5 reference images", path.display());
+    let refs: Vec<Reference> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        refs.len() >= 5,
+        "{}: expected at least 5 reference images",
+        path.display()
+    );
     refs
 }

