@@ -17,10 +17,7 @@ pub const MANIFEST: &str = "manifest.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("{path}: cannot read: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error("{path}: tensor `{tensor}`: {message}")]
@@ -178,15 +175,11 @@ impl Bundle {
             ("preprocess.crop", &p.crop, "center"),
         ] {
             if value != expected {
-                return Err(bad(format!(
-                    "{key} = {value:?} is not supported (only {expected:?})"
-                )));
+                return Err(bad(format!("{key} = {value:?} is not supported (only {expected:?})")));
             }
         }
         if p.size == 0 || !p.std.iter().all(|s| *s > 0.0) {
-            return Err(bad(
-                "preprocess.size must be > 0 and preprocess.std positive".into(),
-            ));
+            return Err(bad("preprocess.size must be > 0 and preprocess.std positive".into()));
         }
         let lm = &m.language_model;
         if lm.kind != "gpt2" {
@@ -202,9 +195,7 @@ impl Bundle {
             )));
         }
         if lm.layers == 0 || lm.vocab_size == 0 {
-            return Err(bad(
-                "language_model.layers and vocab_size must be > 0".into()
-            ));
+            return Err(bad("language_model.layers and vocab_size must be > 0".into()));
         }
         if m.mapper.prefix_length == 0 {
             return Err(bad("mapper.prefix_length must be > 0".into()));
@@ -246,10 +237,7 @@ impl Bundle {
         }
         for (key, file) in files {
             if !self.file(file).is_file() {
-                return Err(bad(format!(
-                    "{key}: {} does not exist",
-                    self.file(file).display()
-                )));
+                return Err(bad(format!("{key}: {} does not exist", self.file(file).display())));
             }
         }
         Ok(())
@@ -332,11 +320,7 @@ pub fn check_graph(
             if shape.len() != spec.dims.len() {
                 return Err(tensor_err(
                     &spec.name,
-                    format!(
-                        "{role} has rank {}, expected {}",
-                        shape.len(),
-                        spec.dims.len()
-                    ),
+                    format!("{role} has rank {}, expected {}", shape.len(), spec.dims.len()),
                 ));
             }
             for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {

@@ -76,11 +76,7 @@ impl Captioner {
         &self.preprocessor
     }
 
-    pub fn caption(
-        &mut self,
-        image: &RgbImage,
-        decoder: &mut dyn Decoder,
-    ) -> Result<Caption, CaptionError> {
+    pub fn caption(&mut self, image: &RgbImage, decoder: &mut dyn Decoder) -> Result<Caption, CaptionError> {
         let start = Instant::now();
         let mut ms = Timings::default();
         let lap = |slot: &mut f64, since: &mut Instant| {
@@ -94,8 +90,7 @@ impl Captioner {
         lap(&mut ms.encode, &mut t);
         let prefix = self.mapper.prefix(&image_embeds)?;
         lap(&mut ms.map, &mut t);
-        let mut generation =
-            Generation::start(&mut self.lm, &prefix, &self.stop_tokens, self.max_tokens)?;
+        let mut generation = Generation::start(&mut self.lm, &prefix, &self.stop_tokens, self.max_tokens)?;
         let token_ids = decoder.decode(&mut generation)?;
         lap(&mut ms.decode, &mut t);
         let caption = self.detokenize(&token_ids)?;
@@ -126,8 +121,7 @@ fn load_tokenizer(bundle: &Bundle) -> Result<Tokenizer, CaptionError> {
         path: path.clone(),
         message,
     };
-    let tokenizer =
-        Tokenizer::from_file(&path).map_err(|e| bad(format!("not a tokenizers JSON file: {e}")))?;
+    let tokenizer = Tokenizer::from_file(&path).map_err(|e| bad(format!("not a tokenizers JSON file: {e}")))?;
     let size = tokenizer.get_vocab_size(true);
     if size != m.language_model.vocab_size {
         return Err(bad(format!(

@@ -97,9 +97,7 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let r = &self.runtime;
         if r.providers.is_empty() {
-            return Err(
-                "runtime.providers must name at least one provider (\"cpu\" always works)".into(),
-            );
+            return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());
         }
         if r.inter_threads == 0 {
             return Err("runtime.inter_threads must be >= 1".into());

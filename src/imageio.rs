@@ -46,17 +46,13 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
         .map_err(|e| e.to_string())?;
     match reader.format() {
         None => {
-            return Err(
-                "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into(),
-            );
+            return Err("not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into());
         }
         Some(ImageFormat::Jpeg) => return decode_jpeg(bytes),
         Some(_) => {}
     }
     reader.limits(limits());
-    let image = reader
-        .decode()
-        .map_err(|e| format!("cannot decode image: {e}"))?;
+    let image = reader.decode().map_err(|e| format!("cannot decode image: {e}"))?;
     Ok(image.into_rgb8())
 }
 
@@ -69,12 +65,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
         .set_max_height(MAX_SIDE as usize)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder
-        .decode()
-        .map_err(|e| format!("cannot decode JPEG: {e}"))?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or("cannot decode JPEG: no dimensions")?;
-    RgbImage::from_raw(w as u32, h as u32, pixels)
-        .ok_or_else(|| "cannot decode JPEG: short pixel buffer".into())
+    let pixels = decoder.decode().map_err(|e| format!("cannot decode JPEG: {e}"))?;
+    let (w, h) = decoder.dimensions().ok_or("cannot decode JPEG: no dimensions")?;
+    RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| "cannot decode JPEG: short pixel buffer".into())
 }

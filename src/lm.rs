@@ -82,19 +82,9 @@ impl LanguageModel {
         let path = bundle.file(&spec.file);
         let session = runtime.session(&path)?;
         let (h, dh) = (spec.heads, spec.head_dim());
-        let kv = |name: String| {
-            TensorSpec::f32(
-                name,
-                vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)],
-            )
-        };
+        let kv = |name: String| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)]);
         let past_names: Vec<String> = (0..spec.layers)
-            .flat_map(|i| {
-                [
-                    format!("past_key_values.{i}.key"),
-                    format!("past_key_values.{i}.value"),
-                ]
-            })
+            .flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")])
             .collect();
         let present_names: Vec<String> = (0..spec.layers)
             .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
@@ -155,18 +145,10 @@ impl LanguageModel {
     }
 
     /// Advances `state`: sequence `i` of the new batch is old sequence `parents[i]` followed by `tokens[i]`.
-    pub fn step(
-        &mut self,
-        state: &mut LmState,
-        parents: &[usize],
-        tokens: &[u32],
-    ) -> Result<(), LmError> {
+    pub fn step(&mut self, state: &mut LmState, parents: &[usize], tokens: &[u32]) -> Result<(), LmError> {
         let n = parents.len();
         if n == 0 || n != tokens.len() {
-            return Err(LmError::Step(format!(
-                "{n} parents for {} tokens",
-                tokens.len()
-            )));
+            return Err(LmError::Step(format!("{n} parents for {} tokens", tokens.len())));
         }
         if let Some(p) = parents.iter().find(|&&p| p >= state.batch) {
             return Err(LmError::Step(format!(
@@ -225,23 +207,14 @@ impl LanguageModel {
             ("prefix_embeds".into(), prefix.into()),
             ("input_ids".into(), ids.into()),
         ];
-        inputs.extend(
-            self.past_names
-                .iter()
-                .map(|n| Cow::from(n.as_str()))
-                .zip(past),
-        );
+        inputs.extend(self.past_names.iter().map(|n| Cow::from(n.as_str())).zip(past));
         let mut out = self.session.run(inputs)?;
         let (v, d) = (self.spec.vocab_size, self.spec.width);
         let len = past_len + new;
         let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
         let hidden_all = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?;
         let hidden = (0..batch)
-            .flat_map(|b| {
-                hidden_all[(b * new + new - 1) * d..(b * new + new) * d]
-                    .iter()
-                    .copied()
-            })
+            .flat_map(|b| hidden_all[(b * new + new - 1) * d..(b * new + new) * d].iter().copied())
             .collect();
         let kv_shape = [batch, self.spec.heads, len, self.spec.head_dim()];
         let mut cache = Vec::with_capacity(self.present_names.len());
@@ -267,10 +240,7 @@ impl LanguageModel {
 fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [f32], LmError> {
     let (got, data) = value.try_extract_tensor::<f32>()?;
     if got.len() != shape.len() || got.iter().zip(shape).any(|(&g, &s)| g as usize != s) {
-        return Err(RuntimeError::Ort(format!(
-            "output `{name}` has shape {got:?}, expected {shape:?}"
-        ))
-        .into());
+        return Err(RuntimeError::Ort(format!("output `{name}` has shape {got:?}, expected {shape:?}")).into());
     }
     Ok(data)
 }

@@ -64,8 +64,7 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = ["warn", "info", "debug"][verbose.min(2) as usize];
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -76,11 +75,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Caption {
-            bundle,
-            json,
-            images,
-        } => {
+        Command::Caption { bundle, json, images } => {
             let bundle = Bundle::open(&bundle)?;
             let runtime = Runtime::init(&config.runtime)?;
             let mut captioner = Captioner::load(&bundle, &runtime)?;
@@ -99,10 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         failed = true;
                         eprintln!("error: {e:#}");
                         if json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"image": path, "error": format!("{e:#}")})
-                            );
+                            println!("{}", serde_json::json!({"image": path, "error": format!("{e:#}")}));
                         }
                     }
                 }

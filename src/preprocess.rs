@@ -101,11 +101,7 @@ impl Preprocessor {
 fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let new_long = (size as f64 * long as f64 / short as f64) as usize;
-    if w <= h {
-        (size, new_long)
-    } else {
-        (new_long, size)
-    }
+    if w <= h { (size, new_long) } else { (new_long, size) }
 }
 
 /// torchvision's `CenterCrop`: `int(round((extent - size) / 2.0))`, Python rounding half to even.
@@ -159,15 +155,15 @@ impl Coefficients {
             for (kx, out) in k[..xmax].iter().zip(&mut weights[i * ksize..]) {
                 let w = if ww != 0.0 { kx / ww } else { *kx };
                 let fixed = w * (1u32 << PRECISION_BITS) as f64;
-                *out = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+                *out = if w < 0.0 {
+                    (-0.5 + fixed) as i32
+                } else {
+                    (0.5 + fixed) as i32
+                };
             }
             bounds.push((xmin, xmax));
         }
-        Coefficients {
-            bounds,
-            ksize,
-            weights,
-        }
+        Coefficients { bounds, ksize, weights }
     }
 
     /// The range of source indices any output pixel reads.
@@ -214,9 +210,7 @@ mod tests {
 
     #[test]
     fn identity_size_is_a_plain_crop() {
-        let img = RgbImage::from_fn(224, 230, |x, y| {
-            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
-        });
+        let img = RgbImage::from_fn(224, 230, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
         let p = Preprocessor {
             size: 224,
             mean: [0.0; 3],
@@ -233,10 +227,7 @@ mod tests {
             let c = Coefficients::new(i, o, 0..o);
             for (j, &(_, n)) in c.bounds.iter().enumerate() {
                 let s: i32 = c.weights[j * c.ksize..j * c.ksize + n].iter().sum();
-                assert!(
-                    (s - (1 << PRECISION_BITS)).abs() <= n as i32,
-                    "{i}->{o} pixel {j}: {s}"
-                );
+                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i32, "{i}->{o} pixel {j}: {s}");
             }
         }
     }

@@ -120,9 +120,7 @@ impl Runtime {
                 }
             }
         }
-        builder
-            .commit_from_file(path)
-            .map_err(|e| model_err(e.to_string()))
+        builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
     }
 }
 

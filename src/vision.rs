@@ -37,17 +37,9 @@ impl ImageEncoder {
             &session,
             &[TensorSpec::f32(
                 "pixel_values",
-                vec![
-                    Dim::Dynamic,
-                    Dim::Fixed(3),
-                    Dim::Fixed(size),
-                    Dim::Fixed(size),
-                ],
+                vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
             )],
-            &[TensorSpec::f32(
-                "image_embeds",
-                vec![Dim::Dynamic, Dim::Fixed(dim)],
-            )],
+            &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
         )?;
         Ok(ImageEncoder { session, size, dim })
     }
@@ -80,10 +72,7 @@ impl Mapper {
         check_graph(
             &path,
             &session,
-            &[TensorSpec::f32(
-                "image_embeds",
-                vec![Dim::Dynamic, Dim::Fixed(dim)],
-            )],
+            &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
             &[TensorSpec::f32(
                 "prefix",
                 vec![Dim::Dynamic, Dim::Fixed(k), Dim::Fixed(width)],
@@ -116,11 +105,7 @@ pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
 }
 
 /// The values of a batch-of-one output, checked to have `len` of them.
-fn single_row(
-    value: &ort::value::DynValue,
-    len: usize,
-    name: &str,
-) -> Result<Vec<f32>, VisionError> {
+fn single_row(value: &ort::value::DynValue, len: usize, name: &str) -> Result<Vec<f32>, VisionError> {
     let (shape, data) = value.try_extract_tensor::<f32>()?;
     if shape.first() != Some(&1) || data.len() != len {
         return Err(RuntimeError::Ort(format!(

@@ -25,11 +25,7 @@ fn broken(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
 
 fn edit_file(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
-    assert!(
-        text.contains(from),
-        "{}: {from:?} not found",
-        path.display()
-    );
+    assert!(text.contains(from), "{}: {from:?} not found", path.display());
     std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
@@ -63,10 +59,7 @@ fn assert_mentions(err: &str, parts: &[&str]) {
 fn fixture_bundle_loads() {
     let bundle = Bundle::open(tiny_bundle()).unwrap();
     let m = &bundle.manifest;
-    assert_eq!(
-        (m.language_model.vocab_size, m.mapper.prefix_length),
-        (50257, 10)
-    );
+    assert_eq!((m.language_model.vocab_size, m.mapper.prefix_length), (50257, 10));
     assert_eq!(m.tokenizer.stop_tokens, vec![13, 50256]);
     Captioner::load(&bundle, &runtime()).unwrap();
 }
@@ -76,11 +69,7 @@ fn refuses_unknown_format_version() {
     let err = load_error(manifest_edit("format_version = 1", "format_version = 2"));
     assert_mentions(
         &err,
-        &[
-            "manifest.toml",
-            "format_version 2 is not supported",
-            "version 1",
-        ],
+        &["manifest.toml", "format_version 2 is not supported", "version 1"],
     );
 }
 
@@ -114,19 +103,13 @@ fn refuses_corrupt_graph() {
 #[test]
 fn refuses_width_that_disagrees_with_the_graphs() {
     let err = load_error(manifest_edit("width = 32", "width = 64"));
-    assert_mentions(
-        &err,
-        &["mapper.onnx", "tensor `prefix`", "axis 2 is 32", "says 64"],
-    );
+    assert_mentions(&err, &["mapper.onnx", "tensor `prefix`", "axis 2 is 32", "says 64"]);
 }
 
 #[test]
 fn refuses_embedding_dim_that_disagrees_with_the_encoder() {
     let err = load_error(manifest_edit("embedding_dim = 32", "embedding_dim = 512"));
-    assert_mentions(
-        &err,
-        &["image_encoder.onnx", "tensor `image_embeds`", "says 512"],
-    );
+    assert_mentions(&err, &["image_encoder.onnx", "tensor `image_embeds`", "says 512"]);
 }
 
 #[test]
@@ -140,34 +123,21 @@ fn refuses_layer_count_that_disagrees_with_the_lm() {
     let err = load_error(manifest_edit("layers = 2", "layers = 3"));
     assert_mentions(&err, &["lm.onnx", "past_key_values.2.key", "missing input"]);
     let err = load_error(manifest_edit("layers = 2", "layers = 1"));
-    assert_mentions(
-        &err,
-        &["lm.onnx", "past_key_values.1.key", "does not define"],
-    );
+    assert_mentions(&err, &["lm.onnx", "past_key_values.1.key", "does not define"]);
 }
 
 #[test]
 fn refuses_a_graph_in_the_wrong_slot() {
-    let err = load_error(manifest_edit(
-        "file = \"mapper.onnx\"",
-        "file = \"image_encoder.onnx\"",
-    ));
+    let err = load_error(manifest_edit("file = \"mapper.onnx\"", "file = \"image_encoder.onnx\""));
     assert_mentions(
         &err,
-        &[
-            "image_encoder.onnx",
-            "tensor `pixel_values`",
-            "does not define",
-        ],
+        &["image_encoder.onnx", "tensor `pixel_values`", "does not define"],
     );
 }
 
 #[test]
 fn refuses_tokens_outside_the_vocabulary() {
-    let err = load_error(manifest_edit(
-        "stop_tokens = [",
-        "stop_tokens = [\n    60000,",
-    ));
+    let err = load_error(manifest_edit("stop_tokens = [", "stop_tokens = [\n    60000,"));
     assert_mentions(&err, &["manifest.toml", "tokenizer.stop_tokens", "60000"]);
 }
 
@@ -191,8 +161,6 @@ fn refuses_tokenizer_without_special_end_of_text() {
 
 #[test]
 fn refuses_tokenizer_of_another_vocabulary() {
-    let err = load_error(|dir| {
-        std::fs::write(dir.join("tokenizer.json"), "{\"not\": \"a tokenizer\"}").unwrap()
-    });
+    let err = load_error(|dir| std::fs::write(dir.join("tokenizer.json"), "{\"not\": \"a tokenizer\"}").unwrap());
     assert_mentions(&err, &["tokenizer.json", "not a tokenizers JSON file"]);
 }

@@ -8,10 +8,7 @@ use std::process::{Command, Output};
 use common::{fixtures, references, tiny_bundle};
 
 fn clipcap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipcap"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_clipcap")).args(args).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -37,10 +34,7 @@ fn json_lines_carry_caption_ids_and_timings() {
         .collect();
     assert_eq!(lines.len(), 3);
     for (line, r) in lines.iter().zip(&refs) {
-        assert_eq!(
-            line["image"].as_str().unwrap(),
-            r.image_path().display().to_string()
-        );
+        assert_eq!(line["image"].as_str().unwrap(), r.image_path().display().to_string());
         assert_eq!(line["caption"].as_str().unwrap(), r.caption);
         let ids: Vec<u32> = serde_json::from_value(line["token_ids"].clone()).unwrap();
         assert_eq!(ids, r.token_ids);
@@ -117,12 +111,7 @@ fn missing_onnx_runtime_says_how_to_install_it() {
     let bundle = tiny_bundle();
     let out = Command::new(env!("CARGO_BIN_EXE_clipcap"))
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
-        .args([
-            "caption",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ])
+        .args(["caption", "--bundle", bundle.to_str().unwrap(), image.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

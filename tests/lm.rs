@@ -13,16 +13,11 @@ fn model() -> LanguageModel {
 }
 
 fn prefix() -> Vec<f32> {
-    (0..10 * 32)
-        .map(|i| ((i * 7919 % 101) as f32 / 50.0) - 1.0)
-        .collect()
+    (0..10 * 32).map(|i| ((i * 7919 % 101) as f32 / 50.0) - 1.0).collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Logits and hidden state after feeding `tokens` one at a time to a batch of one.
@@ -44,14 +39,8 @@ fn forked_and_reordered_sequences_match_single_runs() {
     assert_eq!((s.batch(), s.len()), (2, 12));
     for (seq, path) in [(0, [3290, 318]), (1, [464, 2068])] {
         let (logits, hidden) = single(&mut lm, &path);
-        assert!(
-            max_diff(s.logits(seq), &logits) < 1e-4,
-            "sequence {seq} logits"
-        );
-        assert!(
-            max_diff(s.hidden(seq), &hidden) < 1e-4,
-            "sequence {seq} hidden state"
-        );
+        assert!(max_diff(s.logits(seq), &logits) < 1e-4, "sequence {seq} logits");
+        assert!(max_diff(s.hidden(seq), &hidden) < 1e-4, "sequence {seq} hidden state");
     }
 }
 

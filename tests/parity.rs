@@ -20,11 +20,7 @@ fn preprocessing_matches_openai_clip() {
         let got = pre.run(&image);
         let want = r.pixels();
         assert_eq!(got.len(), want.len());
-        let max = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         println!(
             "{}: max |rust - pil| = {max:e}, {differing} of {} values differ",
@@ -34,14 +30,7 @@ fn preprocessing_matches_openai_clip() {
         // PNGs decode to the same pixels and the resampling reproduces Pillow's, so the tensors are
         // equal. JPEG decoders (zune-jpeg here, libjpeg-turbo under PIL) round some pixels differently:
         // allow one 8-bit level, 1 / 255 / std, at most.
-        let level = 1.0
-            / 255.0
-            / bundle
-                .manifest
-                .preprocess
-                .std
-                .iter()
-                .fold(f32::MAX, |a, &b| a.min(b));
+        let level = 1.0 / 255.0 / bundle.manifest.preprocess.std.iter().fold(f32::MAX, |a, &b| a.min(b));
         let bound = if r.image.extension().unwrap() == "jpg" {
             level * 1.001
         } else {
@@ -64,16 +53,8 @@ fn embeddings_and_greedy_tokens_match_pytorch() {
         let image = imageio::load_file(&r.image_path()).unwrap();
         let c = captioner.caption(&image, &mut Greedy).unwrap();
         let cos = cosine(&c.image_embeds, &r.image_embeds);
-        println!(
-            "{}: cosine {cos:.7}, {} tokens",
-            r.image.display(),
-            c.token_ids.len()
-        );
-        assert!(
-            cos >= 0.999,
-            "{}: embedding cosine {cos} < 0.999",
-            r.image.display()
-        );
+        println!("{}: cosine {cos:.7}, {} tokens", r.image.display(), c.token_ids.len());
+        assert!(cos >= 0.999, "{}: embedding cosine {cos} < 0.999", r.image.display());
         assert_eq!(
             c.token_ids,
             r.token_ids,

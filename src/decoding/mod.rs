@@ -76,9 +76,7 @@ impl<'a> Generation<'a> {
     pub fn step(&mut self, pairs: &[(usize, u32)]) -> Result<(), DecodeError> {
         // Token t of a caption comes from the logits after t - 1 steps, so max_tokens - 1 steps suffice.
         if self.steps + 1 >= self.max_tokens {
-            return Err(
-                LmError::Step(format!("step budget of {} exhausted", self.max_tokens - 1)).into(),
-            );
+            return Err(LmError::Step(format!("step budget of {} exhausted", self.max_tokens - 1)).into());
         }
         let (parents, tokens): (Vec<usize>, Vec<u32>) = pairs.iter().copied().unzip();
         self.lm.step(&mut self.state, &parents, &tokens)?;

@@ -52,10 +52,7 @@ impl Reference {
 pub fn references() -> Vec<Reference> {
     let path = fixtures().join("reference/tiny-greedy.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
-    let refs: Vec<Reference> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let refs: Vec<Reference> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(
         refs.len() >= 5,
         "{}: expected at least 5 reference images",
