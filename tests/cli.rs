@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{fixtures, references, tiny_bundle};
@@ -143,4 +144,28 @@ fn config_errors_name_the_key_and_file() {
         err.contains("intra_thread") && err.contains(config.to_str().unwrap()),
         "{err}"
     );
+}
+
+#[test]
+fn the_same_binary_runs_on_an_older_onnx_runtime() {
+    // api-17 asks ONNX Runtime for nothing newer than 1.17, so older builds (as Jetson images ship) work.
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");
+    assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
+    let r = &references()[0];
+    let bundle = tiny_bundle();
+    let out = Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .env("ORT_DYLIB_PATH", &lib)
+        .args([
+            "caption",
+            "--json",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            r.image_path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(line["token_ids"].clone()).unwrap();
+    assert_eq!(ids, r.token_ids);
 }
