@@ -62,8 +62,15 @@ if [ ! -f "$oldest/libonnxruntime.so" ]; then
 fi
 echo "$oldest/libonnxruntime.so"
 
-step "release build (target/release/clipcap)"
-cargo build --release --locked
+step "release build (target/release/clipcap and its decoder plugins)"
+cargo build --release --locked --workspace
 cp -L "$lib" target/release/libonnxruntime.so
 cp -L "$capi/libonnxruntime_providers_shared.so" target/release/
+# The default config looks for plugins in plugins/ next to the executable; the test-only
+# misbehave plugin stays out.
+mkdir -p target/release/plugins
+for p in search sampling contrastive; do
+    install -m 0644 "target/release/libclipcap_$p.so" target/release/plugins/
+done
+ls target/release/plugins
 echo "ready: target/release/clipcap caption --bundle tests/fixtures/tiny-bundle tests/fixtures/images/*"

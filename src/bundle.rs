@@ -126,6 +126,8 @@ pub struct TextEncoderSpec {
     pub tokenizer: String,
     pub context_length: usize,
     pub embedding_dim: usize,
+    /// CLIP's learned temperature: image-text logits are logit_scale x cosine.
+    pub logit_scale: f32,
 }
 
 /// A bundle whose manifest has been read and checked for internal consistency.
@@ -216,6 +218,13 @@ impl Bundle {
                     lm.vocab_size
                 )));
             }
+        }
+        if let Some(te) = &m.text_encoder
+            && !(te.context_length >= 2 && te.logit_scale > 0.0)
+        {
+            return Err(bad(
+                "text_encoder.context_length must be >= 2 and logit_scale > 0".into()
+            ));
         }
         if let Some(te) = &m.text_encoder
             && te.embedding_dim != m.image_encoder.embedding_dim

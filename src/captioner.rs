@@ -1,4 +1,5 @@
-//! The whole path for one image: preprocess, encode, map, decode, detokenise, with per-stage timings.
+//! The whole path for one image: preprocess, encode, map, then decode with a plugin decoder (and its
+//! fallback), detokenise, with per-stage timings.
 
 use std::time::Instant;
 
@@ -6,8 +7,9 @@ use image::RgbImage;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::bundle::{Bundle, BundleError, MANIFEST};
-use crate::decoding::{DecodeError, Decoder, Generation};
+use crate::bundle::{Bundle, BundleError, MANIFEST, TokenizerSpec};
+use crate::clip_text::TextEncoder;
+use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, Generation};
 use crate::lm::{LanguageModel, LmError};
 use crate::preprocess::Preprocessor;
 use crate::runtime::{Runtime, RuntimeError};
@@ -29,23 +31,47 @@ pub enum CaptionError {
     Tokenizer(String),
 }
 
-/// Milliseconds spent in each stage of one caption.
+/// Milliseconds spent in each stage of one caption. `decoder` is the decoder's own share of `decode`
+/// (`decode` minus the model steps it asked for).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub preprocess: f64,
     pub encode: f64,
     pub map: f64,
     pub decode: f64,
+    pub decoder: f64,
     pub total: f64,
+}
+
+/// An image ready for decoding: its embedding and prefix.
+pub struct Prepared {
+    pub image_embeds: Vec<f32>,
+    pub prefix: Vec<f32>,
+    ms: Timings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedDecoder {
+    pub decoder: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Caption {
     pub caption: String,
     pub token_ids: Vec<u32>,
+    /// The decoder that produced the caption.
+    pub decoder: String,
+    /// Set when the requested decoder failed and the fallback produced the caption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<FailedDecoder>,
+    /// Model steps the decoder asked for.
+    pub steps: usize,
     pub ms: Timings,
-    #[serde(skip)]
-    pub image_embeds: Vec<f32>,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 pub struct Captioner {
@@ -53,9 +79,9 @@ pub struct Captioner {
     encoder: ImageEncoder,
     mapper: Mapper,
     lm: LanguageModel,
+    text: Option<TextEncoder>,
     tokenizer: Tokenizer,
-    stop_tokens: Vec<u32>,
-    max_tokens: usize,
+    rules: TokenizerSpec,
 }
 
 impl Captioner {
@@ -66,9 +92,9 @@ impl Captioner {
             encoder: ImageEncoder::load(bundle, runtime)?,
             mapper: Mapper::load(bundle, runtime)?,
             lm: LanguageModel::load(bundle, runtime)?,
+            text: TextEncoder::load(bundle, runtime)?,
             tokenizer: load_tokenizer(bundle)?,
-            stop_tokens: m.tokenizer.stop_tokens.clone(),
-            max_tokens: m.tokenizer.max_tokens,
+            rules: m.tokenizer.clone(),
         })
     }
 
@@ -76,30 +102,84 @@ impl Captioner {
         &self.preprocessor
     }
 
-    pub fn caption(&mut self, image: &RgbImage, decoder: &mut dyn Decoder) -> Result<Caption, CaptionError> {
-        let start = Instant::now();
-        let mut ms = Timings::default();
-        let lap = |slot: &mut f64, since: &mut Instant| {
-            *slot = since.elapsed().as_secs_f64() * 1e3;
-            *since = Instant::now();
-        };
-        let mut t = Instant::now();
+    /// The bundle's CLIP text encoder, when it has one.
+    pub fn text_encoder(&mut self) -> Option<&mut TextEncoder> {
+        self.text.as_mut()
+    }
+
+    /// Preprocessing, image encoder and mapper: everything before decoding.
+    pub fn prepare(&mut self, image: &RgbImage) -> Result<Prepared, CaptionError> {
+        let mut timings = Timings::default();
+        let t = Instant::now();
         let pixels = self.preprocessor.run(image);
-        lap(&mut ms.preprocess, &mut t);
+        timings.preprocess = ms(t);
+        let t = Instant::now();
         let image_embeds = self.encoder.embed(&pixels)?;
-        lap(&mut ms.encode, &mut t);
+        timings.encode = ms(t);
+        let t = Instant::now();
         let prefix = self.mapper.prefix(&image_embeds)?;
-        lap(&mut ms.map, &mut t);
-        let mut generation = Generation::start(&mut self.lm, &prefix, &self.stop_tokens, self.max_tokens)?;
+        timings.map = ms(t);
+        Ok(Prepared {
+            image_embeds,
+            prefix,
+            ms: timings,
+        })
+    }
+
+    /// Decodes a prepared image with `decoder`; if that fails and a `fallback` is given, with the
+    /// fallback, and the caption records why. `seed` seeds the decoder's random stream.
+    pub fn decode(
+        &mut self,
+        prepared: &Prepared,
+        decoder: &mut DecoderInstance,
+        fallback: Option<&mut DecoderInstance>,
+        seed: u64,
+    ) -> Result<Caption, CaptionError> {
+        match self.decode_with(prepared, decoder, seed) {
+            Ok(caption) => Ok(caption),
+            Err(e) => {
+                let Some(fallback) = fallback else { return Err(e) };
+                tracing::warn!(
+                    decoder = decoder.label(),
+                    fallback = fallback.label(),
+                    "decoder failed: {e}"
+                );
+                let mut caption = self.decode_with(prepared, fallback, seed)?;
+                caption.fallback_from = Some(FailedDecoder {
+                    decoder: decoder.label().into(),
+                    error: e.to_string(),
+                });
+                Ok(caption)
+            }
+        }
+    }
+
+    fn decode_with(
+        &mut self,
+        prepared: &Prepared,
+        decoder: &mut DecoderInstance,
+        seed: u64,
+    ) -> Result<Caption, CaptionError> {
+        let t = Instant::now();
+        let clip = self.text.as_mut().map(|encoder| ClipGuide {
+            encoder,
+            image_embeds: &prepared.image_embeds,
+        });
+        let mut generation = Generation::new(&mut self.lm, &prepared.prefix, &self.tokenizer, &self.rules, clip, seed)?;
         let token_ids = decoder.decode(&mut generation)?;
-        lap(&mut ms.decode, &mut t);
+        let (steps, model_time) = (generation.steps(), generation.model_time());
+        let mut timings = prepared.ms.clone();
+        timings.decode = ms(t);
+        timings.decoder = timings.decode - model_time.as_secs_f64() * 1e3;
         let caption = self.detokenize(&token_ids)?;
-        ms.total = start.elapsed().as_secs_f64() * 1e3;
+        timings.total = timings.preprocess + timings.encode + timings.map + ms(t);
         Ok(Caption {
             caption,
             token_ids,
-            ms,
-            image_embeds,
+            decoder: decoder.label().into(),
+            fallback_from: None,
+            steps,
+            ms: timings,
         })
     }
 

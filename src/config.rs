@@ -4,14 +4,74 @@
 //! environment variables `CLIPCAP__SECTION__KEY` (e.g. `CLIPCAP__RUNTIME__INTRA_THREADS=2`).
 //! Unknown keys and bad values are errors that name the key and the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::decoding::{DecoderRequest, ParamValue};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub runtime: RuntimeConfig,
+    pub plugins: PluginsConfig,
+    pub decoding: DecodingConfig,
+    /// Named decoder instances: `[decoders.NAME]` with `decoder = "..."` (default NAME) and parameters.
+    pub decoders: BTreeMap<String, BTreeMap<String, ParamValue>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Folders searched for decoder plugins (`*.so`); relative ones are relative to the executable's folder.
+    pub directories: Vec<PathBuf>,
+    /// Load plugins even from files or folders that others could write (development only).
+    pub allow_insecure: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            directories: vec![PathBuf::from("plugins")],
+            allow_insecure: false,
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The folders with relative ones resolved against the executable's folder.
+    pub fn resolved_directories(&self) -> Vec<PathBuf> {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        self.directories
+            .iter()
+            .map(|d| if d.is_absolute() { d.clone() } else { exe_dir.join(d) })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodingConfig {
+    /// The decoder used when none is named: a `[decoders.NAME]` or `name:key=value,...`.
+    pub decoder: String,
+    /// Used for a caption when the decoder fails on it; empty for none.
+    pub fallback: String,
+    /// Seed of every caption's random stream: the same seed gives the same caption.
+    pub seed: u64,
+}
+
+impl Default for DecodingConfig {
+    fn default() -> Self {
+        DecodingConfig {
+            decoder: "greedy".into(),
+            fallback: String::new(),
+            seed: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,6 +144,7 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("runtime.providers")
+                .with_list_parse_key("plugins.directories")
                 .try_parsing(true),
         );
         let config: Config = builder
@@ -94,7 +155,21 @@ impl Config {
         Ok(config)
     }
 
+    /// The request `name` stands for: a `[decoders.NAME]` table, else a `name:key=value,...` spec.
+    pub fn decoder_request(&self, name: &str) -> Result<DecoderRequest, String> {
+        match self.decoders.get(name) {
+            Some(table) => DecoderRequest::from_table(name, table),
+            None => DecoderRequest::parse(name),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
+        for (name, table) in &self.decoders {
+            DecoderRequest::from_table(name, table)?;
+        }
+        if self.decoding.decoder.is_empty() {
+            return Err("decoding.decoder must name a decoder".into());
+        }
         let r = &self.runtime;
         if r.providers.is_empty() {
             return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());
@@ -109,6 +184,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_tables_become_requests() {
+        let dir = std::env::temp_dir().join(format!("clipcap-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[decoders.beam5]\ndecoder = \"beam\"\nnum_beams = 5\n[decoders.sample]\ntop_p = 0.9\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let beam5 = config.decoder_request("beam5").unwrap();
+        assert_eq!((beam5.label.as_str(), beam5.decoder.as_str()), ("beam5", "beam"));
+        assert_eq!(beam5.params["num_beams"], ParamValue::Int(5));
+        assert_eq!(
+            config.decoder_request("sample").unwrap().params["top_p"],
+            ParamValue::Float(0.9)
+        );
+        let spec = config.decoder_request("beam:num_beams=3").unwrap();
+        assert_eq!(
+            (spec.decoder.as_str(), &spec.params["num_beams"]),
+            ("beam", &ParamValue::Text("3".into()))
+        );
+    }
 
     #[test]
     fn shipped_config_toml_is_the_default() {

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod captioner;
+pub mod clip_text;
 pub mod config;
 pub mod decoding;
 pub mod imageio;

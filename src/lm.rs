@@ -46,7 +46,9 @@ pub struct LmState {
     /// `present.{i}.key`, `present.{i}.value` of the last run: [batch, heads, len, head_dim].
     cache: Vec<DynValue>,
     logits: Vec<f32>,
+    /// Last-layer states of the positions the last run added: [batch, new, width].
     hidden: Vec<f32>,
+    new: usize,
 }
 
 impl LmState {
@@ -70,8 +72,15 @@ impl LmState {
 
     /// Last-layer hidden state of sequence `seq` at its last position [width].
     pub fn hidden(&self, seq: usize) -> &[f32] {
-        let d = self.hidden.len() / self.batch;
-        &self.hidden[seq * d..(seq + 1) * d]
+        let added = self.added_hidden(seq);
+        &added[added.len() - added.len() / self.new..]
+    }
+
+    /// Last-layer states of every position the last run added to `seq` [new, width]: the whole
+    /// prefix after `start`, one position after a step.
+    pub fn added_hidden(&self, seq: usize) -> &[f32] {
+        let per_seq = self.hidden.len() / self.batch;
+        &self.hidden[seq * per_seq..(seq + 1) * per_seq]
     }
 }
 
@@ -212,10 +221,7 @@ impl LanguageModel {
         let (v, d) = (self.spec.vocab_size, self.spec.width);
         let len = past_len + new;
         let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
-        let hidden_all = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?;
-        let hidden = (0..batch)
-            .flat_map(|b| hidden_all[(b * new + new - 1) * d..(b * new + new) * d].iter().copied())
-            .collect();
+        let hidden = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?.to_vec();
         let kv_shape = [batch, self.spec.heads, len, self.spec.head_dim()];
         let mut cache = Vec::with_capacity(self.present_names.len());
         for name in &self.present_names {
@@ -231,6 +237,7 @@ impl LanguageModel {
             cache,
             logits,
             hidden,
+            new,
         })
     }
 }

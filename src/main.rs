@@ -4,11 +4,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use clipcap::bundle::Bundle;
 use clipcap::captioner::Captioner;
 use clipcap::config::Config;
-use clipcap::decoding::Greedy;
+use clipcap::decoding::{DecoderInstance, Plugins};
 use clipcap::imageio;
 use clipcap::runtime::Runtime;
 
@@ -32,22 +33,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Caption image files, one line per image.
+    /// Caption image files, one line per image and decoder.
     Caption {
         /// Model bundle folder (docs/bundle.md).
         #[arg(long, value_name = "DIR")]
         bundle: PathBuf,
-        /// JSON lines: image, caption, token_ids, per-stage milliseconds (or image and error).
+        /// Decoder: a [decoders.NAME] of the config or NAME:key=value,... (e.g. beam:num_beams=5).
+        /// Repeat to compare decoders on the same images. Default: decoding.decoder of the config.
+        #[arg(long = "decoder", value_name = "DECODER")]
+        decoders: Vec<String>,
+        /// Decoder used for an image when the chosen one fails on it. Default: decoding.fallback.
+        #[arg(long, value_name = "DECODER")]
+        fallback: Option<String>,
+        /// Seed of the decoders' random stream. Default: decoding.seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// JSON lines: image, decoder, caption, token_ids, steps, per-stage milliseconds (or image and error).
         #[arg(long)]
         json: bool,
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
+    /// Decoder plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Every decoder found (plugin, version, ABI, parameters) and every library refused, with why.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit status when some images could not be captioned; the others still were.
 const EXIT_SOME_FAILED: u8 = 1;
-/// Exit status when nothing could run (bad configuration, bundle or ONNX Runtime).
+/// Exit status when nothing could run (bad configuration, bundle, decoder or ONNX Runtime).
 const EXIT_SETUP: u8 = 2;
 
 fn main() -> ExitCode {
@@ -74,27 +99,63 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
+    let plugins = Plugins::load(&config.plugins.resolved_directories(), config.plugins.allow_insecure);
     match cli.command {
-        Command::Caption { bundle, json, images } => {
+        Command::Caption {
+            bundle,
+            decoders,
+            fallback,
+            seed,
+            json,
+            images,
+        } => {
+            let names = if decoders.is_empty() {
+                vec![config.decoding.decoder.clone()]
+            } else {
+                decoders
+            };
+            let mut decoders: Vec<DecoderInstance> = names
+                .iter()
+                .map(|n| create(&config, &plugins, n))
+                .collect::<anyhow::Result<_>>()?;
+            let fallback = fallback.unwrap_or_else(|| config.decoding.fallback.clone());
+            let mut fallback = (!fallback.is_empty())
+                .then(|| create(&config, &plugins, &fallback))
+                .transpose()?;
+            let seed = seed.unwrap_or(config.decoding.seed);
             let bundle = Bundle::open(&bundle)?;
             let runtime = Runtime::init(&config.runtime)?;
             let mut captioner = Captioner::load(&bundle, &runtime)?;
             let mut failed = false;
             for path in &images {
-                let result = imageio::load_file(path)
+                let prepared = imageio::load_file(path)
                     .map_err(anyhow::Error::from)
-                    .and_then(|img| Ok(captioner.caption(&img, &mut Greedy)?));
-                match result {
-                    Ok(c) if json => println!(
-                        "{}",
-                        serde_json::json!({"image": path, "caption": c.caption, "token_ids": c.token_ids, "ms": c.ms})
-                    ),
-                    Ok(c) => println!("{}: {}", path.display(), c.caption),
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("error: {e:#}");
-                        if json {
-                            println!("{}", serde_json::json!({"image": path, "error": format!("{e:#}")}));
+                    .and_then(|img| Ok(captioner.prepare(&img)?));
+                for decoder in &mut decoders {
+                    let result = prepared
+                        .as_ref()
+                        .map_err(|e| anyhow::anyhow!("{e:#}"))
+                        .and_then(|p| Ok(captioner.decode(p, decoder, fallback.as_mut(), seed)?));
+                    match result {
+                        Ok(c) if json => {
+                            let mut line = serde_json::to_value(&c)?;
+                            line["image"] = serde_json::json!(path);
+                            println!("{line}");
+                        }
+                        // One line per caption, even when a model emits line breaks.
+                        Ok(c) => println!(
+                            "{} [{}]: {}",
+                            path.display(),
+                            c.decoder,
+                            c.caption.replace(['\n', '\r'], " ")
+                        ),
+                        Err(e) => {
+                            failed = true;
+                            eprintln!("error: {e:#}");
+                            if json {
+                                let line = serde_json::json!({"image": path, "decoder": decoder.label(), "error": format!("{e:#}")});
+                                println!("{line}");
+                            }
                         }
                     }
                 }
@@ -105,5 +166,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Plugins {
+            command: PluginsCommand::List { json },
+        } => {
+            list_plugins(&plugins, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn create(config: &Config, plugins: &Plugins, name: &str) -> anyhow::Result<DecoderInstance> {
+    let request = config.decoder_request(name).map_err(anyhow::Error::msg)?;
+    plugins
+        .create(&request)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("decoder {name:?}"))
+}
+
+fn list_plugins(plugins: &Plugins, json: bool) {
+    if json {
+        let decoders: Vec<_> = plugins
+            .decoders()
+            .iter()
+            .map(|d| {
+                let params: Vec<_> = d
+                    .params
+                    .iter()
+                    .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.name(), "default": p.default, "min": p.min, "max": p.max, "description": p.description}))
+                    .collect();
+                serde_json::json!({"name": d.name, "description": d.description, "plugin": d.plugin, "version": d.plugin_version, "abi": d.abi_version, "path": d.path, "params": params})
+            })
+            .collect();
+        let refused: Vec<_> = plugins
+            .refused()
+            .iter()
+            .map(|r| serde_json::json!({"path": r.path, "reason": r.reason}))
+            .collect();
+        println!("{}", serde_json::json!({"decoders": decoders, "refused": refused}));
+        return;
+    }
+    for d in plugins.decoders() {
+        println!(
+            "{}  ({} {}, ABI {}, {})",
+            d.name,
+            d.plugin,
+            d.plugin_version,
+            d.abi_version,
+            d.path.display()
+        );
+        println!("    {}", d.description);
+        for p in &d.params {
+            println!(
+                "    {} ({}, default {}, range [{}, {}]): {}",
+                p.name,
+                p.kind.name(),
+                p.default,
+                p.min,
+                p.max,
+                p.description
+            );
+        }
+    }
+    for r in plugins.refused() {
+        println!("refused {}: {}", r.path.display(), r.reason);
+    }
+    if plugins.decoders().is_empty() {
+        println!("no decoders found; check plugins.directories in the config");
     }
 }

@@ -108,8 +108,35 @@ fn refuses_width_that_disagrees_with_the_graphs() {
 
 #[test]
 fn refuses_embedding_dim_that_disagrees_with_the_encoder() {
-    let err = load_error(manifest_edit("embedding_dim = 32", "embedding_dim = 512"));
+    let err = load_error(|dir| {
+        let path = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("embedding_dim = 32", "embedding_dim = 512")).unwrap();
+    });
     assert_mentions(&err, &["image_encoder.onnx", "tensor `image_embeds`", "says 512"]);
+    let err = load_error(manifest_edit("embedding_dim = 32", "embedding_dim = 512"));
+    assert_mentions(
+        &err,
+        &[
+            "manifest.toml",
+            "text_encoder.embedding_dim 32 differs from image_encoder.embedding_dim 512",
+        ],
+    );
+}
+
+#[test]
+fn refuses_a_text_encoder_that_disagrees_with_the_manifest() {
+    let err = load_error(manifest_edit("context_length = 77", "context_length = 76"));
+    assert_mentions(
+        &err,
+        &[
+            "text_encoder.onnx",
+            "tensor `input_ids`",
+            "axis 1 is 77, the manifest says 76",
+        ],
+    );
+    let err = load_error(|dir| std::fs::write(dir.join("clip_tokenizer.json"), "{}").unwrap());
+    assert_mentions(&err, &["clip_tokenizer.json", "not a tokenizers JSON file"]);
 }
 
 #[test]

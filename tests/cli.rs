@@ -6,10 +6,18 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixtures, references, tiny_bundle};
+use common::{fixtures, plugin_dir, references, tiny_bundle};
+
+/// The CLI with the workspace's plugins (see common::plugins for why insecure folders are allowed).
+fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clipcap"));
+    c.env("CLIPCAP__PLUGINS__DIRECTORIES", plugin_dir())
+        .env("CLIPCAP__PLUGINS__ALLOW_INSECURE", "true");
+    c
+}
 
 fn clipcap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipcap")).args(args).output().unwrap()
+    command().args(args).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -18,7 +26,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn json_lines_carry_caption_ids_and_timings() {
-    let refs = references();
+    let refs = references("greedy");
     let bundle = tiny_bundle();
     let mut args = vec!["caption", "--json", "--bundle", bundle.to_str().unwrap()];
     let paths: Vec<String> = refs
@@ -39,6 +47,7 @@ fn json_lines_carry_caption_ids_and_timings() {
         assert_eq!(line["caption"].as_str().unwrap(), r.caption);
         let ids: Vec<u32> = serde_json::from_value(line["token_ids"].clone()).unwrap();
         assert_eq!(ids, r.token_ids);
+        assert_eq!(line["decoder"], "greedy");
         for stage in ["preprocess", "encode", "map", "decode", "total"] {
             assert!(
                 line["ms"][stage].as_f64().unwrap() > 0.0,
@@ -71,7 +80,7 @@ fn bad_images_are_reported_and_the_rest_still_captioned() {
     assert_eq!(out.status.code(), Some(1), "some images failed");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
-        stdout.starts_with(&format!("{}: ", good.display())),
+        stdout.starts_with(&format!("{} [greedy]: ", good.display())),
         "good image captioned: {stdout}"
     );
     assert_eq!(stdout.lines().count(), 1);
@@ -110,7 +119,7 @@ fn bad_bundle_exits_2_naming_the_file() {
 fn missing_onnx_runtime_says_how_to_install_it() {
     let image = fixtures().join("images/coins.png");
     let bundle = tiny_bundle();
-    let out = Command::new(env!("CARGO_BIN_EXE_clipcap"))
+    let out = command()
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .args(["caption", "--bundle", bundle.to_str().unwrap(), image.to_str().unwrap()])
         .output()
@@ -151,9 +160,9 @@ fn the_same_binary_runs_on_an_older_onnx_runtime() {
     // api-17 asks ONNX Runtime for nothing newer than 1.17, so older builds (as Jetson images ship) work.
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");
     assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
-    let r = &references()[0];
+    let r = &references("greedy")[0];
     let bundle = tiny_bundle();
-    let out = Command::new(env!("CARGO_BIN_EXE_clipcap"))
+    let out = command()
         .env("ORT_DYLIB_PATH", &lib)
         .args([
             "caption",
@@ -168,4 +177,112 @@ fn the_same_binary_runs_on_an_older_onnx_runtime() {
     let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(line["token_ids"].clone()).unwrap();
     assert_eq!(ids, r.token_ids);
+}
+
+#[test]
+fn decoders_from_the_config_and_the_command_line_are_compared_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("clipcap.toml");
+    std::fs::write(&config, "[decoders.wide]\ndecoder = \"beam\"\nnum_beams = 3\n").unwrap();
+    let r = &references("beam")[0];
+    let bundle = tiny_bundle();
+    let out = clipcap(&[
+        "caption",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--decoder",
+        "greedy",
+        "--decoder",
+        "wide",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        r.image_path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|l| l["decoder"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["greedy", "wide"]
+    );
+    let ids: Vec<u32> = serde_json::from_value(lines[1]["token_ids"].clone()).unwrap();
+    assert_eq!(
+        ids, r.token_ids,
+        "the config's beam search equals the reference beam:num_beams=3"
+    );
+    assert!(lines[1]["steps"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn unknown_decoders_and_parameters_stop_before_any_work() {
+    let bundle = tiny_bundle();
+    let image = fixtures().join("images/coins.png");
+    for (decoder, why) in [
+        ("beam:beams=2", "unknown parameter `beams`"),
+        ("nope", "no decoder `nope`"),
+    ] {
+        let out = clipcap(&[
+            "caption",
+            "--decoder",
+            decoder,
+            "--bundle",
+            bundle.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn plugins_list_shows_decoders_parameters_and_refusals() {
+    let tmp = tempfile::tempdir_in(plugin_dir()).unwrap();
+    std::fs::write(tmp.path().join("libbroken.so"), "not a library").unwrap();
+    let dirs = format!("{},{}", plugin_dir().display(), tmp.path().display());
+    let out = command()
+        .env("CLIPCAP__PLUGINS__DIRECTORIES", &dirs)
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let beam = list["decoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "beam")
+        .unwrap();
+    assert_eq!(
+        (beam["plugin"].as_str(), beam["abi"].as_u64()),
+        (Some("search"), Some(1))
+    );
+    assert_eq!(beam["params"][0]["name"], "num_beams");
+    assert_eq!(beam["params"][0]["default"], 5.0);
+    let names: Vec<&str> = list["decoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    for want in ["greedy", "beam", "sample", "contrastive", "magic"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let refused = &list["refused"][0];
+    assert!(
+        refused["path"].as_str().unwrap().ends_with("libbroken.so")
+            && refused["reason"].as_str().unwrap().contains("cannot load")
+    );
+    let plain = command()
+        .env("CLIPCAP__PLUGINS__DIRECTORIES", &dirs)
+        .args(["plugins", "list"])
+        .output()
+        .unwrap();
+    let plain = text(&plain.stdout);
+    assert!(
+        plain.contains("num_beams (int, default 5, range [1, 64])") && plain.contains("refused "),
+        "{plain}"
+    );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use clipcap::bundle::Bundle;
+use clipcap::bundle::{Bundle, TokenizerSpec};
 use clipcap::decoding::Generation;
 use clipcap::lm::LanguageModel;
 use common::{runtime, tiny_bundle};
@@ -76,12 +76,25 @@ fn positions_beyond_the_model_are_refused() {
 }
 
 #[test]
-fn generation_enforces_the_token_budget() {
-    let mut lm = model();
-    let (stops, p) = (vec![13], prefix());
-    let mut g = Generation::start(&mut lm, &p, &stops, 3).unwrap();
-    g.step(&[(0, 464)]).unwrap();
-    g.step(&[(0, 464)]).unwrap();
-    let err = g.step(&[(0, 464)]).unwrap_err().to_string();
-    assert!(err.contains("budget of 2"), "{err}");
+fn generation_enforces_the_step_budget_and_remembers_every_state() {
+    let bundle = Bundle::open(tiny_bundle()).unwrap();
+    let mut lm = LanguageModel::load(&bundle, &runtime()).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(bundle.file("tokenizer.json")).unwrap();
+    let rules = TokenizerSpec {
+        max_tokens: 3,
+        ..bundle.manifest.tokenizer.clone()
+    };
+    let p = prefix();
+    let mut g = Generation::new(&mut lm, &p, &tokenizer, &rules, None, 0).unwrap();
+    assert_eq!(g.context(0).unwrap().len(), 10 * 32, "the prefix's states");
+    g.step(&[0, 0], &[464, 3290]).unwrap();
+    g.step(&[1], &[318]).unwrap();
+    // Sequence 0 now is prefix + 3290 + 318: its context walks back through the fork.
+    let context = g.context(0).unwrap();
+    assert_eq!(context.len(), 12 * 32);
+    assert_eq!(&context[11 * 32..], g.hidden(0).unwrap());
+    g.step(&[0], &[13]).unwrap();
+    let err = g.step(&[0], &[13]).unwrap_err().to_string();
+    assert!(err.contains("budget of 3"), "{err}");
+    assert!(g.context(1).is_none() && g.logits(1).is_none());
 }

@@ -6,16 +6,15 @@ mod common;
 
 use clipcap::bundle::Bundle;
 use clipcap::captioner::Captioner;
-use clipcap::decoding::Greedy;
 use clipcap::imageio;
 use clipcap::vision::cosine;
-use common::{references, runtime, tiny_bundle};
+use common::{decoder, plugins, references, runtime, tiny_bundle};
 
 #[test]
 fn preprocessing_matches_openai_clip() {
     let bundle = Bundle::open(tiny_bundle()).unwrap();
     let pre = clipcap::preprocess::Preprocessor::new(&bundle.manifest.preprocess);
-    for r in references() {
+    for r in references("greedy") {
         let image = imageio::load_file(&r.image_path()).unwrap();
         let got = pre.run(&image);
         let want = r.pixels();
@@ -49,10 +48,13 @@ fn embeddings_and_greedy_tokens_match_pytorch() {
     let rt = runtime();
     let bundle = Bundle::open(tiny_bundle()).unwrap();
     let mut captioner = Captioner::load(&bundle, &rt).unwrap();
-    for r in references() {
+    let plugins = plugins();
+    let mut greedy = decoder(&plugins, "greedy");
+    for r in references("greedy") {
         let image = imageio::load_file(&r.image_path()).unwrap();
-        let c = captioner.caption(&image, &mut Greedy).unwrap();
-        let cos = cosine(&c.image_embeds, &r.image_embeds);
+        let prepared = captioner.prepare(&image).unwrap();
+        let c = captioner.decode(&prepared, &mut greedy, None, 0).unwrap();
+        let cos = cosine(&prepared.image_embeds, &r.image_embeds);
         println!("{}: cosine {cos:.7}, {} tokens", r.image.display(), c.token_ids.len());
         assert!(cos >= 0.999, "{}: embedding cosine {cos} < 0.999", r.image.display());
         assert_eq!(

@@ -19,7 +19,7 @@ from . import __version__
 from .graphs import export_graphs
 from .models import Models
 from .reference import CLIP_SIZE
-from .tokenizer import EOS, token_id
+from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, token_id
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.toml"
@@ -43,7 +43,9 @@ def stop_tokens(tok: Tokenizer) -> list[int]:
     return [token_id(tok, "."), tok.token_to_id(EOS)]
 
 
-def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS) -> dict:
+def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS,
+                 text_encoder: bool = True) -> dict:
+    """Exports `models` into the bundle folder `out`; `text_encoder` adds CLIP's text tower and tokenizer."""
     gpt = models.gpt.config
     if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
@@ -52,7 +54,9 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    report = export_graphs(models, out, CLIP_SIZE)
+    clip_tok = clip_tokenizer() if text_encoder else None
+    text = (CLIP_CONTEXT, clip_tok.token_to_id(CLIP_BOS), clip_tok.token_to_id(CLIP_EOS)) if clip_tok else None
+    report = export_graphs(models, out, CLIP_SIZE, text)
     tok.save(str(out / "tokenizer.json"), pretty=False)
 
     prov = {"created": provenance.created, "tool": f"clipcap-export {__version__}",
@@ -62,7 +66,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         prov["notes"] = provenance.notes
     if provenance.evaluation:
         prov["evaluation"] = provenance.evaluation
-    prov["export_check"] = vars(report)
+    prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
@@ -77,6 +81,11 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         "tokenizer": {"file": "tokenizer.json", "eos_token": tok.token_to_id(EOS), "stop_tokens": stop_tokens(tok),
                       "max_tokens": max_tokens},
     }
+    if clip_tok:
+        clip_tok.save(str(out / "clip_tokenizer.json"), pretty=False)
+        manifest["text_encoder"] = {"file": "text_encoder.onnx", "tokenizer": "clip_tokenizer.json",
+                                    "context_length": CLIP_CONTEXT, "embedding_dim": models.embedding_dim,
+                                    "logit_scale": models.logit_scale}
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
 

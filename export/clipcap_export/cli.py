@@ -13,7 +13,7 @@ from . import tokenizer as tokenizers_
 from .bundle import MAX_TOKENS, Provenance, stop_tokens, write_bundle
 from .models import (DEFAULT_CLIP, DEFAULT_GPT2, DEFAULT_PREFIX_LENGTH, CheckpointError, Models, Source, build_models,
                      load_clipcap_checkpoint)
-from .reference import caption_image, load_image, preprocess
+from .reference import caption_image, load_image, parse_decoder, preprocess
 
 
 def _source_args(p: argparse.ArgumentParser, checkpoint_option: bool = True) -> None:
@@ -78,7 +78,10 @@ def cmd_import_clipcap(args) -> None:
 def cmd_caption(args) -> None:
     models = _models(args)
     tok = _tokenizer(args)
-    stops = set(stop_tokens(tok))
+    decode = parse_decoder(args.decoder)
+    stops = set(args.stop_tokens) if args.stop_tokens else set(stop_tokens(tok))
+    context = dict(stop_tokens=stops, max_tokens=args.max_tokens, gpt2_tokenizer=tok,
+                   clip_tokenizer=tokenizers_.clip_tokenizer())
     failed = False
     if args.save_pixels:
         args.save_pixels.mkdir(parents=True, exist_ok=True)
@@ -86,14 +89,14 @@ def cmd_caption(args) -> None:
         try:
             if args.save_pixels:
                 np.save(args.save_pixels / f"{path.name}.npy", preprocess(load_image(path)).numpy())
-            cap = caption_image(models, path, stops, args.max_tokens)
+            cap = caption_image(models, path, decode, **context)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             failed = True
             continue
         text = tok.decode(cap.token_ids, skip_special_tokens=True).strip()
         if args.json:
-            print(json.dumps({"image": str(path), "caption": text, "token_ids": cap.token_ids,
+            print(json.dumps({"image": str(path), "decoder": args.decoder, "caption": text, "token_ids": cap.token_ids,
                               "image_embeds": [round(float(x), 7) for x in cap.image_embeds]}))
         else:
             print(f"{path}: {text}")
@@ -121,11 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     p.set_defaults(func=cmd_import_clipcap)
 
-    p = sub.add_parser("caption", help="the PyTorch reference captioner (greedy), for parity checks")
+    p = sub.add_parser("caption", help="the PyTorch reference captioner, for parity checks")
     _source_args(p)
     p.add_argument("images", type=Path, nargs="+")
-    p.add_argument("--json", action="store_true", help="JSON lines: image, caption, token_ids, image_embeds")
+    p.add_argument("--decoder", default="greedy",
+                   help="greedy | beam | contrastive | magic, with parameters as in `clipcap caption`, "
+                        "e.g. beam:num_beams=3,length_penalty=1.0 (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="JSON lines: image, decoder, caption, token_ids, image_embeds")
     p.add_argument("--save-pixels", type=Path, metavar="DIR", help="also save each preprocessed image as DIR/<name>.npy")
+    p.add_argument("--stop-tokens", type=lambda s: [int(t) for t in s.split(",")], metavar="ID,ID",
+                   help="stop on these token ids instead of the bundle's (\".\" and end-of-text)")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     p.set_defaults(func=cmd_caption)
 

@@ -36,7 +36,16 @@ class ImageEncoderGraph(nn.Module):
         self.clip = clip
 
     def forward(self, pixel_values):
-        return self.clip(pixel_values=pixel_values).image_embeds
+        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids):
+        return self.clip.get_text_features(input_ids=input_ids).pooler_output
 
 
 class LmGraph(nn.Module):
@@ -92,8 +101,10 @@ def lm_output_names(layers: int) -> list[str]:
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
     module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the wrapped model's
     with torch.no_grad(), warnings.catch_warnings():
-        # CLIP's image-size check is a Python branch the tracer warns about; the size is fixed anyway.
+        # CLIP's image-size check is a Python branch the tracer warns about (the size is fixed anyway), and
+        # the text tower's end-of-text pooling indexes with argmax positions, which are never negative.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     module.eval()
@@ -122,6 +133,7 @@ class ExportReport:
     image_encoder: float
     mapper: float
     lm: float
+    text_encoder: float | None = None
 
 
 def export_image_encoder(models: Models, path: Path, size: int) -> float:
@@ -131,8 +143,29 @@ def export_image_encoder(models: Models, path: Path, size: int) -> float:
     pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     got = _session(path).run(None, {"pixel_values": pixels.numpy()})[0]
     with torch.no_grad():
-        want = models.clip(pixel_values=pixels).image_embeds
+        want = graph(pixels)
     return _compare(f"{path.name} image_embeds", got, want, 0.0)
+
+
+def export_text_encoder(models: Models, path: Path, context: int, bos: int, eos: int) -> float:
+    graph = TextEncoderGraph(models.clip)
+
+    def batch(lengths, seed):
+        # start, random text ids, end, zero padding: the layout the runtime feeds.
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.zeros(len(lengths), context, dtype=torch.long)
+        for row, n in enumerate(lengths):
+            ids[row, 0], ids[row, n + 1] = bos, eos
+            ids[row, 1:n + 1] = torch.randint(0, bos, (n,), generator=g)
+        return ids
+
+    _export(graph, (batch([5], 0),), path, ["input_ids"], ["text_embeds"],
+            {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}})
+    ids = batch([1, 7, context - 2], 4)
+    got = _session(path).run(None, {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        want = graph(ids)
+    return _compare(f"{path.name} text_embeds", got, want, 0.0)
 
 
 def export_mapper(models: Models, path: Path) -> float:
@@ -184,9 +217,11 @@ def export_lm(models: Models, path: Path) -> float:
     return worst
 
 
-def export_graphs(models: Models, out_dir: Path, size: int) -> ExportReport:
+def export_graphs(models: Models, out_dir: Path, size: int, text: tuple[int, int, int] | None) -> ExportReport:
+    """`text`: (context length, start id, end id) to export the CLIP text encoder too."""
     return ExportReport(
         image_encoder=export_image_encoder(models, out_dir / "image_encoder.onnx", size),
         mapper=export_mapper(models, out_dir / "mapper.onnx"),
         lm=export_lm(models, out_dir / "lm.onnx"),
+        text_encoder=export_text_encoder(models, out_dir / "text_encoder.onnx", *text) if text else None,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config, GPT2LMHeadModel
+from transformers import CLIPConfig, CLIPModel, GPT2Config, GPT2LMHeadModel
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_GPT2 = "gpt2"
@@ -24,12 +24,17 @@ DEFAULT_PREFIX_LENGTH = 10
 # 32-wide model differ by ~1e-3, and the ONNX-vs-PyTorch token parity would hinge on rounding.
 RANDOM_CONFIGS = {
     "tiny": dict(
-        clip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=224, patch_size=32, projection_dim=32, initializer_range=0.2),
+        clip=dict(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=224, patch_size=32, initializer_range=0.2),
+            # CLIP's real 49408-token vocabulary, on a 16-wide tower to keep the bundle small.
+            text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             max_position_embeddings=77, vocab_size=49408, initializer_range=0.2),
+            projection_dim=32),
         gpt2=dict(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=50257, initializer_range=0.2),
     ),
-    # CLIPVisionConfig's and GPT2Config's defaults are ViT-B/32 and GPT-2 124M.
-    "full": dict(clip=dict(projection_dim=512), gpt2=dict()),
+    # CLIPConfig's and GPT2Config's defaults are ViT-B/32 (with its text tower) and GPT-2 124M.
+    "full": dict(clip=dict(), gpt2=dict()),
 }
 
 
@@ -80,9 +85,10 @@ class ClipCap(nn.Module):
 
 @dataclass
 class Models:
-    """Everything a bundle is exported from."""
+    """Everything a bundle is exported from. `clip` has both towers: the image tower feeds the mapper,
+    the text tower scores captions (CLIPScore, CLIP-guided decoding)."""
 
-    clip: CLIPVisionModelWithProjection
+    clip: CLIPModel
     clipcap: ClipCap
     normalize_embedding: bool = False
 
@@ -94,6 +100,11 @@ class Models:
     def embedding_dim(self) -> int:
         return self.clip.config.projection_dim
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature: image-text logits are logit_scale x cosine."""
+        return float(self.clip.logit_scale.detach().exp())
+
     def eval(self) -> "Models":
         self.clip.eval()
         self.clipcap.eval()
@@ -101,17 +112,18 @@ class Models:
 
 
 def _seeded(seed: int, build):
-    # Each part gets its own seed offset, so changing one part's architecture leaves the others' weights.
+    # Each part is built right after seeding (with its own offset of the seed), so one part's
+    # architecture does not change another part's weights.
     torch.manual_seed(seed)
     return build()
 
 
-def load_clip(source: Source) -> CLIPVisionModelWithProjection:
+def load_clip(source: Source) -> CLIPModel:
     if source.random_init:
-        cfg = CLIPVisionConfig(**RANDOM_CONFIGS[source.random_init]["clip"])
+        cfg = CLIPConfig(**RANDOM_CONFIGS[source.random_init]["clip"])
         cfg._attn_implementation = "eager"
-        return _seeded(source.seed, lambda: CLIPVisionModelWithProjection(cfg))
-    return CLIPVisionModelWithProjection.from_pretrained(source.clip, attn_implementation="eager")
+        return _seeded(source.seed, lambda: CLIPModel(cfg))
+    return CLIPModel.from_pretrained(source.clip, attn_implementation="eager")
 
 
 def load_gpt2(source: Source) -> GPT2LMHeadModel:

@@ -46,3 +46,36 @@ def token_id(tok: Tokenizer, text: str) -> int:
     if len(ids) != 1:
         raise ValueError(f"{text!r} encodes to {len(ids)} tokens, expected one")
     return ids[0]
+
+
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_CONTEXT = 77
+
+
+def clip_tokenizer() -> Tokenizer:
+    """CLIP's BPE tokenizer (lower-cased, `</w>` word ends, start/end-of-text added) built from OpenAI's
+    vocabulary file, which the clip-anytorch package ships; the same vocabulary every CLIP model uses."""
+    import gzip
+
+    from clip.simple_tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    # OpenAI's SimpleTokenizer: the first line is a header; 49152 - 256 - 2 merges make a 49408 vocabulary.
+    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [CLIP_BOS, CLIP_EOS]
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges).backend_tokenizer
+
+
+def clip_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids as the text encoder takes them: start, text, end, zero padding to 77; text that is too
+    long is cut and still ends with end-of-text (OpenAI's `clip.tokenize(truncate=True)`)."""
+    eos = tok.token_to_id(CLIP_EOS)
+    out = []
+    for text in texts:
+        ids = tok.encode(text).ids
+        if len(ids) > CLIP_CONTEXT:
+            ids = ids[:CLIP_CONTEXT - 1] + [eos]
+        out.append(ids + [0] * (CLIP_CONTEXT - len(ids)))
+    return out

@@ -35,7 +35,7 @@ def clipcap_binary() -> Path:
 
 @pytest.fixture(scope="session")
 def rust_env() -> dict:
-    """Environment for running the Rust CLI with this venv's pinned ONNX Runtime."""
+    """Environment for running the Rust CLI with this venv's pinned ONNX Runtime and the built plugins."""
     import os
 
     import onnxruntime
@@ -43,4 +43,7 @@ def rust_env() -> dict:
     libs = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
     if not libs:
         pytest.fail("libonnxruntime.so not found in the onnxruntime wheel")
-    return dict(os.environ, ORT_DYLIB_PATH=str(libs[0]))
+    # The workspace's plugins sit next to the binary; the checkout may be in a world-writable folder.
+    plugins = REPO / "target" / "debug"
+    return dict(os.environ, ORT_DYLIB_PATH=str(libs[0]), CLIPCAP__PLUGINS__DIRECTORIES=str(plugins),
+                CLIPCAP__PLUGINS__ALLOW_INSECURE="true")

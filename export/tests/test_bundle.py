@@ -39,8 +39,13 @@ def test_manifest_describes_the_models(bundle, tiny):
     assert (lm["width"], lm["layers"], lm["heads"], lm["vocab_size"], lm["max_positions"]) == (32, 2, 2, 50257, 128)
     assert m["tokenizer"] == {"file": "tokenizer.json", "eos_token": 50256, "stop_tokens": [13, 50256], "max_tokens": 67}
     assert m["preprocess"]["size"] == 224 and m["preprocess"]["filter"] == "bicubic"
+    te = m["text_encoder"]
+    assert (te["file"], te["tokenizer"], te["context_length"], te["embedding_dim"]) == \
+        ("text_encoder.onnx", "clip_tokenizer.json", 77, 32)
+    assert abs(te["logit_scale"] - tiny.logit_scale) < 1e-6
     checks = m["provenance"]["export_check"]
-    assert set(checks) == {"image_encoder", "mapper", "lm"} and all(0 <= v < 1e-3 for v in checks.values())
+    assert set(checks) == {"image_encoder", "mapper", "lm", "text_encoder"}
+    assert all(0 <= v < 1e-3 for v in checks.values())
 
 
 def test_graph_signatures_follow_the_contract(bundle):
@@ -60,10 +65,13 @@ def test_graph_signatures_follow_the_contract(bundle):
             assert ins[f"past_key_values.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "past_len", 16])
             assert outs[f"present.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "total_len", 16])
     assert len(ins) == 2 + 4 and len(outs) == 2 + 4
+    ins, outs = io(bundle / "text_encoder.onnx")
+    assert ins == {"input_ids": ("tensor(int64)", ["batch", 77])}
+    assert outs == {"text_embeds": ("tensor(float)", ["batch", 32])}
 
 
 def test_opset_and_size(bundle):
-    for name in ("image_encoder.onnx", "mapper.onnx", "lm.onnx"):
+    for name in ("image_encoder.onnx", "mapper.onnx", "lm.onnx", "text_encoder.onnx"):
         model = onnx.load(str(bundle / name))
         assert {o.domain: o.version for o in model.opset_import}[""] == graphs.OPSET
     total = sum(p.stat().st_size for p in bundle.iterdir())
@@ -96,3 +104,9 @@ def test_a_wrong_graph_stops_the_export(tiny, tokenizer, tmp_path, monkeypatch):
     with pytest.raises(graphs.ExportCheckError, match="lm.onnx logits"):
         write_bundle(tiny, tokenizer, tmp_path / "b", PROV)
     assert not (tmp_path / "b" / MANIFEST).exists()
+
+
+def test_text_encoder_is_optional(tiny, tokenizer, tmp_path):
+    write_bundle(tiny, tokenizer, tmp_path / "b", PROV, text_encoder=False)
+    assert "text_encoder" not in read_manifest(tmp_path / "b")
+    assert not (tmp_path / "b" / "text_encoder.onnx").exists()

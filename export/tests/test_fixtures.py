@@ -9,19 +9,25 @@ import torch
 
 from clipcap_export.bundle import stop_tokens
 from clipcap_export.models import Source, build_models
-from clipcap_export.reference import caption_image, load_image, preprocess
+from clipcap_export.reference import caption_image, load_image, parse_decoder, preprocess
+from clipcap_export.tokenizer import clip_tokenizer
 
 from conftest import FIXTURES
 
 
 def test_reference_outputs_are_current(tokenizer):
+    # Greedy on every image, and the first image of each other decoder (all of them would take minutes).
     models = build_models(Source(random_init="tiny", seed=0))
-    lines = (FIXTURES / "reference" / "tiny-greedy.jsonl").read_text().splitlines()
+    context = dict(stop_tokens=set(stop_tokens(tokenizer)), max_tokens=67, gpt2_tokenizer=tokenizer,
+                   clip_tokenizer=clip_tokenizer())
+    lines = (FIXTURES / "reference" / "greedy.jsonl").read_text().splitlines()
     assert len(lines) >= 5
+    lines += [(FIXTURES / "reference" / f"{name}.jsonl").read_text().splitlines()[0]
+              for name in ("beam", "contrastive", "magic")]
     for line in lines:
         ref = json.loads(line)
         path = FIXTURES.parent.parent / ref["image"]
-        cap = caption_image(models, path, set(stop_tokens(tokenizer)), 67)
+        cap = caption_image(models, path, parse_decoder(ref["decoder"]), **context)
         assert cap.token_ids == ref["token_ids"], path
         assert np.allclose(cap.image_embeds.numpy(), ref["image_embeds"], atol=1e-6)
         pixels = np.load(FIXTURES / "reference" / f"{path.name}.npy")

@@ -74,8 +74,8 @@ def test_bundle_carries_the_checkpoint_weights(imported, checkpoint):
 def test_rust_captions_the_imported_bundle_like_pytorch(imported, checkpoint, gpt2_files, clipcap_binary, rust_env):
     ref = subprocess.run([sys.executable, "-m", "clipcap_export.cli", "caption", "--json", "--checkpoint", str(checkpoint),
                           *source_args(gpt2_files), *map(str, IMAGES)], check=True, capture_output=True, text=True)
-    rust = subprocess.run([str(clipcap_binary), "caption", "--json", "--bundle", str(imported), *map(str, IMAGES)],
-                          check=True, capture_output=True, text=True, env=rust_env)
+    rust = subprocess.run([str(clipcap_binary), "caption", "--json", "--decoder", "greedy", "--bundle", str(imported),
+                           *map(str, IMAGES)], check=True, capture_output=True, text=True, env=rust_env)
     want = [json.loads(line) for line in ref.stdout.splitlines()]
     got = [json.loads(line) for line in rust.stdout.splitlines()]
     assert len(got) == len(want) == len(IMAGES)

@@ -40,3 +40,13 @@ def test_round_trip(tokenizer):
     for text in TEXTS:
         if EOS not in text:
             assert tokenizer.decode(tokenizer.encode(text).ids) == text
+
+
+def test_clip_tokenizer_matches_openai_clip():
+    import clip
+
+    from clipcap_export.tokenizer import clip_ids, clip_tokenizer
+
+    texts = [t for t in TEXTS if t.strip()] + ["a " * 100, "A Dog.", "  two   RED circles!  "]
+    want = clip.tokenize(texts, truncate=True).tolist()
+    assert clip_ids(clip_tokenizer(), texts) == want

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clipcap::config::{Provider, RuntimeConfig};
+use clipcap::decoding::{DecoderInstance, DecoderRequest, Plugins};
 use clipcap::runtime::Runtime;
 use serde::Deserialize;
 
@@ -25,10 +26,35 @@ pub fn runtime() -> Runtime {
     Runtime::init(&config).unwrap_or_else(|e| panic!("{e}\n(run scripts/setup.sh first)"))
 }
 
-/// One line of tests/fixtures/reference/tiny-greedy.jsonl, written by the PyTorch reference.
+/// Where cargo put the workspace's plugin libraries (target/<profile>, next to the test's deps/).
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    assert!(
+        dir.join("libclipcap_search.so").is_file(),
+        "{}: plugins not built; run `cargo build --workspace` first",
+        dir.display()
+    );
+    dir
+}
+
+/// The workspace's plugins. Ownership and mode checks are off here because the checkout may live in
+/// a world-writable folder such as /tmp; tests/plugins.rs tests those checks on purpose.
+pub fn plugins() -> Plugins {
+    Plugins::load(&[plugin_dir()], true)
+}
+
+pub fn decoder(plugins: &Plugins, spec: &str) -> DecoderInstance {
+    plugins
+        .create(&DecoderRequest::parse(spec).unwrap())
+        .unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+/// One line of a tests/fixtures/reference/*.jsonl file, written by the PyTorch reference.
 #[derive(Debug, Deserialize)]
 pub struct Reference {
     pub image: PathBuf,
+    pub decoder: String,
     pub caption: String,
     pub token_ids: Vec<u32>,
     pub image_embeds: Vec<f32>,
@@ -49,8 +75,9 @@ impl Reference {
     }
 }
 
-pub fn references() -> Vec<Reference> {
-    let path = fixtures().join("reference/tiny-greedy.jsonl");
+/// The reference outputs of one decoder: greedy, beam, beam-stops, contrastive, magic.
+pub fn references(name: &str) -> Vec<Reference> {
+    let path = fixtures().join(format!("reference/{name}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap();
     let refs: Vec<Reference> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(

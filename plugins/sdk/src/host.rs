@@ -1,0 +1,147 @@
+//! The safe face of the host's function table.
+
+use std::ffi::{CStr, CString};
+
+use crate::ffi;
+
+/// What a decoder may see and do during one caption. Slices borrowed from it (logits, hidden
+/// states) are valid until the next `start` or `step`, which the borrow checker enforces.
+pub struct Host<'a> {
+    raw: &'a ffi::Host,
+}
+
+impl<'a> Host<'a> {
+    pub(crate) fn new(raw: &'a ffi::Host) -> Self {
+        Host { raw }
+    }
+
+    fn error(&self) -> String {
+        let message = unsafe { CStr::from_ptr((self.raw.last_error)(self.raw.ctx)) };
+        message.to_string_lossy().into_owned()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.raw.vocab_size as usize
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.raw.hidden_size as usize
+    }
+
+    pub fn eos_token(&self) -> u32 {
+        self.raw.eos_token
+    }
+
+    /// The most tokens a caption may have, and the most steps a decoder may take for it.
+    pub fn max_tokens(&self) -> usize {
+        self.raw.max_tokens as usize
+    }
+
+    pub fn stop_tokens(&self) -> &[u32] {
+        if self.raw.num_stop_tokens == 0 {
+            return &[];
+        }
+        unsafe { std::slice::from_raw_parts(self.raw.stop_tokens, self.raw.num_stop_tokens as usize) }
+    }
+
+    pub fn is_stop(&self, token: u32) -> bool {
+        self.stop_tokens().contains(&token)
+    }
+
+    /// CLIP's image-text logit scale, when the bundle has a text encoder.
+    pub fn clip_logit_scale(&self) -> Option<f32> {
+        (self.raw.clip_logit_scale > 0.0).then_some(self.raw.clip_logit_scale)
+    }
+
+    /// Back to one sequence holding just the image prefix.
+    pub fn start(&mut self) -> Result<(), String> {
+        match unsafe { (self.raw.start)(self.raw.ctx) } {
+            0 => Ok(()),
+            _ => Err(self.error()),
+        }
+    }
+
+    /// Number of live sequences.
+    pub fn batch(&self) -> usize {
+        unsafe { (self.raw.batch)(self.raw.ctx) as usize }
+    }
+
+    /// One model step: new sequence `i` continues old sequence `parents[i]` with `tokens[i]`.
+    pub fn step(&mut self, parents: &[u32], tokens: &[u32]) -> Result<(), String> {
+        if parents.len() != tokens.len() {
+            return Err(format!("{} parents for {} tokens", parents.len(), tokens.len()));
+        }
+        let status = unsafe { (self.raw.step)(self.raw.ctx, parents.as_ptr(), tokens.as_ptr(), parents.len() as u32) };
+        if status == 0 { Ok(()) } else { Err(self.error()) }
+    }
+
+    /// Next-token logits of sequence `seq`.
+    pub fn logits(&self, seq: usize) -> Result<&[f32], String> {
+        self.row(
+            unsafe { (self.raw.logits)(self.raw.ctx, seq as u32) },
+            self.vocab_size(),
+        )
+    }
+
+    /// Last-layer hidden state of the last position of sequence `seq`.
+    pub fn hidden(&self, seq: usize) -> Result<&[f32], String> {
+        self.row(
+            unsafe { (self.raw.hidden)(self.raw.ctx, seq as u32) },
+            self.hidden_size(),
+        )
+    }
+
+    /// Hidden states of every position of sequence `seq` (prefix included), row after row.
+    pub fn context(&self, seq: usize) -> Result<&[f32], String> {
+        let mut len = 0u32;
+        let ptr = unsafe { (self.raw.context)(self.raw.ctx, seq as u32, &mut len) };
+        self.row(ptr, len as usize * self.hidden_size())
+    }
+
+    fn row(&self, ptr: *const f32, len: usize) -> Result<&[f32], String> {
+        if ptr.is_null() {
+            return Err(self.error());
+        }
+        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// The caption's seeded random stream: uniform in [0, 1).
+    pub fn random(&mut self) -> f64 {
+        unsafe { (self.raw.random)(self.raw.ctx) }
+    }
+
+    /// Text of `ids`, special tokens dropped.
+    pub fn detokenize(&self, ids: &[u32]) -> String {
+        let mut buf = vec![0u8; 256];
+        loop {
+            let n = unsafe {
+                (self.raw.detokenize)(
+                    self.raw.ctx,
+                    ids.as_ptr(),
+                    ids.len() as u32,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= buf.len() {
+                buf.truncate(n);
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            buf.resize(n, 0);
+        }
+    }
+
+    /// Cosine similarity of each text to the image (CLIP); an error when the bundle has no text encoder.
+    pub fn image_text_similarity(&mut self, texts: &[String]) -> Result<Vec<f32>, String> {
+        let c: Vec<CString> = texts
+            .iter()
+            .map(|t| CString::new(t.replace('\0', " ")).expect("NULs replaced"))
+            .collect();
+        let ptrs: Vec<_> = c.iter().map(|s| s.as_ptr()).collect();
+        let mut out = vec![0f32; texts.len()];
+        let status = unsafe {
+            (self.raw.image_text_similarity)(self.raw.ctx, ptrs.as_ptr(), ptrs.len() as u32, out.as_mut_ptr())
+        };
+        if status == 0 { Ok(out) } else { Err(self.error()) }
+    }
+}

@@ -1,0 +1,99 @@
+//! CLIP's text encoder: how well a text matches the image, for CLIP-guided decoding and CLIPScore.
+//!
+//! Texts are tokenised as OpenAI's `clip.tokenize(truncate=True)` does: start, text, end, zero
+//! padding to the context length; a text too long is cut and still ends with end-of-text.
+
+use ort::session::Session;
+use ort::value::TensorRef;
+use tokenizers::Tokenizer;
+
+use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec, check_graph};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::vision::{VisionError, cosine};
+
+pub struct TextEncoder {
+    session: Session,
+    tokenizer: Tokenizer,
+    spec: TextEncoderSpec,
+    eos: u32,
+}
+
+impl TextEncoder {
+    /// The bundle's text encoder, or `None` when it has none.
+    pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Option<Self>, VisionError> {
+        let Some(spec) = bundle.manifest.text_encoder.clone() else {
+            return Ok(None);
+        };
+        let tokenizer_path = bundle.file(&spec.tokenizer);
+        let bad = |message: String| BundleError::Manifest {
+            path: tokenizer_path.clone(),
+            message,
+        };
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| bad(format!("not a tokenizers JSON file: {e}")))?;
+        let eos = tokenizer
+            .token_to_id("<|endoftext|>")
+            .ok_or_else(|| bad("has no <|endoftext|> token; not a CLIP tokenizer".into()))?;
+        let path = bundle.file(&spec.file);
+        let session = runtime.session(&path)?;
+        check_graph(
+            &path,
+            &session,
+            &[TensorSpec::i64(
+                "input_ids",
+                vec![Dim::Dynamic, Dim::Fixed(spec.context_length)],
+            )],
+            &[TensorSpec::f32(
+                "text_embeds",
+                vec![Dim::Dynamic, Dim::Fixed(spec.embedding_dim)],
+            )],
+        )?;
+        Ok(Some(TextEncoder {
+            session,
+            tokenizer,
+            spec,
+            eos,
+        }))
+    }
+
+    pub fn logit_scale(&self) -> f32 {
+        self.spec.logit_scale
+    }
+
+    /// Token ids of `text` as the graph takes them, [context_length].
+    pub fn ids(&self, text: &str) -> Result<Vec<i64>, VisionError> {
+        let context = self.spec.context_length;
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| RuntimeError::Ort(format!("CLIP tokenizer: {e}")))?;
+        let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i as i64).collect();
+        if ids.len() > context {
+            ids.truncate(context - 1);
+            ids.push(self.eos as i64);
+        }
+        ids.resize(context, 0);
+        Ok(ids)
+    }
+
+    /// Text embeddings, one row of `embedding_dim` per text.
+    pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, VisionError> {
+        let mut ids = Vec::with_capacity(texts.len() * self.spec.context_length);
+        for t in texts {
+            ids.extend(self.ids(t)?);
+        }
+        let input = TensorRef::from_array_view(([texts.len(), self.spec.context_length], ids.as_slice()))?;
+        let outputs = self.session.run(ort::inputs!["input_ids" => input])?;
+        let (shape, data) = outputs["text_embeds"].try_extract_tensor::<f32>()?;
+        let dim = self.spec.embedding_dim;
+        if data.len() != texts.len() * dim {
+            return Err(RuntimeError::Ort(format!("output `text_embeds` has shape {shape:?}")).into());
+        }
+        Ok(data.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Cosine similarity of each text to an image embedding.
+    pub fn similarity(&mut self, texts: &[&str], image_embeds: &[f32]) -> Result<Vec<f32>, VisionError> {
+        Ok(self.embed(texts)?.iter().map(|t| cosine(t, image_embeds)).collect())
+    }
+}

@@ -1,0 +1,224 @@
+//! The host function table handed to plugins (`clipcap_host` in the C header), over a [`Generation`].
+//!
+//! Every function catches panics (nothing may unwind into a plugin), checks its arguments, and on
+//! failure leaves a message for `last_error`. Requests a correct decoder never makes (a sequence
+//! that does not exist, a token outside the vocabulary, a step beyond the budget) are also recorded
+//! as violations, which fail the caption whatever the decoder returns afterwards.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use clipcap_plugin_sdk::ffi;
+
+use super::Generation;
+
+pub(crate) struct HostCtx<'g, 'a> {
+    pub generation: &'g mut Generation<'a>,
+    pub violation: Option<String>,
+    error: CString,
+    context: Vec<f32>,
+}
+
+impl<'g, 'a> HostCtx<'g, 'a> {
+    pub fn new(generation: &'g mut Generation<'a>) -> Self {
+        HostCtx {
+            generation,
+            violation: None,
+            error: CString::default(),
+            context: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.error = CString::new(message.replace('\0', " ")).expect("NULs replaced");
+    }
+
+    fn violate(&mut self, message: String) {
+        self.violation.get_or_insert_with(|| message.clone());
+        self.fail(message);
+    }
+
+    /// The table for one `decode` call; `self` must outlive it and not move while it is used.
+    pub fn table(&mut self) -> ffi::Host {
+        let ctx = (self as *mut Self).cast();
+        let g = &self.generation;
+        ffi::Host {
+            abi_version: ffi::ABI_VERSION,
+            size: size_of::<ffi::Host>() as u32,
+            ctx,
+            vocab_size: g.vocab_size() as u32,
+            hidden_size: g.hidden_size() as u32,
+            eos_token: g.eos_token(),
+            max_tokens: g.max_tokens() as u32,
+            stop_tokens: g.stop_tokens().as_ptr(),
+            num_stop_tokens: g.stop_tokens().len() as u32,
+            clip_logit_scale: g.logit_scale().unwrap_or(0.0),
+            start,
+            batch,
+            step,
+            logits,
+            hidden,
+            context,
+            random,
+            detokenize,
+            image_text_similarity,
+            last_error,
+        }
+    }
+}
+
+/// Runs `f` on the context behind `ctx`, turning a panic into `on_panic` and a message.
+fn with<T>(ctx: *mut c_void, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -> T {
+    let host = unsafe { &mut *ctx.cast::<HostCtx>() };
+    match catch_unwind(AssertUnwindSafe(|| f(&mut *host))) {
+        Ok(value) => value,
+        Err(_) => {
+            host.violate("the host panicked while serving the decoder".into());
+            on_panic
+        }
+    }
+}
+
+unsafe extern "C" fn start(ctx: *mut c_void) -> i32 {
+    with(ctx, 1, |h| match h.generation.start() {
+        Ok(()) => 0,
+        Err(e) => {
+            h.violate(format!("start failed: {e}"));
+            1
+        }
+    })
+}
+
+unsafe extern "C" fn batch(ctx: *mut c_void) -> u32 {
+    with(ctx, 0, |h| h.generation.batch() as u32)
+}
+
+unsafe extern "C" fn step(ctx: *mut c_void, parents: *const u32, tokens: *const u32, n: u32) -> i32 {
+    with(ctx, 1, |h| {
+        if n > 0 && (parents.is_null() || tokens.is_null()) {
+            h.violate("step: null parents or tokens".into());
+            return 1;
+        }
+        let (parents, tokens) = if n == 0 {
+            (&[][..], &[][..])
+        } else {
+            unsafe {
+                (
+                    std::slice::from_raw_parts(parents, n as usize),
+                    std::slice::from_raw_parts(tokens, n as usize),
+                )
+            }
+        };
+        match h.generation.step(parents, tokens) {
+            Ok(()) => 0,
+            Err(e) => {
+                h.violate(format!("step refused: {e}"));
+                1
+            }
+        }
+    })
+}
+
+fn row(ctx: *mut c_void, seq: u32, what: &str, get: fn(&Generation, usize) -> Option<*const f32>) -> *const f32 {
+    with(ctx, std::ptr::null(), |h| match get(h.generation, seq as usize) {
+        Some(ptr) => ptr,
+        None => {
+            h.violate(format!(
+                "{what} of sequence {seq} requested; the batch has {}",
+                h.generation.batch()
+            ));
+            std::ptr::null()
+        }
+    })
+}
+
+unsafe extern "C" fn logits(ctx: *mut c_void, seq: u32) -> *const f32 {
+    row(ctx, seq, "logits", |g, s| g.logits(s).map(<[f32]>::as_ptr))
+}
+
+unsafe extern "C" fn hidden(ctx: *mut c_void, seq: u32) -> *const f32 {
+    row(ctx, seq, "hidden state", |g, s| g.hidden(s).map(<[f32]>::as_ptr))
+}
+
+unsafe extern "C" fn context(ctx: *mut c_void, seq: u32, len: *mut u32) -> *const f32 {
+    with(ctx, std::ptr::null(), |h| match h.generation.context(seq as usize) {
+        Some(states) => {
+            h.context = states;
+            if !len.is_null() {
+                unsafe { *len = (h.context.len() / h.generation.hidden_size()) as u32 };
+            }
+            h.context.as_ptr()
+        }
+        None => {
+            h.violate(format!(
+                "context of sequence {seq} requested; the batch has {}",
+                h.generation.batch()
+            ));
+            std::ptr::null()
+        }
+    })
+}
+
+unsafe extern "C" fn random(ctx: *mut c_void) -> f64 {
+    with(ctx, 0.0, |h| h.generation.random())
+}
+
+unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: *mut c_char, cap: usize) -> usize {
+    with(ctx, 0, |h| {
+        let ids = if n == 0 || ids.is_null() {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(ids, n as usize) }
+        };
+        let text = h.generation.detokenize(ids);
+        if !buf.is_null() {
+            unsafe { std::ptr::copy_nonoverlapping(text.as_ptr().cast(), buf, text.len().min(cap)) };
+        }
+        text.len()
+    })
+}
+
+unsafe extern "C" fn image_text_similarity(
+    ctx: *mut c_void,
+    texts: *const *const c_char,
+    n: u32,
+    out: *mut f32,
+) -> i32 {
+    with(ctx, 1, |h| {
+        if n > 0 && (texts.is_null() || out.is_null()) {
+            h.violate("image_text_similarity: null texts or output".into());
+            return 1;
+        }
+        let ptrs = if n == 0 {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(texts, n as usize) }
+        };
+        let owned: Vec<String> = ptrs
+            .iter()
+            .map(|&p| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        match h.generation.similarity(&refs) {
+            Ok(sims) => {
+                unsafe { std::ptr::copy_nonoverlapping(sims.as_ptr(), out, sims.len()) };
+                0
+            }
+            Err(e) => {
+                h.fail(e); // a capability question, not a violation: the decoder may do without
+                1
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn last_error(ctx: *mut c_void) -> *const c_char {
+    let host = unsafe { &*ctx.cast::<HostCtx>() };
+    host.error.as_ptr()
+}

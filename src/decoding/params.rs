@@ -1,0 +1,121 @@
+//! Which decoder to use, with which parameters: `name:key=value,...` from the command line or a
+//! `[decoders.NAME]` table from the config, checked against what the plugin declares.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::plugin::{DecoderInfo, ParamKind};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Text(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A decoder to instantiate: `label` names the instance in output (the config table's name, or the
+/// command-line spec), `decoder` the plugin decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderRequest {
+    pub label: String,
+    pub decoder: String,
+    pub params: BTreeMap<String, ParamValue>,
+}
+
+impl DecoderRequest {
+    /// `beam` or `beam:num_beams=5,length_penalty=1.0`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (decoder, args) = spec.split_once(':').unwrap_or((spec, ""));
+        if decoder.is_empty() {
+            return Err(format!("decoder spec {spec:?}: no decoder name"));
+        }
+        let mut params = BTreeMap::new();
+        for item in args.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("decoder spec {spec:?}: {item:?} is not key=value"))?;
+            params.insert(key.trim().to_string(), ParamValue::Text(value.trim().to_string()));
+        }
+        Ok(DecoderRequest {
+            label: spec.to_string(),
+            decoder: decoder.to_string(),
+            params,
+        })
+    }
+
+    /// A `[decoders.NAME]` table; its `decoder` key names the plugin decoder (default: NAME).
+    pub fn from_table(name: &str, table: &BTreeMap<String, ParamValue>) -> Result<Self, String> {
+        let mut params = table.clone();
+        let decoder = match params.remove("decoder") {
+            None => name.to_string(),
+            Some(ParamValue::Text(d)) => d,
+            Some(other) => return Err(format!("decoders.{name}.decoder = {other} is not a decoder name")),
+        };
+        Ok(DecoderRequest {
+            label: name.to_string(),
+            decoder,
+            params,
+        })
+    }
+
+    /// Values for the plugin's `create`, in its parameter order; unknown names, wrong types and
+    /// out-of-range values are refused with the parameter named.
+    pub fn values(&self, info: &DecoderInfo) -> Result<Vec<f64>, String> {
+        let who = format!("decoder `{}` ({})", self.decoder, self.label);
+        for key in self.params.keys() {
+            if !info.params.iter().any(|p| &p.name == key) {
+                let known: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
+                let known = if known.is_empty() {
+                    "it takes none".to_string()
+                } else {
+                    format!("it takes {}", known.join(", "))
+                };
+                return Err(format!("{who}: unknown parameter `{key}`; {known}"));
+            }
+        }
+        info.params
+            .iter()
+            .map(|p| {
+                let Some(value) = self.params.get(&p.name) else {
+                    return Ok(p.default);
+                };
+                let bad = |why: &str| format!("{who}: parameter `{}` = {value}: {why}", p.name);
+                let number = match (p.kind, value) {
+                    (ParamKind::Bool, ParamValue::Bool(b)) => *b as u8 as f64,
+                    (ParamKind::Bool, ParamValue::Text(t)) => match t.as_str() {
+                        "true" | "1" => 1.0,
+                        "false" | "0" => 0.0,
+                        _ => return Err(bad("expected true or false")),
+                    },
+                    (ParamKind::Bool, _) => return Err(bad("expected true or false")),
+                    (_, ParamValue::Int(i)) => *i as f64,
+                    (_, ParamValue::Float(x)) => *x,
+                    (_, ParamValue::Text(t)) => t.parse::<f64>().map_err(|_| bad("expected a number"))?,
+                    (_, ParamValue::Bool(_)) => return Err(bad("expected a number")),
+                };
+                if p.kind == ParamKind::Int && number.fract() != 0.0 {
+                    return Err(bad("expected an integer"));
+                }
+                if !(p.min..=p.max).contains(&number) {
+                    return Err(bad(&format!("out of range [{}, {}]", p.min, p.max)));
+                }
+                Ok(number)
+            })
+            .collect()
+    }
+}
