@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the rules that keep them apart.
 
+pub mod bench;
 pub mod bundle;
 pub mod captioner;
 pub mod clip_text;

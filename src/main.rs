@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use clipcap::bench;
 use clipcap::bundle::Bundle;
 use clipcap::captioner::Captioner;
 use clipcap::config::Config;
@@ -49,6 +50,23 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// JSON lines: image, decoder, caption, token_ids, steps, per-stage milliseconds (or image and error).
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+    },
+    /// Time each stage and each decoder on the same images, in one process.
+    Bench {
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// Decoders to compare (as in `caption`); the first is the baseline of the ratios.
+        #[arg(long = "decoder", value_name = "DECODER")]
+        decoders: Vec<String>,
+        /// Measured rounds over the images, after one warm-up round.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        seed: Option<u64>,
         #[arg(long)]
         json: bool,
         #[arg(required = true, value_name = "IMAGE")]
@@ -109,62 +127,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             images,
         } => {
-            let names = if decoders.is_empty() {
-                vec![config.decoding.decoder.clone()]
-            } else {
-                decoders
-            };
-            let mut decoders: Vec<DecoderInstance> = names
-                .iter()
-                .map(|n| create(&config, &plugins, n))
-                .collect::<anyhow::Result<_>>()?;
+            let mut decoders = create_all(&config, &plugins, decoders)?;
             let fallback = fallback.unwrap_or_else(|| config.decoding.fallback.clone());
             let mut fallback = (!fallback.is_empty())
                 .then(|| create(&config, &plugins, &fallback))
                 .transpose()?;
+            let mut captioner = load_captioner(&config, &bundle)?;
             let seed = seed.unwrap_or(config.decoding.seed);
-            let bundle = Bundle::open(&bundle)?;
-            let runtime = Runtime::init(&config.runtime)?;
-            let mut captioner = Captioner::load(&bundle, &runtime)?;
-            let mut failed = false;
-            for path in &images {
-                let prepared = imageio::load_file(path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|img| Ok(captioner.prepare(&img)?));
-                for decoder in &mut decoders {
-                    let result = prepared
-                        .as_ref()
-                        .map_err(|e| anyhow::anyhow!("{e:#}"))
-                        .and_then(|p| Ok(captioner.decode(p, decoder, fallback.as_mut(), seed)?));
-                    match result {
-                        Ok(c) if json => {
-                            let mut line = serde_json::to_value(&c)?;
-                            line["image"] = serde_json::json!(path);
-                            println!("{line}");
-                        }
-                        // One line per caption, even when a model emits line breaks.
-                        Ok(c) => println!(
-                            "{} [{}]: {}",
-                            path.display(),
-                            c.decoder,
-                            c.caption.replace(['\n', '\r'], " ")
-                        ),
-                        Err(e) => {
-                            failed = true;
-                            eprintln!("error: {e:#}");
-                            if json {
-                                let line = serde_json::json!({"image": path, "decoder": decoder.label(), "error": format!("{e:#}")});
-                                println!("{line}");
-                            }
-                        }
-                    }
-                }
-            }
+            let failed = caption(&mut captioner, &mut decoders, fallback.as_mut(), seed, json, &images)?;
             Ok(if failed {
                 ExitCode::from(EXIT_SOME_FAILED)
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Bench {
+            bundle,
+            decoders,
+            runs,
+            seed,
+            json,
+            images,
+        } => {
+            let mut decoders = create_all(&config, &plugins, decoders)?;
+            let mut captioner = load_captioner(&config, &bundle)?;
+            let prepared = images
+                .iter()
+                .map(|p| Ok(captioner.prepare(&imageio::load_file(p)?)?))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let seed = seed.unwrap_or(config.decoding.seed);
+            let results = bench::run(&mut captioner, &prepared, &mut decoders, runs, seed)?;
+            print_bench(&results, json)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugins {
             command: PluginsCommand::List { json },
@@ -173,6 +167,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load_captioner(config: &Config, bundle: &std::path::Path) -> anyhow::Result<Captioner> {
+    let bundle = Bundle::open(bundle)?;
+    let runtime = Runtime::init(&config.runtime)?;
+    Ok(Captioner::load(&bundle, &runtime)?)
+}
+
+/// Captions every image with every decoder; true when some failed.
+fn caption(
+    captioner: &mut Captioner,
+    decoders: &mut [DecoderInstance],
+    mut fallback: Option<&mut DecoderInstance>,
+    seed: u64,
+    json: bool,
+    images: &[PathBuf],
+) -> anyhow::Result<bool> {
+    let mut failed = false;
+    for path in images {
+        let prepared = imageio::load_file(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| Ok(captioner.prepare(&img)?));
+        for decoder in decoders.iter_mut() {
+            let result = prepared
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|p| Ok(captioner.decode(p, decoder, fallback.as_deref_mut(), seed)?));
+            match result {
+                Ok(c) if json => {
+                    let mut line = serde_json::to_value(&c)?;
+                    line["image"] = serde_json::json!(path);
+                    println!("{line}");
+                }
+                // One line per caption, even when a model emits line breaks.
+                Ok(c) => println!(
+                    "{} [{}]: {}",
+                    path.display(),
+                    c.decoder,
+                    c.caption.replace(['\n', '\r'], " ")
+                ),
+                Err(e) => {
+                    failed = true;
+                    eprintln!("error: {e:#}");
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"image": path, "decoder": decoder.label(), "error": format!("{e:#}")})
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(failed)
+}
+
+fn print_bench(results: &[bench::DecoderBench], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(results)?);
+        return Ok(());
+    }
+    println!(
+        "{:<30} {:>9} {:>10} {:>7} {:>6} {:>11} {:>13} {:>6}",
+        "decoder (medians)", "encode", "decode", "x base", "steps", "model/step", "decoder/step", "share"
+    );
+    for r in results {
+        println!(
+            "{:<30} {:>7.1}ms {:>8.1}ms {:>7.2} {:>6.0} {:>9.2}ms {:>11.3}ms {:>5.1}%",
+            r.decoder,
+            r.encode_ms,
+            r.decode_ms,
+            r.decode_ratio,
+            r.steps,
+            r.model_ms_per_step,
+            r.decoder_ms_per_step,
+            100.0 * r.decoder_ms_per_step / (r.model_ms_per_step + r.decoder_ms_per_step)
+        );
+    }
+    Ok(())
+}
+
+/// The named decoders, or the config's default decoder when none is named.
+fn create_all(config: &Config, plugins: &Plugins, names: Vec<String>) -> anyhow::Result<Vec<DecoderInstance>> {
+    let names = if names.is_empty() {
+        vec![config.decoding.decoder.clone()]
+    } else {
+        names
+    };
+    names.iter().map(|n| create(config, plugins, n)).collect()
 }
 
 fn create(config: &Config, plugins: &Plugins, name: &str) -> anyhow::Result<DecoderInstance> {

@@ -44,27 +44,27 @@ fn smallest_set_reaching(d: &Distribution, mass: f32, key: impl Fn(&(u32, f32)) 
             .unwrap_or(Ordering::Equal)
             .then(a.0.cmp(&b.0))
     };
-    let mut n = 64.min(d.len());
+    let mut ranked = d.clone();
+    // ranked[..done] is the top `done`, sorted; each round partitions the rest and sorts the next block.
+    let (mut done, mut n) = (0, 64.min(d.len()));
+    // f64 sums: thousands of tail probabilities would drift in f32 and move the boundary.
+    let mut cumulative = 0.0f64;
     loop {
-        let mut ranked = d.clone();
         if n < ranked.len() {
-            ranked.select_nth_unstable_by(n - 1, order);
-            ranked.truncate(n);
+            ranked[done..].select_nth_unstable_by(n - 1 - done, order);
         }
-        ranked.sort_unstable_by(order);
-        // f64 sums: thousands of tail probabilities would drift in f32 and move the boundary.
-        let mut cumulative = 0.0f64;
-        for (i, x) in ranked.iter().enumerate() {
-            cumulative += x.1 as f64;
+        ranked[done..n].sort_unstable_by(order);
+        for i in done..n {
+            cumulative += ranked[i].1 as f64;
             if cumulative >= mass as f64 {
                 ranked.truncate(i + 1);
                 return normalized(ranked);
             }
         }
-        if n == d.len() {
+        if n == ranked.len() {
             return normalized(ranked); // rounding left the total just below `mass`: keep everything
         }
-        n = (n * 4).min(d.len());
+        (done, n) = (n, (n * 4).min(ranked.len()));
     }
 }
 

@@ -3,20 +3,27 @@
 
 use std::cmp::Ordering;
 
+/// NaN ranks below everything.
+fn key(v: f32) -> f32 {
+    if v.is_nan() { f32::NEG_INFINITY } else { v }
+}
+
 /// Descending by value, NaN last, ties broken by the lower index (as `torch.argmax` prefers).
 fn descending(values: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
     move |&a, &b| {
         let (x, y) = (values[a as usize], values[b as usize]);
-        let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
         key(y).partial_cmp(&key(x)).unwrap_or(Ordering::Equal).then(a.cmp(&b))
     }
 }
 
-/// The `k` largest values with their indices, largest first.
+/// The `k` largest values with their indices, largest first (ties: lower index first).
 pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(values.len());
     if k == 0 {
         return Vec::new();
+    }
+    if k * 32 <= values.len() {
+        return top_k_scan(values, k);
     }
     let mut idx: Vec<u32> = (0..values.len() as u32).collect();
     let cmp = descending(values);
@@ -26,6 +33,22 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     }
     idx.sort_unstable_by(&cmp);
     idx.into_iter().map(|i| (i, values[i as usize])).collect()
+}
+
+/// Small k: one pass keeping a sorted buffer of the best k; a value enters only if it beats the
+/// worst kept one, which after the first few hundred values almost never happens.
+fn top_k_scan(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if best.len() == k && key(v) <= key(best[k - 1].1) {
+            continue;
+        }
+        // Equal values stay in index order: a later index goes after them.
+        let at = best.partition_point(|b| key(b.1) >= key(v));
+        best.insert(at, (i as u32, v));
+        best.truncate(k);
+    }
+    best
 }
 
 /// Index of the first maximal value.
@@ -72,7 +95,7 @@ mod tests {
             .collect();
         let mut sorted: Vec<(u32, f32)> = values.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         sorted.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
-        for k in [1, 5, 64, 1000] {
+        for k in [1, 5, 64, 1000, 40_000] {
             assert_eq!(top_k(&values, k), sorted[..k]);
         }
     }

@@ -7,7 +7,7 @@
 
 use std::ffi::CStr;
 
-use clipcap_plugin_sdk::select::{argmax, softmax, top_k};
+use clipcap_plugin_sdk::select::{argmax, top_k};
 use clipcap_plugin_sdk::{Decoder, Host, Param, Params, export_plugin};
 
 pub struct Greedy;
@@ -40,10 +40,16 @@ pub struct Beam {
     temperature: f32,
 }
 
-/// ln(softmax(logits / temperature)), computed in that order as ClipCap does.
-fn log_probs(logits: &[f32], temperature: f32) -> Vec<f32> {
-    let scaled: Vec<f32> = logits.iter().map(|x| x / temperature).collect();
-    softmax(&scaled).into_iter().map(f32::ln).collect()
+/// The `k` most likely tokens with their log-probabilities, ln(softmax(logits / temperature)) computed
+/// in that order as ClipCap does, but only for the winners: the log-softmax is monotonic in the logits,
+/// so ranking by logits picks the same tokens, and the vocabulary costs one pass of exp for the sum.
+fn top_log_probs(logits: &[f32], temperature: f32, k: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x / temperature));
+    let sum: f32 = logits.iter().map(|&x| (x / temperature - max).exp()).sum();
+    top_k(logits, k)
+        .into_iter()
+        .map(|(t, x)| (t, ((x / temperature - max).exp() / sum).ln()))
+        .collect()
 }
 
 impl Decoder for Beam {
@@ -79,7 +85,7 @@ impl Decoder for Beam {
     fn decode(&mut self, host: &mut Host) -> Result<Vec<u32>, String> {
         let (beams, lp) = (self.num_beams, self.length_penalty);
         let vocab = host.vocab_size();
-        let first = top_k(&log_probs(host.logits(0)?, self.temperature), beams);
+        let first = top_log_probs(host.logits(0)?, self.temperature, beams);
         let mut scores: Vec<f32> = first.iter().map(|c| c.1).collect();
         let mut tokens: Vec<Vec<u32>> = first.iter().map(|c| vec![c.0]).collect();
         let mut lengths = vec![1.0f32; beams];
@@ -101,12 +107,10 @@ impl Decoder for Beam {
                 }
                 new_lengths[b] += 1.0;
                 let norm = new_lengths[b].powf(lp);
-                let row = log_probs(host.logits(b)?, self.temperature);
-                let average: Vec<f32> = row.iter().map(|&l| (scores[b] + l) / norm).collect();
+                let best = top_log_probs(host.logits(b)?, self.temperature, beams);
                 candidates.extend(
-                    top_k(&average, beams)
-                        .into_iter()
-                        .map(|(t, v)| (v, b * vocab + t as usize)),
+                    best.into_iter()
+                        .map(|(t, l)| ((scores[b] + l) / norm, b * vocab + t as usize)),
                 );
             }
             candidates.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
