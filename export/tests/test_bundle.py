@@ -15,7 +15,7 @@ PROV = Provenance(image_encoder="test", language_model="test", mapper="test", tr
 
 @pytest.fixture(scope="module")
 def tiny():
-    return build_models(Source(random_init="tiny"))
+    return build_models(Source.random("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from conftest import FIXTURES
 
 def test_reference_outputs_are_current(tokenizer):
     # Greedy on every image, and the first image of each other decoder (all of them would take minutes).
-    models = build_models(Source(random_init="tiny", seed=0))
+    models = build_models(Source.random("tiny", 0))
     context = dict(stop_tokens=set(stop_tokens(tokenizer)), max_tokens=67, gpt2_tokenizer=tokenizer,
                    clip_tokenizer=clip_tokenizer())
     lines = (FIXTURES / "reference" / "greedy.jsonl").read_text().splitlines()
@@ -35,7 +35,7 @@ def test_reference_outputs_are_current(tokenizer):
 
 
 def test_bundle_holds_the_seeded_weights():
-    models = build_models(Source(random_init="tiny", seed=0))
+    models = build_models(Source.random("tiny", 0))
     session = ort.InferenceSession(str(FIXTURES / "tiny-bundle" / "mapper.onnx"), providers=["CPUExecutionProvider"])
     embeds = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

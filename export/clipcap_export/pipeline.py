@@ -1,0 +1,133 @@
+"""The research flows built from the parts: train, evaluate, then export (`run`); the prefix-length
+study (`sweep`); and the offline demo world, trained end to end in minutes on a CPU (`demo`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .bundle import Provenance, stop_tokens, write_bundle
+from .data import EmbeddingSet, load_karpathy
+from .evaluate import EvaluationError, evaluate, table
+from .models import Source, load_checkpoint, load_clip
+from .train import TrainConfig, train, trainable_parameters
+
+
+class GateError(RuntimeError):
+    pass
+
+
+def train_evaluate_export(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokenizer: Tokenizer,
+                          bundle: Path | None, max_tokens: int, min_bleu4: float | None = None,
+                          training_data: str = "", resume: bool = False, split: str = "test") -> dict:
+    """Trains into `run`, evaluates on `split`, and exports a bundle with the scores unless the
+    evaluation fails or BLEU-4 is below `min_bleu4`. Returns the run's summary."""
+    began = time.time()
+    checkpoint = train(emb, source, cfg, run, tokenizer, resume=resume, training_data=training_data)
+    seconds = time.time() - began
+    models = load_checkpoint(checkpoint, source)
+    stops = set(stop_tokens(tokenizer))
+    report = evaluate(models, emb, split, tokenizer, stops, max_tokens, run / "evaluation")
+    summary = dict(checkpoint=str(checkpoint), prefix_length=cfg.prefix_length, train_seconds=round(seconds, 1),
+                   trainable_parameters=trainable_parameters(models, cfg.freeze_gpt), **report)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(f"\n{split} split, {report['images']} images:\n" + table(report["scores"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    bleu4 = report["scores"].get("BLEU-4")
+    if bleu4 is None:
+        raise EvaluationError("evaluation produced no BLEU-4; not exporting")
+    if min_bleu4 is not None and bleu4 < min_bleu4:
+        raise GateError(f"BLEU-4 {bleu4:.4f} is below --min-bleu4 {min_bleu4}; not exporting")
+    if bundle is not None:
+        provenance = Provenance(
+            image_encoder=source.describe("clip"), language_model=source.describe("gpt2"), mapper=str(checkpoint),
+            training_data=training_data or str(emb.folder),
+            evaluation=dict(dataset=f"{training_data or emb.folder} ({split} split, {report['images']} images)",
+                            scores={k.lower().replace("-", ""): round(v, 5) for k, v in report["scores"].items()}),
+            training={k: v for k, v in asdict(cfg).items() if v is not None})
+        write_bundle(models, tokenizer, bundle, provenance, max_tokens)
+        print(f"bundle written to {bundle}")
+    return summary
+
+
+def sweep(emb: EmbeddingSet, source: Source, cfg: TrainConfig, lengths: list[int], out: Path, tokenizer: Tokenizer,
+          max_tokens: int, training_data: str = "") -> list[dict]:
+    """The prefix-length study: one training and evaluation per length, and the comparison."""
+    rows = []
+    for k in lengths:
+        summary = train_evaluate_export(emb, source, replace(cfg, prefix_length=k), out / f"prefix-{k}", tokenizer,
+                                        None, max_tokens, training_data=training_data)
+        rows.append(summary)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    lines = ["| prefix length | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | CIDEr | training time | trainable params |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["scores"]
+        lines.append(f"| {r['prefix_length']} | " + " | ".join(f"{100 * s[m]:.2f}" for m in
+                     ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr")) +
+                     f" | {r['train_seconds'] / 60:.1f} min | {r['trainable_parameters'] / 1e6:.2f}M |")
+    text = "\n".join(lines) + "\n"
+    (out / "sweep.md").write_text(text, encoding="utf-8")
+    print("\n" + text)
+    _plot_sweep(rows, out / "sweep.png")
+    return rows
+
+
+def _plot_sweep(rows: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lengths = [r["prefix_length"] for r in rows]
+    for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"):
+        ax.plot(lengths, [100 * r["scores"][m] for r in rows], marker="o", label=m)
+    ax.set(xlabel="prefix length", ylabel="score", title="Prefix-length study", xscale="log")
+    ax.set_xticks(lengths, [str(k) for k in lengths])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# The demo: a world small and regular enough to learn on two CPU cores in minutes.
+DEMO_WORLD = dict(train=4000, val=200, test=200)
+DEMO_CLIP_STEPS = 2000
+DEMO_CLIP_LR = 3e-3
+DEMO_TRAIN = TrainConfig(prefix_length=10, normalize=True, lr=2e-3, warmup=100, batch_size=64, epochs=2,
+                         max_caption_tokens=24, dropout=0.0)
+DEMO_MAX_TOKENS = 30
+
+
+def demo(out: Path, tokenizer: Tokenizer, world: dict | None = None, clip_steps: int = DEMO_CLIP_STEPS,
+         cfg: TrainConfig = DEMO_TRAIN, seed: int = 0) -> dict:
+    """World -> contrastive CLIP -> embeddings -> ClipCap -> evaluation -> bundle, all under `out`."""
+    from .clip_train import train_clip
+    from .embed import embed
+    from .world import generate, scene_key
+
+    world = world or DEMO_WORLD
+    began = time.time()
+    split_file = generate(out / "world", **world, seed=seed)
+    records = load_karpathy(split_file, out / "world")
+    clip = load_clip(Source.random("demo", seed))
+    train_records = [r for r in records if r.split == "train"]
+    clip_report = train_clip(clip, train_records, [r for r in records if r.split == "val"], steps=clip_steps,
+                             lr=DEMO_CLIP_LR, seed=seed, groups=[scene_key(r.captions[0]) for r in train_records])
+    print(f"CLIP: {clip_report}")
+    clip.save_pretrained(out / "clip")
+    (out / "clip" / "training.json").write_text(json.dumps(clip_report, indent=2), encoding="utf-8")
+    source = Source(clip=str(out / "clip"), gpt2="random:demo", seed=seed)
+    emb = embed(records, source, out / "embeddings", batch_size=256, workers=0)
+    summary = train_evaluate_export(emb, source, cfg, out / "run", tokenizer, out / "bundle", DEMO_MAX_TOKENS,
+                                    training_data="clipcap demo world (synthetic shapes, "
+                                                  f"{world['train']}/{world['val']}/{world['test']} images)")
+    summary.update(clip=clip_report, total_seconds=round(time.time() - began, 1))
+    (out / "demo.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

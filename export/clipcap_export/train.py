@@ -1,0 +1,235 @@
+"""Training the mapping network (and optionally GPT-2) on cached CLIP embeddings: the ClipCap recipe.
+
+One process, or several under `torchrun` (DistributedDataParallel: NCCL on CUDA, gloo on CPU). The
+loss is cross-entropy on caption tokens only: prefix positions are not scored, padding is masked out of
+both attention and loss (the original padded with token 0, GPT-2's "!", which silently dropped real
+"!" tokens from the loss). Each process's token sum is divided by the token count of the whole global
+batch, so N processes compute exactly the gradient of one process with the same global batch.
+
+A checkpoint per epoch (resumable: model, optimizer, schedule, epoch), a CSV of the loss per step and
+a PNG plot of it are written to the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .data import EmbeddingSet
+from .models import Models, Source, build_models, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are ClipCap's COCO recipe (MLP mapper, GPT-2 tuned)."""
+
+    mapper: str = "mlp"
+    prefix_length: int = 10
+    clip_length: int | None = None  # transformer mapper: tokens made from the embedding (default: prefix_length)
+    mapper_layers: int = 8
+    freeze_gpt: bool = False
+    normalize: bool = False  # L2-normalise CLIP embeddings before the mapper
+    lr: float = 2e-5
+    warmup: int = 5000
+    batch_size: int = 40  # global: split across processes
+    epochs: int = 10
+    max_caption_tokens: int = 40
+    bf16: bool = False  # autocast on CUDA
+    dropout: float | None = None  # override GPT-2's dropout rates
+    shuffle: bool = True
+    seed: int = 0
+
+
+class CaptionPairs(Dataset):
+    """(embedding, caption tokens) for every caption of every image in the given rows."""
+
+    def __init__(self, emb: EmbeddingSet, rows: list[int], tokenizer: Tokenizer, max_tokens: int):
+        self.emb = emb
+        self.pairs = [(row, caption) for row in rows for caption in emb.records[row].captions]
+        self.tokens = [tokenizer.encode(c, add_special_tokens=False).ids[:max_tokens] for _, c in self.pairs]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.array(self.emb.embeddings[self.pairs[i][0]])), torch.tensor(self.tokens[i])
+
+
+def collate(batch):
+    embeds = torch.stack([b[0] for b in batch])
+    length = max(len(b[1]) for b in batch)
+    tokens = torch.zeros(len(batch), length, dtype=torch.long)
+    mask = torch.zeros(len(batch), length, dtype=torch.long)
+    for i, (_, t) in enumerate(batch):
+        tokens[i, :len(t)], mask[i, :len(t)] = t, 1
+    return embeds, tokens, mask
+
+
+class CaptionLoss(nn.Module):
+    """Sum of the caption tokens' cross-entropy, and their number (so the caller chooses the divisor)."""
+
+    def __init__(self, models: Models):
+        super().__init__()
+        self.model = models.clipcap
+        self.normalize = models.normalize_embedding
+
+    def forward(self, embeds, tokens, mask):
+        if self.normalize:
+            embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+        prefix = self.model.clip_project(embeds)
+        k = prefix.shape[1]
+        gpt = self.model.gpt
+        x = torch.cat([prefix.to(gpt.transformer.wte.weight.dtype), gpt.transformer.wte(tokens)], 1)
+        attention = torch.cat([torch.ones(mask.shape[0], k, dtype=mask.dtype, device=mask.device), mask], 1)
+        hidden = gpt.transformer(inputs_embeds=x, attention_mask=attention).last_hidden_state
+        # Position k-1+t predicts token t; the prefix positions themselves are never scored.
+        logits = gpt.lm_head(hidden[:, k - 1:-1])
+        labels = tokens.masked_fill(mask == 0, -100)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        return ce, mask.sum()
+
+
+def trainable_parameters(models: Models, freeze_gpt: bool) -> int:
+    parts = [models.clipcap.clip_project] + ([] if freeze_gpt else [models.gpt])
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local rank, world size), joining the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = sorted(run.glob("checkpoint-*.pt"))
+    return found[-1] if found else None
+
+
+def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokenizer: Tokenizer,
+          resume: bool = False, training_data: str = "") -> Path:
+    """Trains and returns the last checkpoint. `source` names GPT-2 (and the CLIP of the embeddings)."""
+    rank, local_rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {world} processes")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        if rank == 0:
+            print("note: no CUDA device; training on CPU (slow for COCO-sized data)")
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    mapper_options = dict(clip_length=cfg.clip_length, layers=cfg.mapper_layers) if cfg.mapper == "transformer" else {}
+    models = build_models(source, cfg.mapper, cfg.prefix_length, cfg.normalize, cfg.dropout, **mapper_options)
+    if models.embedding_dim != emb.embeddings.shape[1]:
+        raise ValueError(f"{emb.folder}: {emb.embeddings.shape[1]}-d embeddings, CLIP {source.clip} gives "
+                         f"{models.embedding_dim}")
+    models.gpt.requires_grad_(not cfg.freeze_gpt)
+    data = CaptionPairs(emb, emb.split("train"), tokenizer, cfg.max_caption_tokens)
+    per_process = cfg.batch_size // world
+    if world > 1:
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
+    elif cfg.shuffle:
+        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        sampler = SequentialSampler(data)
+    loader = DataLoader(data, batch_size=per_process, sampler=sampler, collate_fn=collate, drop_last=True)
+    params = [p for p in models.clipcap.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, cfg.warmup, cfg.epochs * len(loader))
+    start_epoch, step = 0, 0
+    last = latest_checkpoint(run) if resume else None
+    if last is not None:
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        models.clipcap.load_state_dict(load_checkpoint(last, source).clipcap.state_dict())
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        start_epoch, step = saved["epoch"] + 1, saved["step"]
+        if rank == 0:
+            print(f"resuming from {last} (epoch {saved['epoch'] + 1} done)")
+    loss_module = CaptionLoss(models).to(device).train()
+    model = nn.parallel.DistributedDataParallel(loss_module) if world > 1 else loss_module
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    log_path = run / "loss.csv"
+    kept = []
+    if last is not None and log_path.exists():  # drop the rows of the interrupted epoch
+        kept = [r for r in csv.reader(open(log_path)) if r and r[0] != "step" and int(r[0]) <= step]
+    log = open(log_path, "w", newline="") if rank == 0 else None
+    writer = csv.writer(log) if log else None
+    if writer:
+        writer.writerows([["step", "epoch", "loss", "lr", "seconds"], *kept])
+    began = time.time()
+    checkpoint = last
+    for epoch in range(start_epoch, cfg.epochs):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        elif isinstance(sampler, RandomSampler):
+            sampler.generator.manual_seed(cfg.seed + epoch)  # the same order when resumed
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+        for embeds, tokens, mask in bar:
+            embeds, tokens, mask = embeds.to(device), tokens.to(device), mask.to(device)
+            with autocast:
+                ce, n = model(embeds, tokens, mask)
+            total = n.detach().clone()
+            if world > 1:
+                dist.all_reduce(total)
+            loss = ce * world / total  # DDP averages gradients over processes: this makes it the global mean
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            mean = (ce.detach() / n).item()
+            if writer:
+                writer.writerow([step, epoch + 1, f"{mean:.5f}", f"{schedule.get_last_lr()[0]:.3e}", f"{time.time() - began:.1f}"])
+            bar.set_postfix(loss=f"{mean:.3f}")
+        if rank == 0:
+            checkpoint = run / f"checkpoint-{epoch + 1:03d}.pt"
+            save_checkpoint(checkpoint, models, source, include_gpt=not cfg.freeze_gpt, epoch=epoch, step=step,
+                            optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
+                            train_config=asdict(cfg), training_data=training_data)
+            log.flush()
+        if world > 1:
+            dist.barrier()
+    if log:
+        log.close()
+        plot_loss(log_path, run / "loss.png")
+    if world > 1:
+        dist.barrier()
+    return checkpoint if checkpoint is not None else latest_checkpoint(run)
+
+
+def plot_loss(csv_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    steps, losses = [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+    window = max(1, len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.3, label="per step")
+    ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="caption-token cross-entropy", title="ClipCap training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""Training: the loss scores exactly the caption tokens, several processes (DDP, gloo on CPU) compute
+what one process computes, and a resumed run continues where an interrupted one stopped."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipcap_export.data import EmbeddingSet, Record, write_index
+from clipcap_export.models import Source, build_models, load_checkpoint
+from clipcap_export.train import CaptionLoss, TrainConfig, collate, train
+
+CAPTIONS = ["a red circle on a blue background.", "wow! two squares!", "three green triangles against a white background.",
+            "a picture of a yellow square at the top on a black background.", "one!"]
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory) -> Path:
+    """8 images with 5 captions each and random 32-d embeddings (the tiny CLIP's size)."""
+    folder = tmp_path_factory.mktemp("emb")
+    records = [Record(i, Path(f"/nonexistent/{i}.png"), "train", [f"{c} {i}" for c in CAPTIONS]) for i in range(8)]
+    write_index(folder, records, "random:tiny", 224)
+    np.save(folder / "embeddings.npy", np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32))
+    return folder
+
+
+def test_loss_scores_caption_tokens_only_and_keeps_exclamation_marks(tokenizer):
+    models = build_models(Source.random("tiny"))
+    loss = CaptionLoss(models)
+    ids = [tokenizer.encode(c).ids for c in ("wow! two squares!", "a red circle.")]
+    assert 0 in ids[0], "GPT-2's '!' is token 0, the id the original implementation padded with"
+    embeds = torch.randn(2, 32)
+    batch = collate([(embeds[i], torch.tensor(t)) for i, t in enumerate(ids)])
+    ce, n = loss(*batch)
+    assert int(n) == sum(len(t) for t in ids), "every real token, '!' included, is scored; padding is not"
+    # Each caption alone gives the same sum: padding changes neither attention nor loss.
+    alone = sum(float(loss(*collate([(embeds[i], torch.tensor(t))]))[0]) for i, t in enumerate(ids))
+    assert abs(float(ce) - alone) < 1e-3 * alone
+
+
+def _train_args(embeddings, gpt2_files, out, extra=()):
+    return ["train", "--embeddings", str(embeddings), "--gpt2", "random:tiny", "--tokenizer-dir", str(gpt2_files),
+            "--out", str(out), "--batch-size", "8", "--epochs", "1", "--no-shuffle", "--dropout", "0",
+            "--lr", "1e-3", "--warmup", "0", *extra]
+
+
+def _weights(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+def test_two_processes_compute_what_one_computes(embeddings, gpt2_files, tmp_path):
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "clipcap_export.cli", *_train_args(embeddings, gpt2_files, one)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([str(torchrun), "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}", "-m",
+                    "clipcap_export.cli", *_train_args(embeddings, gpt2_files, two)], check=True, env=env)
+    a, b = _weights(one / "checkpoint-001.pt"), _weights(two / "checkpoint-001.pt")
+    assert a.keys() == b.keys()
+    start = build_models(Source.random("tiny")).clipcap.state_dict()
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-3, "training changed the weights"
+    assert diff < 1e-5, f"DDP with 2 processes differs from 1 process by {diff}"
+    assert len((two / "loss.csv").read_text().splitlines()) == 1 + 5  # header + 40 pairs / 8 per step
+
+
+def test_resume_continues_an_interrupted_run(embeddings, gpt2_files, tmp_path, tokenizer):
+    emb = EmbeddingSet(embeddings)
+    cfg = TrainConfig(batch_size=8, epochs=2, shuffle=True, dropout=0.0, lr=1e-3, warmup=2)
+    source = Source(clip="random:tiny", gpt2="random:tiny")
+    straight = train(emb, source, cfg, tmp_path / "straight", tokenizer)
+    interrupted = tmp_path / "interrupted"
+    train(emb, source, cfg, interrupted, tokenizer)
+    (interrupted / "checkpoint-002.pt").unlink()  # as if stopped during epoch 2
+    resumed = train(emb, source, cfg, interrupted, tokenizer, resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    steps = [line.split(",")[0] for line in (interrupted / "loss.csv").read_text().splitlines()[1:]]
+    assert steps == [str(s) for s in range(1, 11)], "the log has each step once"
+    assert (interrupted / "loss.png").stat().st_size > 1000
+    models = load_checkpoint(resumed, Source())
+    assert models.clipcap.prefix_length == 10 and not models.normalize_embedding
