@@ -102,6 +102,19 @@ class CaptionLoss(nn.Module):
         return ce, mask.sum()
 
 
+def step_loss(model: nn.Module, embeds, tokens, mask, world: int) -> tuple[torch.Tensor, float]:
+    """The loss to backpropagate in one of `world` processes, and this process's mean token loss.
+
+    Each process divides its token sum by the global batch's token count (times `world`, since DDP
+    averages gradients over processes), so together they compute one process's gradient on the
+    whole batch, whatever the split of tokens between them."""
+    ce, n = model(embeds, tokens, mask)
+    total = n.detach().clone()
+    if world > 1:
+        dist.all_reduce(total)
+    return ce * world / total, (ce.detach() / n).item()
+
+
 def trainable_parameters(models: Models, freeze_gpt: bool) -> int:
     parts = [models.clipcap.clip_project] + ([] if freeze_gpt else [models.gpt])
     return sum(p.numel() for part in parts for p in part.parameters())
@@ -185,17 +198,12 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
         for embeds, tokens, mask in bar:
             embeds, tokens, mask = embeds.to(device), tokens.to(device), mask.to(device)
             with autocast:
-                ce, n = model(embeds, tokens, mask)
-            total = n.detach().clone()
-            if world > 1:
-                dist.all_reduce(total)
-            loss = ce * world / total  # DDP averages gradients over processes: this makes it the global mean
+                loss, mean = step_loss(model, embeds, tokens, mask, world)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             step += 1
-            mean = (ce.detach() / n).item()
             if writer:
                 writer.writerow([step, epoch + 1, f"{mean:.5f}", f"{schedule.get_last_lr()[0]:.3e}", f"{time.time() - began:.1f}"])
             bar.set_postfix(loss=f"{mean:.3f}")

@@ -31,7 +31,7 @@ def test_reference_outputs_are_current(tokenizer):
         assert cap.token_ids == ref["token_ids"], path
         assert np.allclose(cap.image_embeds.numpy(), ref["image_embeds"], atol=1e-6)
         pixels = np.load(FIXTURES / "reference" / f"{path.name}.npy")
-        assert np.array_equal(preprocess(load_image(path)).numpy(), pixels)
+        assert np.array_equal(preprocess(load_image(path), models.image_size).numpy(), pixels)
 
 
 def test_bundle_holds_the_seeded_weights():

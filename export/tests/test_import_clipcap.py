@@ -22,7 +22,7 @@ IMAGES = [FIXTURES / "images" / n for n in ("astronaut.png", "rocket.jpg", "came
 def release_state_dict(seed: int) -> dict:
     """A state dict shaped like the release's coco_weights.pt (MLP mapper + fine-tuned GPT-2, K = 10),
     at the tiny width, including the causal-mask buffers old transformers versions saved."""
-    models = build_models(Source(random_init="tiny", seed=seed))
+    models = build_models(Source.random("tiny", seed))
     state = {f"clip_project.{k}": v for k, v in models.clipcap.clip_project.state_dict().items()}
     state |= {f"gpt.{k}": v for k, v in models.gpt.state_dict().items()}
     n = models.gpt.config.n_positions

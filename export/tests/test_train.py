@@ -39,7 +39,7 @@ def test_loss_scores_caption_tokens_only_and_keeps_exclamation_marks(tokenizer):
     ce, n = loss(*batch)
     assert int(n) == sum(len(t) for t in ids), "every real token, '!' included, is scored; padding is not"
     # Each caption alone gives the same sum: padding changes neither attention nor loss.
-    alone = sum(float(loss(*collate([(embeds[i], torch.tensor(t))]))[0]) for i, t in enumerate(ids))
+    alone = sum(loss(*collate([(embeds[i], torch.tensor(t))]))[0].item() for i, t in enumerate(ids))
     assert abs(float(ce) - alone) < 1e-3 * alone
 
 
@@ -53,24 +53,39 @@ def _weights(checkpoint: Path) -> dict:
     return torch.load(checkpoint, weights_only=True)["state_dict"]
 
 
-def test_two_processes_compute_what_one_computes(embeddings, gpt2_files, tmp_path):
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "clipcap_export.cli", *_train_args(embeddings, gpt2_files, one)], check=True)
+def _torchrun(args: list[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torchrun = Path(sys.executable).with_name("torchrun")
-    two = tmp_path / "two"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([str(torchrun), "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}", "-m",
-                    "clipcap_export.cli", *_train_args(embeddings, gpt2_files, two)], check=True, env=env)
-    a, b = _weights(one / "checkpoint-001.pt"), _weights(two / "checkpoint-001.pt")
-    assert a.keys() == b.keys()
+    subprocess.run([str(torchrun), "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}", *args], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_two_processes_compute_the_gradient_of_one(tmp_path):
+    import ddp_gradients
+
+    _torchrun([str(Path(ddp_gradients.__file__)), str(tmp_path / "grads.pt")])
+    two = torch.load(tmp_path / "grads.pt", weights_only=True)
+    one = ddp_gradients.gradients(ddp_gradients.batch(), world=1)
+    assert one.keys() == two.keys()
+    scale = max(float(g.abs().max()) for g in one.values())
+    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert scale > 1e-3 and diff < 1e-6 * scale, f"gradients differ by {diff} (largest gradient {scale})"
+
+
+def test_training_runs_under_torchrun(embeddings, gpt2_files, tmp_path):
+    # Same data and start as one process: the updates agree, up to Adam amplifying float noise in
+    # near-zero gradients into whole learning-rate steps (so weights are compared by direction).
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "clipcap_export.cli", *_train_args(embeddings, gpt2_files, one)], check=True)
+    _torchrun(["-m", "clipcap_export.cli", *_train_args(embeddings, gpt2_files, two)])
     start = build_models(Source.random("tiny")).clipcap.state_dict()
-    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
-    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved > 1e-3, "training changed the weights"
-    assert diff < 1e-5, f"DDP with 2 processes differs from 1 process by {diff}"
+    a, b = _weights(one / "checkpoint-001.pt"), _weights(two / "checkpoint-001.pt")
+    da = torch.cat([(a[k] - start[k]).flatten() for k in a])
+    db = torch.cat([(b[k] - start[k]).flatten() for k in a])
+    assert float(da.abs().max()) > 1e-3, "training changed the weights"
+    assert float(torch.nn.functional.cosine_similarity(da, db, dim=0)) > 0.999
     assert len((two / "loss.csv").read_text().splitlines()) == 1 + 5  # header + 40 pairs / 8 per step
 
 
