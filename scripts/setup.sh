@@ -23,6 +23,7 @@ command -v "$PYTHON" >/dev/null || missing+=(python3)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v unzip >/dev/null || missing+=(unzip)
 command -v java >/dev/null || missing+=(default-jre-headless)  # pycocoevalcap: PTB tokenizer, METEOR
+compgen -G '/usr/lib/*/libclang-14.so*' >/dev/null || missing+=(libclang1-14)  # the v4l crate's bindgen
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 if ((${#missing[@]})); then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -15,10 +15,115 @@ use crate::decoding::{DecoderRequest, ParamValue};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub runtime: RuntimeConfig,
+    pub service: ServiceConfig,
+    pub source: SourceConfig,
+    pub captioning: CaptioningConfig,
     pub plugins: PluginsConfig,
     pub decoding: DecodingConfig,
     /// Named decoder instances: `[decoders.NAME]` with `decoder = "..."` (default NAME) and parameters.
     pub decoders: BTreeMap<String, BTreeMap<String, ParamValue>>,
+}
+
+/// `clipcap serve`: the model, the HTTP API and the caption log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Model bundle folder; `serve --bundle` overrides it.
+    pub bundle: PathBuf,
+    /// Address of the HTTP API and kiosk page.
+    pub listen: String,
+    /// Largest accepted upload (bytes); larger bodies get 413.
+    pub max_upload_bytes: usize,
+    /// Largest accepted image (pixels), for uploads and folder images.
+    pub max_image_pixels: u64,
+    /// Captions kept for GET /v1/captions.
+    pub history: usize,
+    /// JSON-lines caption log: "-" for standard output, a file path, or "" for none.
+    pub caption_log: String,
+    /// Upper bound for a graceful stop (finish the caption in flight, flush the log).
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            bundle: PathBuf::new(),
+            listen: "127.0.0.1:8080".into(),
+            max_upload_bytes: 20 * 1024 * 1024,
+            max_image_pixels: 40_000_000,
+            history: 100,
+            caption_log: String::new(),
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A V4L2 camera.
+    V4l2,
+    /// A folder watched for new image files.
+    Folder,
+    /// No source: only images POSTed to the API are captioned.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub device: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second asked of the camera; 0 keeps the driver's.
+    pub fps: u32,
+    /// Pixel formats in order of preference: MJPG, YUYV, RGB3.
+    pub formats: Vec<String>,
+    pub folder: PathBuf,
+    pub poll_ms: u64,
+    /// Reconnect backoff: first wait, doubling up to the maximum.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::V4l2,
+            device: PathBuf::from("/dev/video0"),
+            width: 640,
+            height: 480,
+            fps: 15,
+            formats: vec!["MJPG".into(), "YUYV".into(), "RGB3".into()],
+            folder: PathBuf::new(),
+            poll_ms: 200,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptioningConfig {
+    /// At most one camera caption every this many milliseconds.
+    pub interval_ms: u64,
+    /// Skip a frame whose CLIP embedding is closer than this cosine distance to the last captioned
+    /// frame's (0 captions every frame); skips are counted.
+    pub scene_change: f32,
+    /// Extra decoders run on every camera caption, for the kiosk page's comparison.
+    pub compare: Vec<String>,
+}
+
+impl Default for CaptioningConfig {
+    fn default() -> Self {
+        CaptioningConfig {
+            interval_ms: 1000,
+            scene_change: 0.0,
+            compare: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -145,6 +250,8 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("runtime.providers")
                 .with_list_parse_key("plugins.directories")
+                .with_list_parse_key("source.formats")
+                .with_list_parse_key("captioning.compare")
                 .try_parsing(true),
         );
         let config: Config = builder
@@ -169,6 +276,41 @@ impl Config {
         }
         if self.decoding.decoder.is_empty() {
             return Err("decoding.decoder must name a decoder".into());
+        }
+        let (s, c, v) = (&self.service, &self.captioning, &self.source);
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "service.listen = {:?} is not an address like 127.0.0.1:8080",
+                s.listen
+            ));
+        }
+        if s.max_upload_bytes == 0 || s.max_image_pixels == 0 || s.history == 0 {
+            return Err("service.max_upload_bytes, max_image_pixels and history must be > 0".into());
+        }
+        if !(0.0..=2.0).contains(&c.scene_change) {
+            return Err(format!(
+                "captioning.scene_change = {} is outside [0, 2] (a cosine distance)",
+                c.scene_change
+            ));
+        }
+        if c.interval_ms == 0 {
+            return Err("captioning.interval_ms must be > 0".into());
+        }
+        if let Some(f) = v
+            .formats
+            .iter()
+            .find(|f| !["MJPG", "YUYV", "RGB3"].contains(&f.as_str()))
+        {
+            return Err(format!("source.formats: {f:?} is not one of MJPG, YUYV, RGB3"));
+        }
+        if v.kind == SourceKind::V4l2 && (v.formats.is_empty() || v.width == 0 || v.height == 0) {
+            return Err("source.formats must name a format, and source.width and height be > 0".into());
+        }
+        if v.kind == SourceKind::Folder && v.folder.as_os_str().is_empty() {
+            return Err("source.folder must be set when source.kind = \"folder\"".into());
+        }
+        if v.reconnect_min_ms == 0 || v.reconnect_max_ms < v.reconnect_min_ms || v.poll_ms == 0 {
+            return Err("source.poll_ms and reconnect_min_ms must be > 0, reconnect_max_ms >= reconnect_min_ms".into());
         }
         let r = &self.runtime;
         if r.providers.is_empty() {

@@ -39,18 +39,35 @@ pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
     decode(&bytes).map_err(err)
 }
 
-/// Decodes image bytes (any supported format) as RGB8.
+/// Decodes image bytes (any supported format) as RGB8, within the size and memory limits above.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    match reader.format() {
-        None => {
-            return Err("not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into());
-        }
-        Some(ImageFormat::Jpeg) => return decode_jpeg(bytes),
-        Some(_) => {}
+    decode_limited(bytes, u64::MAX)
+}
+
+/// Like [`decode`], refusing an image of more than `max_pixels` pixels before decoding it.
+pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+    };
+    let format = reader()?.format();
+    if format.is_none() {
+        return Err("not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into());
     }
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format!("cannot read the image header: {e}"))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "image is {w}x{h} = {pixels} pixels, more than the {max_pixels} allowed"
+        ));
+    }
+    if format == Some(ImageFormat::Jpeg) {
+        return decode_jpeg(bytes);
+    }
+    let mut reader = reader()?;
     reader.limits(limits());
     let image = reader.decode().map_err(|e| format!("cannot decode image: {e}"))?;
     Ok(image.into_rgb8())

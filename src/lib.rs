@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod captioner;
+pub mod capture;
 pub mod clip_text;
 pub mod config;
 pub mod decoding;
@@ -12,4 +13,5 @@ pub mod imageio;
 pub mod lm;
 pub mod preprocess;
 pub mod runtime;
+pub mod service;
 pub mod vision;

@@ -13,6 +13,7 @@ use clipcap::config::Config;
 use clipcap::decoding::{DecoderInstance, Plugins};
 use clipcap::imageio;
 use clipcap::runtime::Runtime;
+use clipcap::service;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +73,17 @@ enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
+    /// The captioning daemon: camera or folder in, captions out over HTTP (docs/api.md).
+    Serve {
+        /// Model bundle folder; default: service.bundle of the config.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+    },
+    /// Check a configuration, and the bundle, plugins and decoders it names, without starting.
+    CheckConfig {
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+    },
     /// Decoder plugins.
     Plugins {
         #[command(subcommand)]
@@ -117,8 +129,30 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
-    let plugins = Plugins::load(&config.plugins.resolved_directories(), config.plugins.allow_insecure);
+    let plugins = || Plugins::load(&config.plugins.resolved_directories(), config.plugins.allow_insecure);
     match cli.command {
+        Command::Serve { bundle } => {
+            service::run(config.clone(), &bundle_path(&config, bundle)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { bundle } => {
+            let bundle = bundle_path(&config, bundle)?;
+            let loaded = service::load(&config, &bundle)?;
+            Captioner::load(&loaded.bundle, &Runtime::init(&config.runtime)?)?;
+            let d = &loaded.decoders;
+            let fallback = d
+                .fallback
+                .as_ref()
+                .map(|f| format!(" (fallback {})", f.label()))
+                .unwrap_or_default();
+            println!(
+                "configuration ok: bundle {}, decoder {}{fallback}, {} decoders available",
+                bundle.display(),
+                d.default.label(),
+                loaded.plugins.decoders().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Caption {
             bundle,
             decoders,
@@ -127,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             images,
         } => {
+            let plugins = plugins();
             let mut decoders = create_all(&config, &plugins, decoders)?;
             let fallback = fallback.unwrap_or_else(|| config.decoding.fallback.clone());
             let mut fallback = (!fallback.is_empty())
@@ -149,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             images,
         } => {
-            let mut decoders = create_all(&config, &plugins, decoders)?;
+            let mut decoders = create_all(&config, &plugins(), decoders)?;
             let mut captioner = load_captioner(&config, &bundle)?;
             let prepared = images
                 .iter()
@@ -163,10 +198,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins {
             command: PluginsCommand::List { json },
         } => {
-            list_plugins(&plugins, json);
+            list_plugins(&plugins(), json);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--bundle`, else service.bundle of the config.
+fn bundle_path(config: &Config, flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bundle = flag.unwrap_or_else(|| config.service.bundle.clone());
+    anyhow::ensure!(
+        !bundle.as_os_str().is_empty(),
+        "no bundle: pass --bundle or set service.bundle in the config"
+    );
+    Ok(bundle)
 }
 
 fn load_captioner(config: &Config, bundle: &std::path::Path) -> anyhow::Result<Captioner> {

@@ -1,6 +1,7 @@
 """The committed fixtures (tests/fixtures, used by the Rust tests) are what regenerate.sh produces now:
 a change to the models, the export or the reference captioner cannot leave them silently stale."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -41,3 +42,12 @@ def test_bundle_holds_the_seeded_weights():
     with torch.no_grad():
         want = models.clipcap.clip_project(embeds).numpy()
     assert np.abs(session.run(None, {"image_embeds": embeds.numpy()})[0] - want).max() < 1e-5
+
+
+def test_yuyv_references_are_opencvs():
+    spec = importlib.util.spec_from_file_location("yuyv", FIXTURES / "yuyv.py")
+    yuyv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(yuyv)
+    for name, frame in yuyv.frames().items():
+        assert (FIXTURES / "yuyv" / f"{name}.yuyv").read_bytes() == frame.tobytes(), name
+        assert (FIXTURES / "yuyv" / f"{name}.rgb").read_bytes() == yuyv.to_rgb(frame).tobytes(), name

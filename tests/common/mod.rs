@@ -87,3 +87,107 @@ pub fn references(name: &str) -> Vec<Reference> {
     );
     refs
 }
+
+/// A free TCP port on loopback (bound and released; fine for tests run on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `clipcap serve` running as a child process, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with the demo bundle, the workspace's plugins, a watched folder
+    /// (`<dir>/in`), a caption log (`<dir>/captions.jsonl`), and `extra` TOML appended to the config.
+    pub fn start(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        let port = free_port();
+        let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle");
+        let config = format!(
+            "[service]\nbundle = {bundle:?}\nlisten = \"127.0.0.1:{port}\"\ncaption_log = {log:?}\n{extra}\n\
+             [plugins]\ndirectories = [{plugins:?}]\nallow_insecure = true\n",
+            log = dir.path().join("captions.jsonl"),
+            plugins = plugin_dir(),
+        );
+        let config = if config.contains("[source]") {
+            config
+        } else {
+            format!(
+                "{config}\n[source]\nkind = \"folder\"\nfolder = {:?}\npoll_ms = 50\n",
+                dir.path().join("in")
+            )
+        };
+        std::fs::write(dir.path().join("clipcap.toml"), config).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+            .arg("--config")
+            .arg(dir.path().join("clipcap.toml"))
+            .arg("serve")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        daemon.wait_until(
+            || ureq::get(&format!("{}/healthz", daemon.url)).call().is_ok(),
+            "the daemon to listen",
+        );
+        daemon
+    }
+
+    pub fn folder(&self) -> PathBuf {
+        self.dir.path().join("in")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Polls `ok` for up to 60 s.
+    pub fn wait_until(&self, mut ok: impl FnMut() -> bool, what: &str) {
+        let start = std::time::Instant::now();
+        while !ok() {
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "timed out waiting for {what}; daemon stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,140 @@
+//! A V4L2 camera through the `v4l` crate: format negotiation (the first of the configured pixel
+//! formats the driver accepts), memory-mapped streaming, conversion to RGB, and on any failure (no
+//! camera yet, unplugged, driver error) a reconnect with exponential backoff while the daemon goes on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use v4l::buffer::Type;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::video::capture::Parameters;
+use v4l::{Device, Format, FourCC};
+
+use super::{FrameSlot, SourceStatus, convert, nap};
+use crate::config::SourceConfig;
+use crate::imageio;
+
+pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStatus>, stop: &AtomicBool) {
+    let (min, max) = (
+        Duration::from_millis(config.reconnect_min_ms),
+        Duration::from_millis(config.reconnect_max_ms),
+    );
+    let mut backoff = min;
+    let mut connected_before = false;
+    while !stop.load(Ordering::Relaxed) {
+        let mut delivered = false;
+        let error = match stream(config, slot, status, stop, &mut delivered) {
+            Ok(()) => return, // asked to stop
+            Err(e) => e,
+        };
+        if delivered {
+            backoff = min; // it worked for a while: retry soon
+        }
+        if connected_before || delivered {
+            status.counters.reconnects.inc();
+        }
+        connected_before |= delivered;
+        status.fail(format!(
+            "camera {}: {error}; retrying in {:.1} s",
+            config.device.display(),
+            backoff.as_secs_f64()
+        ));
+        if !nap(backoff, stop) {
+            return;
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Opens the camera and delivers frames until it fails (Err) or `stop` is set (Ok).
+fn stream(
+    config: &SourceConfig,
+    slot: &FrameSlot,
+    status: &SourceStatus,
+    stop: &AtomicBool,
+    delivered: &mut bool,
+) -> Result<(), String> {
+    let dev = Device::with_path(&config.device).map_err(|e| format!("cannot open: {e}"))?;
+    let format = negotiate(&dev, config)?;
+    if config.fps > 0
+        && let Err(e) = dev.set_params(&Parameters::with_fps(config.fps))
+    {
+        tracing::info!(
+            "camera {}: frame rate {} not set: {e}",
+            config.device.display(),
+            config.fps
+        );
+    }
+    let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4).map_err(|e| format!("cannot stream: {e}"))?;
+    stream.set_timeout(Duration::from_millis(1000)); // wake up to notice `stop`
+    let description = format!(
+        "{} {}x{} {}",
+        config.device.display(),
+        format.width,
+        format.height,
+        format.fourcc
+    );
+    tracing::info!("camera streaming: {description}");
+    status.set_up(description);
+    while !stop.load(Ordering::Relaxed) {
+        let (data, meta) = match stream.next() {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("no frame for a second".into()),
+            Err(e) => return Err(format!("capture failed: {e}")),
+        };
+        let used = (meta.bytesused as usize).min(data.len());
+        match to_rgb(&format, &data[..used]) {
+            Ok(image) => {
+                let dropped = slot.put(image, config.device.display().to_string());
+                status.frame(dropped);
+                *delivered = true;
+            }
+            // A bad frame (a corrupt MJPEG, say) is counted and skipped; the camera goes on.
+            Err(e) => {
+                status.counters.errors.inc();
+                tracing::debug!("camera {}: frame skipped: {e}", config.device.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first configured pixel format the driver takes at the configured size.
+fn negotiate(dev: &Device, config: &SourceConfig) -> Result<Format, String> {
+    let mut tried = Vec::new();
+    for name in &config.formats {
+        let wanted = FourCC::new(&fourcc_bytes(name)?);
+        let asked = Format::new(config.width, config.height, wanted);
+        match dev.set_format(&asked) {
+            Ok(got) if got.fourcc == wanted => return Ok(got),
+            Ok(got) => tried.push(format!("{name} (driver offered {})", got.fourcc)),
+            Err(e) => tried.push(format!("{name} ({e})")),
+        }
+    }
+    Err(format!(
+        "none of the pixel formats {} is supported: {}",
+        config.formats.join(", "),
+        tried.join("; ")
+    ))
+}
+
+fn fourcc_bytes(name: &str) -> Result<[u8; 4], String> {
+    name.as_bytes()
+        .try_into()
+        .map_err(|_| format!("pixel format {name:?} is not a four-character code"))
+}
+
+fn to_rgb(format: &Format, data: &[u8]) -> Result<image::RgbImage, String> {
+    match &format.fourcc.repr {
+        b"YUYV" => convert::yuyv_to_rgb(data, format.width, format.height, format.stride),
+        b"RGB3" => convert::rgb24_to_rgb(data, format.width, format.height, format.stride),
+        b"MJPG" | b"JPEG" => imageio::decode(data),
+        other => Err(format!(
+            "pixel format {} cannot be converted",
+            String::from_utf8_lossy(other)
+        )),
+    }
+}

@@ -1,0 +1,241 @@
+//! The HTTP API (docs/api.md): versioned JSON endpoints, Server-Sent Events, the latest frame, uploads,
+//! health, readiness, Prometheus metrics, and the kiosk page. Handlers never block: decoding an upload
+//! runs on the blocking pool, captioning on the pipeline thread.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State as Extract};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::pipeline::Upload;
+use super::state::State;
+use crate::bundle::Manifest;
+use crate::config::Config;
+use crate::decoding::Plugins;
+use crate::imageio;
+
+pub struct Api {
+    pub state: Arc<State>,
+    pub config: Config,
+    pub plugins: Arc<Plugins>,
+    pub manifest: Manifest,
+    pub bundle_dir: String,
+    pub uploads: SyncSender<Upload>,
+    /// Becomes true on SIGTERM/SIGINT; ends the event streams so that the server can drain.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+type Shared = Arc<Api>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/caption/latest", get(latest))
+        .route("/v1/captions", get(recent))
+        .route("/v1/captions/stream", get(stream))
+        .route("/v1/frame/latest.jpg", get(frame))
+        .route("/v1/caption", post(upload))
+        .route("/v1/decoders", get(decoders))
+        .route("/v1/bundle", get(bundle))
+        .with_state(Arc::new(api))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn ready(Extract(api): Extract<Shared>) -> Response {
+    match api.state.readiness() {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(Extract(api): Extract<Shared>) -> Response {
+    let s = &api.state;
+    s.metrics
+        .source_up
+        .set(s.source.up.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn latest(Extract(api): Extract<Shared>) -> Response {
+    match api.state.latest() {
+        Some(event) => Json(event).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no caption yet"),
+    }
+}
+
+async fn recent(Extract(api): Extract<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => api.config.service.history,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer"),
+    };
+    Json(api.state.recent(limit)).into_response()
+}
+
+async fn stream(Extract(api): Extract<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = BroadcastStream::new(api.state.subscribe()).filter_map(|e| async move {
+        // A client too slow to keep up skips captions (Lagged) rather than stalling the others.
+        let event = e.ok()?;
+        Some(Ok(Event::default()
+            .event("caption")
+            .id(event.id.to_string())
+            .json_data(&*event)
+            .ok()?))
+    });
+    let mut stopping = api.stopping.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    Sse::new(events.take_until(stop)).keep_alive(KeepAlive::default())
+}
+
+async fn frame(Extract(api): Extract<Shared>) -> Response {
+    let Some(frame) = api.state.frames.latest() else {
+        return error(StatusCode::NOT_FOUND, "no frame yet");
+    };
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+            .encode_image(&frame.image)
+            .map(|_| out.into_inner())
+    })
+    .await;
+    match encoded {
+        Ok(Ok(jpeg)) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "could not encode the frame"),
+    }
+}
+
+async fn upload(
+    Extract(api): Extract<Shared>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = SystemTime::now();
+    let m = &api.state.metrics;
+    let limit = api.config.service.max_upload_bytes;
+    let too_large = |what: String| {
+        m.error("upload");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} (uploads are limited to {limit} bytes)"),
+        )
+    };
+    // Refuse a declared length before reading anything, so a client that sent `Expect: 100-continue`
+    // (curl does for large bodies) gets the answer without uploading; chunked bodies are cut at the limit.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&n| n > limit as u64) {
+        return too_large(format!("the body is {length} bytes"));
+    }
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => return too_large(format!("could not read the body: {e}")),
+    };
+    let decoder = match q.get("decoder") {
+        None => None,
+        Some(name) => match api.config.decoder_request(name).and_then(|r| api.plugins.create(&r)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                m.error("upload");
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+        },
+    };
+    let max_pixels = api.config.service.max_image_pixels;
+    let image = match tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels)).await {
+        Ok(Ok(image)) => image,
+        Ok(Err(e)) => {
+            m.error("upload");
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed"),
+    };
+    let (reply, answer) = oneshot::channel();
+    let job = Upload {
+        image,
+        decoder,
+        origin: peer.to_string(),
+        received,
+        reply,
+    };
+    match api.uploads.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "busy: too many uploads waiting"),
+        Err(TrySendError::Disconnected(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+    match answer.await {
+        Ok(Ok(event)) => Json(event).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {
+    let list: Vec<Value> = api
+        .plugins
+        .decoders()
+        .iter()
+        .map(|d| {
+            let params: Vec<Value> = d
+                .params
+                .iter()
+                .map(|p| json!({"name": p.name, "kind": p.kind.name(), "default": p.default, "min": p.min, "max": p.max}))
+                .collect();
+            json!({"name": d.name, "description": d.description, "plugin": d.plugin, "version": d.plugin_version, "abi": d.abi_version, "params": params})
+        })
+        .collect();
+    let c = &api.config;
+    Json(json!({
+        "decoders": list,
+        "default": c.decoding.decoder,
+        "fallback": c.decoding.fallback,
+        "compare": c.captioning.compare,
+        "configured": c.decoders.keys().collect::<Vec<_>>(),
+    }))
+}
+
+async fn bundle(Extract(api): Extract<Shared>) -> Json<Value> {
+    Json(json!({"path": api.bundle_dir, "manifest": api.manifest}))
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics of the daemon (`GET /metrics`), one registry, registered once.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::captioner::Caption;
+
+/// Latency buckets from 1 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub frames_captured: IntCounter,
+    pub frames_dropped: IntCounter,
+    pub frames_skipped: IntCounter,
+    pub camera_reconnects: IntCounter,
+    pub source_up: IntGauge,
+    pub captions: IntCounterVec,
+    pub errors: IntCounterVec,
+    stage_seconds: HistogramVec,
+    decoder_seconds: HistogramVec,
+    pub upload_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, label: &str| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &[label])
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let source_up = IntGauge::new("clipcap_source_up", "1 while the frame source delivers").expect("valid metric");
+        registry.register(Box::new(source_up.clone())).expect("registered once");
+        let upload_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "clipcap_upload_seconds",
+                "time from upload to caption, queueing included",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upload_seconds.clone()))
+            .expect("registered once");
+        Metrics {
+            frames_captured: counter("clipcap_frames_captured_total", "frames received from the source"),
+            frames_dropped: counter(
+                "clipcap_frames_dropped_total",
+                "frames replaced by a newer one before captioning (latest frame wins)",
+            ),
+            frames_skipped: counter(
+                "clipcap_frames_skipped_total",
+                "frames not captioned because the scene had not changed (captioning.scene_change)",
+            ),
+            camera_reconnects: counter("clipcap_camera_reconnects_total", "times the camera was opened again"),
+            source_up,
+            captions: counter_vec("clipcap_captions_total", "captions published, by source", "source"),
+            errors: counter_vec("clipcap_errors_total", "errors, by kind", "kind"),
+            stage_seconds: histogram_vec("clipcap_stage_seconds", "time per caption stage", "stage"),
+            decoder_seconds: histogram_vec("clipcap_decoder_seconds", "decoding time per decoder", "decoder"),
+            upload_seconds,
+            registry,
+        }
+    }
+
+    pub fn observe(&self, caption: &Caption) {
+        let ms = &caption.ms;
+        for (stage, value) in [
+            ("preprocess", ms.preprocess),
+            ("encode", ms.encode),
+            ("map", ms.map),
+            ("decode", ms.decode),
+            ("total", ms.total),
+        ] {
+            self.stage_seconds.with_label_values(&[stage]).observe(value / 1e3);
+        }
+        self.decoder_seconds
+            .with_label_values(&[&caption.decoder])
+            .observe(ms.decode / 1e3);
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,155 @@
+//! The captioning thread: ONNX Runtime calls block, so they run here, off the async runtime. It
+//! serves uploads first, and otherwise captions the newest camera frame at most every
+//! `captioning.interval_ms`, skipping frames whose scene has not changed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+
+use image::RgbImage;
+use tokio::sync::oneshot;
+
+use super::state::{CaptionEvent, Compared, State};
+use crate::captioner::{Captioner, Prepared};
+use crate::config::{CaptioningConfig, SourceKind};
+use crate::decoding::DecoderInstance;
+use crate::vision::cosine;
+
+/// An image posted to the API, with the decoder to use (already checked) and where to answer.
+pub struct Upload {
+    pub image: RgbImage,
+    pub decoder: Option<DecoderInstance>,
+    pub origin: String,
+    pub received: SystemTime,
+    pub reply: oneshot::Sender<Result<Arc<CaptionEvent>, String>>,
+}
+
+/// The configured decoders, created (and so checked) before the daemon starts.
+pub struct Decoders {
+    pub default: DecoderInstance,
+    pub fallback: Option<DecoderInstance>,
+    pub compare: Vec<DecoderInstance>,
+}
+
+pub struct Pipeline {
+    pub captioner: Captioner,
+    pub decoders: Decoders,
+    pub config: CaptioningConfig,
+    pub seed: u64,
+    pub state: Arc<State>,
+    pub uploads: Receiver<Upload>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How long the thread waits at most before looking again (keeps the heartbeat fresh).
+const TICK: Duration = Duration::from_millis(200);
+/// Once a caption is due, how often the slot is checked for a new frame (the latency it adds).
+const POLL: Duration = Duration::from_millis(20);
+
+impl Pipeline {
+    pub fn run(mut self) {
+        let interval = Duration::from_millis(self.config.interval_ms);
+        let mut next_due = Instant::now();
+        let mut last_scene: Option<Vec<f32>> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            self.state.beat();
+            let until_due = next_due.saturating_duration_since(Instant::now());
+            let wait = if until_due.is_zero() { POLL } else { until_due.min(TICK) };
+            match self.uploads.recv_timeout(wait) {
+                Ok(upload) => self.upload(upload),
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= next_due => {
+                    if let Some(frame) = self.state.frames.take_new() {
+                        next_due = Instant::now() + interval;
+                        self.camera(&frame.image, frame.origin.clone(), frame.captured, &mut last_scene);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn upload(&mut self, upload: Upload) {
+        let result = match self.captioner.prepare(&upload.image) {
+            Err(e) => Err(e.to_string()),
+            Ok(prepared) => {
+                let Decoders { default, fallback, .. } = &mut self.decoders;
+                let mut chosen = upload.decoder;
+                let decoder = chosen.as_mut().unwrap_or(default);
+                self.captioner
+                    .decode(&prepared, decoder, fallback.as_mut(), self.seed)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let result = result
+            .map(|caption| {
+                self.state
+                    .publish("upload", upload.origin, upload.received, caption, Vec::new())
+            })
+            .inspect_err(|_| self.state.metrics.error("caption"));
+        if let Ok(since) = upload.received.elapsed() {
+            self.state.metrics.upload_seconds.observe(since.as_secs_f64());
+        }
+        let _ = upload.reply.send(result); // the client may have gone
+    }
+
+    fn camera(&mut self, image: &RgbImage, origin: String, captured: SystemTime, last_scene: &mut Option<Vec<f32>>) {
+        let source = if self.state.source_kind == SourceKind::Folder {
+            "folder"
+        } else {
+            "camera"
+        };
+        let prepared = match self.captioner.prepare(image) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("{source} frame: {e}");
+                self.state.metrics.error("caption");
+                return;
+            }
+        };
+        if self.unchanged(&prepared, last_scene) {
+            self.state.metrics.frames_skipped.inc();
+            return;
+        }
+        let Decoders {
+            default,
+            fallback,
+            compare,
+        } = &mut self.decoders;
+        match self.captioner.decode(&prepared, default, fallback.as_mut(), self.seed) {
+            Ok(caption) => {
+                let compared = compare
+                    .iter_mut()
+                    .map(|d| match self.captioner.decode(&prepared, d, None, self.seed) {
+                        Ok(c) => Compared {
+                            decoder: c.decoder,
+                            caption: Some(c.caption),
+                            error: None,
+                        },
+                        Err(e) => Compared {
+                            decoder: d.label().into(),
+                            caption: None,
+                            error: Some(e.to_string()),
+                        },
+                    })
+                    .collect();
+                *last_scene = Some(prepared.image_embeds.clone());
+                self.state.publish(source, origin, captured, caption, compared);
+            }
+            Err(e) => {
+                tracing::warn!("{source} caption failed: {e}");
+                self.state.metrics.error("caption");
+            }
+        }
+    }
+
+    /// Whether the scene is within `scene_change` cosine distance of the last captioned one.
+    fn unchanged(&self, prepared: &Prepared, last: &Option<Vec<f32>>) -> bool {
+        let threshold = self.config.scene_change;
+        threshold > 0.0
+            && last
+                .as_ref()
+                .is_some_and(|l| 1.0 - cosine(l, &prepared.image_embeds) < threshold)
+    }
+}

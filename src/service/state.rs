@@ -1,0 +1,169 @@
+//! What the pipeline publishes and the HTTP side reads: captions (latest, a bounded history, a
+//! broadcast for SSE, the JSON-lines log), readiness, and the pipeline's heartbeat for the watchdog.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::metrics::Metrics;
+use crate::captioner::Caption;
+use crate::capture::{FrameSlot, SourceStatus};
+use crate::config::SourceKind;
+
+/// A caption of another decoder on the same frame (captioning.compare).
+#[derive(Debug, Clone, Serialize)]
+pub struct Compared {
+    pub decoder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptionEvent {
+    pub id: u64,
+    /// When the frame was captured (or the image uploaded), RFC 3339.
+    pub time: String,
+    /// "camera", "folder" or "upload".
+    pub source: String,
+    /// The device, file or client it came from.
+    pub origin: String,
+    #[serde(flatten)]
+    pub caption: Caption,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<Compared>,
+}
+
+pub struct State {
+    history: Mutex<VecDeque<Arc<CaptionEvent>>>,
+    capacity: usize,
+    events: broadcast::Sender<Arc<CaptionEvent>>,
+    next_id: AtomicU64,
+    log: Mutex<Option<Box<dyn Write + Send>>>,
+    heartbeat: Mutex<Instant>,
+    pub model_ready: AtomicBool,
+    pub metrics: Metrics,
+    pub source: Arc<SourceStatus>,
+    pub source_kind: SourceKind,
+    pub frames: Arc<FrameSlot>,
+}
+
+impl State {
+    pub fn new(
+        capacity: usize,
+        log: Option<Box<dyn Write + Send>>,
+        metrics: Metrics,
+        source: Arc<SourceStatus>,
+        source_kind: SourceKind,
+        frames: Arc<FrameSlot>,
+    ) -> Self {
+        State {
+            history: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+            events: broadcast::channel(64).0,
+            next_id: AtomicU64::new(1),
+            log: Mutex::new(log),
+            heartbeat: Mutex::new(Instant::now()),
+            model_ready: AtomicBool::new(false),
+            metrics,
+            source,
+            source_kind,
+            frames,
+        }
+    }
+
+    /// Stores, broadcasts and logs a caption; returns the event.
+    pub fn publish(
+        &self,
+        source: &str,
+        origin: String,
+        time: SystemTime,
+        caption: Caption,
+        compare: Vec<Compared>,
+    ) -> Arc<CaptionEvent> {
+        self.metrics.observe(&caption);
+        self.metrics.captions.with_label_values(&[source]).inc();
+        let event = Arc::new(CaptionEvent {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            time: humantime::format_rfc3339_millis(time).to_string(),
+            source: source.to_string(),
+            origin,
+            caption,
+            compare,
+        });
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            if h.len() == self.capacity {
+                h.pop_front();
+            }
+            h.push_back(event.clone());
+        }
+        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let line = serde_json::to_string(&*event).expect("events serialise");
+            if let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush()) {
+                tracing::warn!("caption log: {e}");
+                self.metrics.error("log");
+            }
+        }
+        let _ = self.events.send(event.clone()); // no subscribers is fine
+        event
+    }
+
+    pub fn latest(&self) -> Option<Arc<CaptionEvent>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).back().cloned()
+    }
+
+    /// Up to `limit` captions, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<CaptionEvent>> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CaptionEvent>> {
+        self.events.subscribe()
+    }
+
+    pub fn flush_log(&self) {
+        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = log.flush();
+        }
+    }
+
+    pub fn beat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Whether the pipeline thread has looped within `window` (it wakes at least every 200 ms).
+    pub fn pipeline_alive(&self, window: Duration) -> bool {
+        self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < window
+    }
+
+    /// Ready: the model is loaded and the source delivers (a camera sent a frame in the last 5 s, a
+    /// watched folder can be read); with no source, the model alone. Otherwise the reason.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.model_ready.load(Ordering::Relaxed) {
+            return Err("model not loaded".into());
+        }
+        let up = self.source.up.load(Ordering::Relaxed);
+        let reason = || self.source.last_error().unwrap_or_else(|| "source not open yet".into());
+        match self.source_kind {
+            SourceKind::None => Ok(()),
+            SourceKind::Folder if up => Ok(()),
+            SourceKind::V4l2 if up && self.source.since_last_frame().is_some_and(|s| s < 5.0) => Ok(()),
+            SourceKind::V4l2 if up => Err("camera open but no frame in the last 5 s".into()),
+            _ => Err(reason()),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `clipcap serve` as systemd runs it: the real binary with a watched folder and the demo bundle,
+//! driven over HTTP (latest, history, SSE, upload, frame, metrics), fed bad input, and stopped with
+//! SIGTERM, while a NOTIFY_SOCKET owned by the test records READY, WATCHDOG and STOPPING.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::Duration;
+
+use common::Daemon;
+use serde_json::Value;
+
+fn demo_image(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name)
+}
+
+/// Copies an image into the watched folder so that it appears complete (written, then renamed).
+fn drop_image(daemon: &Daemon, name: &str) {
+    let tmp = daemon.dir.path().join(format!("{name}.part"));
+    std::fs::copy(demo_image(name), &tmp).unwrap();
+    std::fs::rename(&tmp, daemon.folder().join(name)).unwrap();
+}
+
+fn post(daemon: &Daemon, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = ureq::post(&format!("{}/v1/caption{query}", daemon.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&body[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.into_body().read_json().unwrap())
+}
+
+/// Announces an upload of `length` bytes the way curl does for large bodies (`Expect: 100-continue`)
+/// and returns the whole response: the daemon must refuse it before the body is sent.
+fn oversized_upload(daemon: &Daemon, length: usize) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(daemon.url.trim_start_matches("http://")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        tcp,
+        "POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+}
+
+/// The true captions of a demo image.
+fn truth(name: &str) -> Vec<String> {
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(demo_image("captions.json")).unwrap()).unwrap();
+    serde_json::from_value(all[name].clone()).unwrap()
+}
+
+#[test]
+fn serves_captions_survives_bad_input_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let socket_env = socket_path.to_str().unwrap();
+    let mut daemon = Daemon::start(
+        "max_upload_bytes = 2000000\nmax_image_pixels = 40000000\n[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]",
+        &[("NOTIFY_SOCKET", socket_env), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut notes = Vec::new();
+    let receive = |until: &str, notes: &mut Vec<String>| loop {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        notes.push(text.clone());
+        if text.contains(until) {
+            return text;
+        }
+    };
+    assert!(receive("READY=1", &mut notes).contains("STATUS=serving on"));
+    receive("WATCHDOG=1", &mut notes);
+    daemon.wait_until(
+        || ureq::get(&format!("{}/readyz", daemon.url)).call().is_ok(),
+        "readiness",
+    );
+
+    // Subscribe to the event stream, then let the folder deliver a frame.
+    let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
+    let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
+    drop_image(&daemon, "04202.png");
+    let data = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("data:"))
+        .unwrap();
+    let event: Value = serde_json::from_str(data.trim_start_matches("data:")).unwrap();
+    assert_eq!(event["source"], "folder");
+    assert!(event["origin"].as_str().unwrap().ends_with("04202.png"));
+    assert!(
+        truth("04202.png").contains(&event["caption"].as_str().unwrap().to_string()),
+        "{event}"
+    );
+    assert_eq!(event["decoder"], "greedy");
+    assert_eq!(event["compare"][0]["decoder"], "beam:num_beams=2");
+    assert!(event["ms"]["total"].as_f64().unwrap() > 0.0);
+    assert_eq!(daemon.get_json("/v1/caption/latest")["id"], event["id"]);
+
+    // Upload an image, with a decoder named in the request.
+    let (status, uploaded) = post(
+        &daemon,
+        "?decoder=beam:num_beams=3",
+        std::fs::read(demo_image("04207.png")).unwrap(),
+    );
+    assert_eq!(status, 200, "{uploaded}");
+    assert_eq!(
+        (uploaded["source"].as_str(), uploaded["decoder"].as_str()),
+        (Some("upload"), Some("beam:num_beams=3"))
+    );
+    assert!(
+        truth("04207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()),
+        "{uploaded}"
+    );
+    let history = daemon.get_json("/v1/captions?limit=5");
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    assert_eq!(history[0]["id"], uploaded["id"], "newest first");
+
+    // Bad input: each is refused with a clear error, and the daemon keeps serving.
+    let jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rocket.jpg")).unwrap();
+    let mut huge = Vec::new();
+    image::GrayImage::new(10_000, 10_000)
+        .write_to(&mut std::io::Cursor::new(&mut huge), image::ImageFormat::Png)
+        .unwrap();
+    for (query, body, want_status, want) in [
+        ("", b"definitely not an image".to_vec(), 400, "not an image"),
+        ("", jpeg[..jpeg.len() / 2].to_vec(), 400, "cannot decode JPEG"),
+        (
+            "",
+            huge,
+            400,
+            "10000x10000 = 100000000 pixels, more than the 40000000 allowed",
+        ),
+        (
+            "?decoder=nucleus",
+            std::fs::read(demo_image("04200.png")).unwrap(),
+            400,
+            "available: ",
+        ),
+        (
+            "?decoder=beam:num_beams=0",
+            std::fs::read(demo_image("04200.png")).unwrap(),
+            400,
+            "out of range [1, 64]",
+        ),
+    ] {
+        let (status, body) = post(&daemon, query, body);
+        let error = body["error"].as_str().unwrap_or_default();
+        assert_eq!(status, want_status, "{query}: {body}");
+        assert!(error.contains(want), "{query}: {error}");
+    }
+    let too_big = oversized_upload(&daemon, 3_000_000);
+    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
+    assert!(too_big.contains("uploads are limited to 2000000 bytes"), "{too_big}");
+    let (status, _) = post(&daemon, "", std::fs::read(demo_image("04211.png")).unwrap());
+    assert_eq!(status, 200, "still serving after bad input");
+
+    let frame = ureq::get(&format!("{}/v1/frame/latest.jpg", daemon.url))
+        .call()
+        .unwrap();
+    assert_eq!(frame.headers()["content-type"], "image/jpeg");
+    let frame = image::load_from_memory(&frame.into_body().read_to_vec().unwrap()).unwrap();
+    assert_eq!((frame.width(), frame.height()), (224, 224));
+    let bundle = daemon.get_json("/v1/bundle");
+    assert!(
+        bundle["manifest"]["provenance"]["evaluation"]["scores"]["bleu4"]
+            .as_f64()
+            .unwrap()
+            > 0.6
+    );
+    let decoders = daemon.get_json("/v1/decoders");
+    assert_eq!(decoders["default"], "greedy");
+    assert!(
+        decoders["decoders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "magic")
+    );
+
+    let metrics = ureq::get(&format!("{}/metrics", daemon.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"folder\"}"), 1.0);
+    assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"upload\"}"), 2.0);
+    assert_eq!(metric(&metrics, "clipcap_errors_total{kind=\"upload\"}"), 6.0);
+    assert_eq!(metric(&metrics, "clipcap_frames_captured_total"), 1.0);
+    assert_eq!(metric(&metrics, "clipcap_source_up"), 1.0);
+    assert_eq!(metric(&metrics, "clipcap_stage_seconds_count{stage=\"encode\"}"), 3.0);
+    assert!(metrics.contains("clipcap_decoder_seconds_bucket{decoder=\"beam:num_beams=3\""));
+
+    let log_path = daemon.dir.path().join("captions.jsonl");
+    let status = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    receive("STOPPING=1", &mut notes);
+    assert!(notes.iter().filter(|n| n.contains("WATCHDOG=1")).count() >= 1);
+    let logged: Vec<Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(logged.len(), 3, "every caption is in the log");
+    assert_eq!(logged[1]["id"], uploaded["id"]);
+}
+
+#[test]
+fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
+    let daemon = Daemon::start("[captioning]\ninterval_ms = 1500\nscene_change = 0.02", &[]);
+    // Five frames arrive faster than the 1.5 s cadence: the first is captioned at once, the
+    // following ones replace each other, and only the newest of them is captioned next.
+    for name in ["04200.png", "04201.png", "04203.png", "04204.png", "04205.png"] {
+        drop_image(&daemon, name);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    daemon.wait_until(
+        || daemon.get_json("/v1/captions").as_array().unwrap().len() == 2,
+        "two captions",
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let captions = daemon.get_json("/v1/captions");
+    assert_eq!(
+        captions.as_array().unwrap().len(),
+        2,
+        "stale frames are not captioned: {captions}"
+    );
+    assert!(
+        captions[0]["origin"].as_str().unwrap().ends_with("04205.png"),
+        "{captions}"
+    );
+    // The same picture again is an unchanged scene: skipped, counted.
+    std::fs::copy(demo_image("04205.png"), daemon.folder().join("again.png")).unwrap();
+    let metrics = || {
+        ureq::get(&format!("{}/metrics", daemon.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    daemon.wait_until(
+        || metric(&metrics(), "clipcap_frames_skipped_total") == 1.0,
+        "a skipped frame",
+    );
+    let m = metrics();
+    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 6.0);
+    assert!(metric(&m, "clipcap_frames_dropped_total") >= 2.0, "{m}");
+    assert_eq!(daemon.get_json("/v1/captions").as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
+    let daemon = Daemon::start(
+        "[source]\nkind = \"v4l2\"\ndevice = \"/dev/video-missing\"\nreconnect_min_ms = 100\nreconnect_max_ms = 400",
+        &[],
+    );
+    let ready = ureq::get(&format!("{}/readyz", daemon.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let reason: Value = ready.into_body().read_json().unwrap();
+    assert!(
+        reason["reason"].as_str().unwrap().contains("/dev/video-missing"),
+        "{reason}"
+    );
+    let metrics = || {
+        ureq::get(&format!("{}/metrics", daemon.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    daemon.wait_until(
+        || metric(&metrics(), "clipcap_errors_total{kind=\"source\"}") >= 3.0,
+        "retries with backoff",
+    );
+    assert_eq!(metric(&metrics(), "clipcap_source_up"), 0.0);
+    let (status, event) = post(&daemon, "", std::fs::read(demo_image("04202.png")).unwrap());
+    assert_eq!(
+        (status, event["source"].as_str()),
+        (200, Some("upload")),
+        "uploads still work"
+    );
+    assert!(daemon.stderr().contains("camera /dev/video-missing: cannot open"));
+}
