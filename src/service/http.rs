@@ -190,7 +190,10 @@ async fn upload(
             m.error("upload");
             return error(StatusCode::BAD_REQUEST, e);
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed"),
+        Err(_) => {
+            m.error("upload");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed");
+        }
     };
     let (reply, answer) = oneshot::channel();
     let job = Upload {
@@ -200,16 +203,20 @@ async fn upload(
         received,
         reply,
     };
-    match api.uploads.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "busy: too many uploads waiting"),
-        Err(TrySendError::Disconnected(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-    }
-    match answer.await {
-        Ok(Ok(event)) => Json(event).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-    }
+    let (status, message) = match api.uploads.try_send(job) {
+        Err(TrySendError::Full(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: too many uploads waiting".to_string(),
+        ),
+        Err(TrySendError::Disconnected(_)) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
+        Ok(()) => match answer.await {
+            Ok(Ok(event)) => return Json(event).into_response(),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
+        },
+    };
+    m.error("upload");
+    error(status, message)
 }
 
 async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {

@@ -89,9 +89,12 @@ impl Metrics {
         ] {
             self.stage_seconds.with_label_values(&[stage]).observe(value / 1e3);
         }
-        self.decoder_seconds
-            .with_label_values(&[&caption.decoder])
-            .observe(ms.decode / 1e3);
+        self.decoded(&caption.decoder, ms.decode);
+    }
+
+    /// One decoder's time on one caption (the published one's, or a comparison's).
+    pub fn decoded(&self, decoder: &str, ms: f64) {
+        self.decoder_seconds.with_label_values(&[decoder]).observe(ms / 1e3);
     }
 
     pub fn error(&self, kind: &str) {

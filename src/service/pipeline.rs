@@ -119,19 +119,32 @@ impl Pipeline {
         } = &mut self.decoders;
         match self.captioner.decode(&prepared, default, fallback.as_mut(), self.seed) {
             Ok(caption) => {
+                let metrics = &self.state.metrics;
                 let compared = compare
                     .iter_mut()
-                    .map(|d| match self.captioner.decode(&prepared, d, None, self.seed) {
-                        Ok(c) => Compared {
-                            decoder: c.decoder,
-                            caption: Some(c.caption),
-                            error: None,
-                        },
-                        Err(e) => Compared {
-                            decoder: d.label().into(),
-                            caption: None,
-                            error: Some(e.to_string()),
-                        },
+                    .map(|d| {
+                        let start = Instant::now();
+                        match self.captioner.decode(&prepared, d, None, self.seed) {
+                            Ok(c) => {
+                                metrics.decoded(&c.decoder, c.ms.decode);
+                                Compared {
+                                    decoder: c.decoder,
+                                    caption: Some(c.caption),
+                                    error: None,
+                                    ms: c.ms.decode,
+                                }
+                            }
+                            Err(e) => {
+                                metrics.error("compare");
+                                let ms = start.elapsed().as_secs_f64() * 1e3;
+                                Compared {
+                                    decoder: d.label().into(),
+                                    caption: None,
+                                    error: Some(e.to_string()),
+                                    ms,
+                                }
+                            }
+                        }
                     })
                     .collect();
                 *last_scene = Some(prepared.image_embeds.clone());

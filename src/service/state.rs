@@ -23,6 +23,8 @@ pub struct Compared {
     pub caption: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Milliseconds this decoder took (its steps included), as `ms.decode` of a caption.
+    pub ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]

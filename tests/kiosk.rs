@@ -1,0 +1,148 @@
+//! The kiosk page at `/` in headless Chromium (Debian's `chromium` and `chromium-driver`), driven over
+//! the WebDriver protocol: it loads, shows the running daemon's caption and frame in large type with
+//! the decoder comparison, and updates by itself when the camera (here a watched folder) sees something new.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, free_port};
+use serde_json::{Value, json};
+
+/// A Chromium session behind chromedriver; both are ended when dropped.
+struct Browser {
+    driver: Child,
+    session: String,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/setup.sh installs it)");
+        let mut browser = Browser {
+            driver,
+            session: format!("http://127.0.0.1:{port}/session"),
+        };
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--window-size=1280,800"],
+            },
+        }}});
+        let start = Instant::now();
+        let created = loop {
+            match ureq::post(&browser.session).send_json(&capabilities) {
+                Ok(response) => break response.into_body().read_json::<Value>().unwrap(),
+                Err(_) if start.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => panic!("chromedriver did not start a Chromium session: {e}"),
+            }
+        };
+        let id = created["value"]["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_string();
+        browser.session = format!("{}/{id}", browser.session);
+        browser
+    }
+
+    fn command(&self, path: &str, body: Value) -> Value {
+        let response = ureq::post(&format!("{}/{path}", self.session))
+            .send_json(&body)
+            .unwrap();
+        response.into_body().read_json::<Value>().unwrap()["value"].take()
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.command("execute/sync", json!({"script": script, "args": []}))
+    }
+
+    /// Polls `script` for up to 60 s until `ok` accepts its value, which is returned.
+    fn wait_for(&self, script: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let value = self.script(script);
+            if ok(&value) {
+                return value;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out on `{script}`, last value {value}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&self.session).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn drop_image(daemon: &Daemon, name: &str) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name);
+    let tmp = daemon.dir.path().join(name);
+    std::fs::copy(source, &tmp).unwrap();
+    std::fs::rename(&tmp, daemon.folder().join(name)).unwrap();
+}
+
+#[test]
+fn kiosk_page_shows_and_follows_the_daemons_captions() {
+    let daemon = Daemon::start("[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]", &[]);
+    drop_image(&daemon, "04202.png");
+    daemon.wait_until(
+        || ureq::get(&format!("{}/v1/caption/latest", daemon.url)).call().is_ok(),
+        "a caption",
+    );
+    let first = daemon.get_json("/v1/caption/latest");
+
+    let browser = Browser::start();
+    browser.command("url", json!({"url": format!("{}/", daemon.url)}));
+    let text = browser.wait_for("return document.getElementById('caption').textContent", |v| {
+        v == &first["caption"]
+    });
+    assert_eq!(text, first["caption"]);
+    // The frame arrived, and the caption is readable across a room: large type on a 1280 px screen.
+    browser.wait_for("return document.getElementById('frame').naturalWidth", |v| {
+        v.as_u64() == Some(224)
+    });
+    let size = browser.script("return parseFloat(getComputedStyle(document.getElementById('caption')).fontSize)");
+    assert!(size.as_f64().unwrap() >= 48.0, "caption font size {size} px");
+    let compared = browser.script("return document.getElementById('compare').textContent");
+    assert!(compared.as_str().unwrap().starts_with("beam:num_beams=2"), "{compared}");
+
+    // A new scene: the page follows the event stream without a reload.
+    drop_image(&daemon, "04207.png");
+    let id = browser.wait_for("return document.getElementById('caption').dataset.id", |v| {
+        v != &json!(first["id"].to_string())
+    });
+    let second = daemon.get_json("/v1/caption/latest");
+    assert_eq!(id, json!(second["id"].to_string()));
+    assert_eq!(
+        browser.script("return document.getElementById('caption').textContent"),
+        second["caption"]
+    );
+    assert_ne!(
+        second["caption"], first["caption"],
+        "the two demo images have different captions"
+    );
+    assert!(
+        browser
+            .script("return document.getElementById('frame').src")
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("caption={}", second["id"]))
+    );
+}
