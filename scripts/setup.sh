@@ -30,6 +30,7 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v systemd-analyze >/dev/null || missing+=(systemd)  # tests/systemd.rs verifies the unit
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 sudo=$([ "$(id -u)" = 0 ] || echo sudo)
 if ((${#missing[@]})); then
