@@ -109,6 +109,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     );
     assert_eq!(event["decoder"], "greedy");
     assert_eq!(event["compare"][0]["decoder"], "beam:num_beams=2");
+    assert!(event["compare"][0]["ms"].as_f64().unwrap() > 0.0, "{event}");
     assert!(event["ms"]["total"].as_f64().unwrap() > 0.0);
     assert_eq!(daemon.get_json("/v1/caption/latest")["id"], event["id"]);
 
@@ -206,6 +207,11 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     assert_eq!(metric(&metrics, "clipcap_source_up"), 1.0);
     assert_eq!(metric(&metrics, "clipcap_stage_seconds_count{stage=\"encode\"}"), 3.0);
     assert!(metrics.contains("clipcap_decoder_seconds_bucket{decoder=\"beam:num_beams=3\""));
+    assert_eq!(
+        metric(&metrics, "clipcap_decoder_seconds_count{decoder=\"beam:num_beams=2\"}"),
+        1.0,
+        "comparisons are timed"
+    );
 
     let log_path = daemon.dir.path().join("captions.jsonl");
     let status = daemon.terminate();

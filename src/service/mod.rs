@@ -96,6 +96,8 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         decoders,
     } = load(&config, bundle)?;
     let runtime = Runtime::init(&config.runtime)?;
+    // Bound before the model loads so that a taken port fails fast; the API answers once it has loaded
+    // (earlier connections wait), and systemd hears READY then.
     let listener = std::net::TcpListener::bind(&config.service.listen)
         .with_context(|| format!("cannot listen on {}", config.service.listen))?;
     listener.set_nonblocking(true)?;
@@ -122,7 +124,6 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
 
     tracing::info!("loading {}", bundle.dir.display());
     let captioner = Captioner::load(&bundle, &runtime)?;
-    state.model_ready.store(true, Ordering::Relaxed);
     let capture = capture::spawn(
         &config.source,
         config.service.max_image_pixels,
