@@ -27,6 +27,7 @@ command -v java >/dev/null || missing+=(default-jre-headless)  # pycocoevalcap: 
 compgen -G '/usr/lib/*/libclang-14.so*' >/dev/null || missing+=(libclang1-14)  # the v4l crate's bindgen
 # tests/vivid.rs boots a VM with the vivid camera; tests/kiosk.rs drives headless Chromium.
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v v4l2-ctl >/dev/null || missing+=(v4l-utils)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)

@@ -1,7 +1,8 @@
 //! `clipcap serve` on a real V4L2 driver: Debian's kernel boots in qemu (software emulation) with the
 //! vivid virtual camera (tests/vivid/run.sh). The camera is missing when the daemon starts and
-//! appears later; the daemon must pick it up, caption its frames in YUYV and in RGB24, and stop
-//! cleanly on SIGTERM. vivid draws 75% colour bars, so the frames' colours are known.
+//! appears later, then is unplugged (vivid's simulated USB disconnect); the daemon must pick it up
+//! each time, caption its frames in YUYV and in RGB24, and stop cleanly on SIGTERM. vivid draws 75%
+//! colour bars, so the frames' colours are known.
 
 mod common;
 
@@ -60,6 +61,16 @@ fn console(dir: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(dir.join("console.log")).unwrap_or_default()).into_owned()
 }
 
+/// The value of a metric in "name value name value ..." text.
+fn metric(text: &str, name: &str) -> f64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == name)
+        .unwrap_or_else(|| panic!("{name} not in {text}"));
+    words[at + 1].parse().unwrap()
+}
+
 /// Mean colour of each of the eight bars, below vivid's text overlay.
 fn bar_colours(frame: &image::RgbImage) -> Vec<[f64; 3]> {
     let (w, h) = frame.dimensions();
@@ -81,7 +92,7 @@ fn bar_colours(frame: &image::RgbImage) -> Vec<[f64; 3]> {
 }
 
 #[test]
-fn captions_a_v4l2_camera_that_appears_after_start() {
+fn captions_a_v4l2_camera_that_appears_late_and_is_unplugged() {
     let dir = tempfile::tempdir().unwrap();
     let found = boot(dir.path());
     let context = || console(dir.path());
@@ -142,6 +153,25 @@ fn captions_a_v4l2_camera_that_appears_after_start() {
         }
         frames.push(colours);
     }
+    // Unplugged while streaming: the failure is logged, the camera reopened, and frames flow again.
+    let (before, after) = found["unplug-metrics"]
+        .trim_start_matches("before: ")
+        .split_once(" after: ")
+        .unwrap();
+    assert_eq!(metric(before, "clipcap_source_reconnects_total"), 0.0);
+    assert_eq!(metric(after, "clipcap_source_reconnects_total"), 1.0, "{after}");
+    assert_eq!(metric(after, "clipcap_source_up"), 1.0, "{after}");
+    let captured = |m| metric(m, "clipcap_frames_captured_total");
+    assert!(
+        captured(after) > captured(before),
+        "no frames after the reconnect: {before} / {after}"
+    );
+    assert!(
+        found["log-YUYV"].contains("capture failed: No such device"),
+        "{}",
+        found["log-YUYV"]
+    );
+
     // The same pattern through either conversion (JPEG-compressed by the daemon in both cases).
     for (a, b) in frames[0].iter().zip(&frames[1]) {
         assert!((0..3).all(|c| (a[c] - b[c]).abs() < 4.0), "YUYV {a:?} vs RGB24 {b:?}");

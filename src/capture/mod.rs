@@ -90,6 +90,8 @@ pub struct SourceCounters {
 pub struct SourceStatus {
     pub up: AtomicBool,
     pub counters: SourceCounters,
+    /// Whether the source has been up before: the next `set_up` is a reconnect.
+    was_up: AtomicBool,
     last_frame: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
     description: Mutex<String>,
@@ -100,6 +102,7 @@ impl SourceStatus {
         SourceStatus {
             up: AtomicBool::new(false),
             counters,
+            was_up: AtomicBool::new(false),
             last_frame: Mutex::new(None),
             last_error: Mutex::new(None),
             description: Mutex::new(String::new()),
@@ -117,6 +120,9 @@ impl SourceStatus {
     pub fn set_up(&self, description: String) {
         *self.description.lock().unwrap_or_else(|p| p.into_inner()) = description;
         self.up.store(true, Ordering::Relaxed);
+        if self.was_up.swap(true, Ordering::Relaxed) {
+            self.counters.reconnects.inc();
+        }
     }
 
     pub fn fail(&self, error: String) {

@@ -23,7 +23,6 @@ pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStat
         Duration::from_millis(config.reconnect_max_ms),
     );
     let mut backoff = min;
-    let mut connected_before = false;
     while !stop.load(Ordering::Relaxed) {
         let mut delivered = false;
         let error = match stream(config, slot, status, stop, &mut delivered) {
@@ -33,10 +32,6 @@ pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStat
         if delivered {
             backoff = min; // it worked for a while: retry soon
         }
-        if connected_before || delivered {
-            status.counters.reconnects.inc();
-        }
-        connected_before |= delivered;
         status.fail(format!(
             "camera {}: {error}; retrying in {:.1} s",
             config.device.display(),

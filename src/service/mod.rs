@@ -107,7 +107,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         frames: metrics.frames_captured.clone(),
         dropped: metrics.frames_dropped.clone(),
         errors: metrics.errors.with_label_values(&["source"]),
-        reconnects: metrics.camera_reconnects.clone(),
+        reconnects: metrics.source_reconnects.clone(),
     };
     let source = Arc::new(SourceStatus::new(counters));
     let frames = Arc::new(FrameSlot::default());

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Boots Debian's kernel in qemu (software emulation; KVM is not needed) with an initramfs holding
 # busybox, the vivid virtual camera module and its dependencies, clipcap with its shared libraries,
-# the greedy decoder plugin and a bundle. The VM's init (tests/vivid/init) reports on the serial
-# console, which is this script's standard output. scripts/setup.sh fetches the kernel.
+# the greedy decoder plugin, a bundle, and v4l2-ctl. The VM's init (tests/vivid/init) reports on the
+# serial console, which is this script's standard output. scripts/setup.sh fetches the kernel.
 # usage: run.sh WORKDIR CLIPCAP PLUGIN_DIR BUNDLE_DIR LIBONNXRUNTIME
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 vm=$here/../../.cache/vm
 work=$1 clipcap=$2 plugins=$3 bundle=$4 ort=$5
 [ -f "$vm/vmlinuz" ] || { echo "no kernel in $vm: run scripts/setup.sh" >&2; exit 2; }
-for tool in qemu-system-x86_64 busybox objcopy strings ldd; do
+for tool in qemu-system-x86_64 busybox objcopy strings ldd v4l2-ctl; do
     command -v $tool >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 2; }
 done
 
@@ -26,8 +26,10 @@ objcopy --strip-debug "$plugins/libclipcap_search.so" "$root/clipcap/plugins/lib
 chmod 0644 "$root/clipcap/plugins/libclipcap_search.so"
 cp -rL "$bundle" "$root/clipcap/bundle"
 cp -L "$ort" "$root/clipcap/libonnxruntime.so"
-# The shared libraries of clipcap and ONNX Runtime, at the paths the host has them.
-for lib in $( (ldd "$clipcap"; ldd "$ort") | grep -o '/[^ ]*' | sort -u); do
+v4l2ctl=$(command -v v4l2-ctl)  # to unplug the camera (v4l-utils)
+cp "$v4l2ctl" "$root/bin/"
+# The shared libraries of clipcap, ONNX Runtime and v4l2-ctl, at the paths the host has them.
+for lib in $( (ldd "$clipcap"; ldd "$ort"; ldd "$v4l2ctl") | grep -o '/[^ ]*' | sort -u); do
     cp -L --parents "$lib" "$root"
 done
 
