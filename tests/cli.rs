@@ -156,6 +156,59 @@ fn config_errors_name_the_key_and_file() {
 }
 
 #[test]
+fn check_config_refuses_bad_daemon_settings_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("clipcap.toml");
+    let path = config.to_str().unwrap();
+    let bundle = tiny_bundle();
+    for (toml, wanted) in [
+        ("[service]\nlisen = \"127.0.0.1:1\"", "unknown field `lisen`"),
+        ("[source]\nkind = \"webcam\"", "source.kind"),
+        ("[source]\nwidth = -5", "source.width"),
+        (
+            "[source]\nformats = [\"H264\"]",
+            "\"H264\" is not one of MJPG, YUYV, RGB3",
+        ),
+        ("[source]\nkind = \"folder\"", "source.folder must be set"),
+        (
+            "[captioning]\nscene_change = 3.0",
+            "captioning.scene_change = 3 is outside [0, 2]",
+        ),
+        ("[service]\nlisten = \"everywhere\"", "service.listen = \"everywhere\""),
+        ("[captioning]\ncompare = [\"beam:num_beams=0\"]", "out of range [1, 64]"),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let out = clipcap(&["check-config", "--config", path, "--bundle", bundle.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(wanted), "{toml}: {err}");
+        // Decoders are checked against the plugins after loading: named by key, not file.
+        let named = if toml.contains("compare") {
+            "captioning.compare = "
+        } else {
+            path
+        };
+        assert!(err.contains(named), "{toml}: {named} is not named: {err}");
+    }
+    let out = command()
+        .args(["check-config", "--bundle", bundle.to_str().unwrap()])
+        .env("CLIPCAP__CAPTIONING__INTERVAL_MS", "soon")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("captioning.interval_ms") && err.contains("environment"),
+        "{err}"
+    );
+    let out = clipcap(&["check-config", "--bundle", bundle.to_str().unwrap()]);
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with("configuration ok"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn the_same_binary_runs_on_an_older_onnx_runtime() {
     // api-17 asks ONNX Runtime for nothing newer than 1.17, so older builds (as Jetson images ship) work.
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");

@@ -50,22 +50,24 @@ pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
         &config.plugins.resolved_directories(),
         config.plugins.allow_insecure,
     ));
-    let create = |name: &str| -> anyhow::Result<DecoderInstance> {
-        let request = config.decoder_request(name).map_err(anyhow::Error::msg)?;
-        plugins
-            .create(&request)
+    let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
+        config
+            .decoder_request(name)
+            .and_then(|request| plugins.create(&request))
             .map_err(anyhow::Error::msg)
-            .with_context(|| format!("decoder {name:?}"))
+            .with_context(|| format!("{key} = {name:?}"))
     };
     let fallback = &config.decoding.fallback;
     let decoders = Decoders {
-        default: create(&config.decoding.decoder)?,
-        fallback: (!fallback.is_empty()).then(|| create(fallback)).transpose()?,
+        default: create("decoding.decoder", &config.decoding.decoder)?,
+        fallback: (!fallback.is_empty())
+            .then(|| create("decoding.fallback", fallback))
+            .transpose()?,
         compare: config
             .captioning
             .compare
             .iter()
-            .map(|n| create(n))
+            .map(|n| create("captioning.compare", n))
             .collect::<anyhow::Result<_>>()?,
     };
     Ok(Loaded {
