@@ -278,14 +278,19 @@ fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
         "[source]\nkind = \"v4l2\"\ndevice = \"/dev/video-missing\"\nreconnect_min_ms = 100\nreconnect_max_ms = 400",
         &[],
     );
-    let ready = ureq::get(&format!("{}/readyz", daemon.url))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
-    let reason: Value = ready.into_body().read_json().unwrap();
+    let readyz = || {
+        let ready = ureq::get(&format!("{}/readyz", daemon.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        (ready.status().as_u16(), ready.into_body().read_json::<Value>().unwrap())
+    };
+    // First "loading the model" (the API serves while the models load), then the camera's problem.
+    daemon.wait_until(|| readyz().1["reason"] != "loading the model", "the model to load");
+    let (status, reason) = readyz();
+    assert_eq!(status, 503);
     assert!(
         reason["reason"].as_str().unwrap().contains("/dev/video-missing"),
         "{reason}"
@@ -310,4 +315,41 @@ fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
         "uploads still work"
     );
     assert!(daemon.stderr().contains("camera /dev/video-missing: cannot open"));
+}
+
+#[test]
+fn a_model_that_cannot_load_stops_the_daemon_with_the_reason() {
+    // The API comes up while the models load; a broken graph must end the process (systemd then
+    // restarts it, Restart=on-failure), naming the file, without ever announcing READY.
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, bundle.join(path.file_name().unwrap())).unwrap();
+    }
+    let lm = std::fs::read(bundle.join("lm.onnx")).unwrap();
+    std::fs::write(bundle.join("lm.onnx"), &lm[..lm.len() / 3]).unwrap();
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .args(["serve", "--bundle", bundle.to_str().unwrap()])
+        .env("CLIPCAP__SERVICE__LISTEN", format!("127.0.0.1:{}", common::free_port()))
+        .env("CLIPCAP__SOURCE__KIND", "none")
+        .env("CLIPCAP__PLUGINS__DIRECTORIES", common::plugin_dir())
+        .env("CLIPCAP__PLUGINS__ALLOW_INSECURE", "true")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot load the models") && err.contains("lm.onnx"),
+        "{err}"
+    );
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a STOPPING notification");
+    let note = String::from_utf8_lossy(&buf[..n]);
+    assert!(note.contains("STOPPING=1") && !note.contains("READY=1"), "{note}");
 }

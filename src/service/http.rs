@@ -153,6 +153,10 @@ async fn upload(
 ) -> Response {
     let received = SystemTime::now();
     let m = &api.state.metrics;
+    if !api.state.model_ready.load(std::sync::atomic::Ordering::Relaxed) {
+        m.error("upload");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "loading the model; try again shortly");
+    }
     let limit = api.config.service.max_upload_bytes;
     let too_large = |what: String| {
         m.error("upload");

@@ -98,8 +98,6 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         decoders,
     } = load(&config, bundle)?;
     let runtime = Runtime::init(&config.runtime)?;
-    // Bound before the model loads so that a taken port fails fast; the API answers once it has loaded
-    // (earlier connections wait), and systemd hears READY then.
     let listener = std::net::TcpListener::bind(&config.service.listen)
         .with_context(|| format!("cannot listen on {}", config.service.listen))?;
     listener.set_nonblocking(true)?;
@@ -124,8 +122,6 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     ));
     let stop = Arc::new(AtomicBool::new(false));
 
-    tracing::info!("loading {}", bundle.dir.display());
-    let captioner = Captioner::load(&bundle, &runtime)?;
     let capture = capture::spawn(
         &config.source,
         config.service.max_image_pixels,
@@ -133,31 +129,47 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         source,
         stop.clone(),
     )?;
+    // The API serves (health, readiness "loading the model") while the captioning thread loads the
+    // models, which takes minutes on a Jetson building TensorRT engines; READY follows the load.
     let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
-    let pipeline = Pipeline {
-        captioner,
-        decoders,
-        config: config.captioning.clone(),
-        seed: config.decoding.seed,
-        state: state.clone(),
-        uploads: queue,
-        stop: stop.clone(),
+    let (loaded, model) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (manifest, bundle_dir) = (bundle.manifest.clone(), bundle.dir.display().to_string());
+    let captioning = {
+        let (cadence, seed) = (config.captioning.clone(), config.decoding.seed);
+        let (state, stop) = (state.clone(), stop.clone());
+        std::thread::Builder::new().name("captioning".into()).spawn(move || {
+            tracing::info!("loading {}", bundle.dir.display());
+            let captioner = match Captioner::load(&bundle, &runtime) {
+                Ok(c) => c,
+                Err(e) => return drop(loaded.send(Err(e.to_string()))),
+            };
+            state.model_ready.store(true, Ordering::Relaxed);
+            let _ = loaded.send(Ok(()));
+            Pipeline {
+                captioner,
+                decoders,
+                config: cadence,
+                seed,
+                state,
+                uploads: queue,
+                stop,
+            }
+            .run()
+        })?
     };
-    let captioning = std::thread::Builder::new()
-        .name("captioning".into())
-        .spawn(move || pipeline.run())?;
 
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let api = http::Api {
         stopping: stopping_rx.clone(),
         state: state.clone(),
-        manifest: bundle.manifest.clone(),
-        bundle_dir: bundle.dir.display().to_string(),
+        manifest,
+        bundle_dir,
         plugins,
         uploads,
         config: config.clone(),
     };
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -165,13 +177,26 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("serving on http://{}", config.service.listen);
-        notify::ready(&format!("serving on {}", config.service.listen));
-        if let Some(period) = notify::watchdog_period() {
-            tokio::spawn(watchdog(state.clone(), period));
-        }
         let app = http::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let (listen, state, failure) = (config.service.listen.clone(), state.clone(), failure.clone());
+        let started = async move {
+            match model.await {
+                Ok(Ok(())) => {
+                    notify::ready(&format!("serving on {listen}"));
+                    if let Some(period) = notify::watchdog_period() {
+                        tokio::spawn(watchdog(state, period));
+                    }
+                    std::future::pending().await
+                }
+                Ok(Err(e)) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                Err(_) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some("captioning thread ended".into()),
+            }
+        };
         let signalled = async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = started => {}
+            }
             notify::stopping();
             let _ = stopping.send(true);
         };
@@ -210,6 +235,9 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     state.flush_log();
     rt.shutdown_timeout(Duration::from_millis(200));
     served.context("HTTP server")?;
+    if let Some(error) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!("cannot load the models: {error}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

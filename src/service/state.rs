@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +49,8 @@ pub struct State {
     next_id: AtomicU64,
     log: Mutex<Option<Box<dyn Write + Send>>>,
     heartbeat: Mutex<Instant>,
+    /// Set by the captioning thread once the models are loaded.
+    pub model_ready: AtomicBool,
     pub metrics: Metrics,
     pub source: Arc<SourceStatus>,
     pub source_kind: SourceKind,
@@ -71,6 +73,7 @@ impl State {
             next_id: AtomicU64::new(1),
             log: Mutex::new(log),
             heartbeat: Mutex::new(Instant::now()),
+            model_ready: AtomicBool::new(false),
             metrics,
             source,
             source_kind,
@@ -153,6 +156,9 @@ impl State {
     /// Ready: the model is loaded and the source delivers (a camera sent a frame in the last 5 s, a
     /// watched folder can be read); with no source, the model alone. Otherwise the reason.
     pub fn readiness(&self) -> Result<(), String> {
+        if !self.model_ready.load(Ordering::Relaxed) {
+            return Err("loading the model".into());
+        }
         let up = self.source.up.load(Ordering::Relaxed);
         let reason = || self.source.last_error().unwrap_or_else(|| "source not open yet".into());
         match self.source_kind {
