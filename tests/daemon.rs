@@ -95,6 +95,12 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
     let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
     drop_image(&daemon, "04202.png");
+    let sse_id = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("id:"))
+        .unwrap();
+    let sse_id = sse_id.trim_start_matches("id:").trim().to_string();
     let data = lines
         .by_ref()
         .map(|l| l.unwrap())
@@ -131,6 +137,24 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let history = daemon.get_json("/v1/captions?limit=5");
     assert_eq!(history.as_array().unwrap().len(), 2);
     assert_eq!(history[0]["id"], uploaded["id"], "newest first");
+    // A stream client that reconnects gets what it missed: after its last id in this run, or
+    // everything kept if the daemon restarted since (another run).
+    let resumed = |last: &str| -> Value {
+        let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url))
+            .header("Last-Event-ID", last)
+            .call()
+            .unwrap();
+        let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
+        let data = lines
+            .by_ref()
+            .map(|l| l.unwrap())
+            .find(|l| l.starts_with("data:"))
+            .unwrap();
+        serde_json::from_str(data.trim_start_matches("data:")).unwrap()
+    };
+    assert!(sse_id.ends_with(&format!(":{}", event["id"])), "{sse_id}");
+    assert_eq!(resumed(&sse_id)["id"], uploaded["id"]);
+    assert_eq!(resumed("1:999")["id"], event["id"]);
 
     // Bad input: each is refused with a clear error, and the daemon keeps serving.
     let jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rocket.jpg")).unwrap();

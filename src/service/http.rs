@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::pipeline::Upload;
-use super::state::State;
+use super::state::{CaptionEvent, State};
 use crate::bundle::Manifest;
 use crate::config::Config;
 use crate::decoding::Plugins;
@@ -103,16 +103,41 @@ async fn recent(Extract(api): Extract<Shared>, Query(q): Query<HashMap<String, S
     Json(api.state.recent(limit)).into_response()
 }
 
-async fn stream(Extract(api): Extract<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = BroadcastStream::new(api.state.subscribe()).filter_map(|e| async move {
-        // A client too slow to keep up skips captions (Lagged) rather than stalling the others.
-        let event = e.ok()?;
-        Some(Ok(Event::default()
-            .event("caption")
-            .id(event.id.to_string())
-            .json_data(&*event)
-            .ok()?))
-    });
+/// Server-Sent Events: one `caption` event per caption, with the id "RUN:ID". A client that
+/// reconnects with `Last-Event-ID` first gets what it missed from the history: the captions after
+/// that id, or all of them if the daemon restarted since (a new run).
+async fn stream(
+    Extract(api): Extract<Shared>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let state = &api.state;
+    let live = BroadcastStream::new(state.subscribe()); // before reading the history: nothing falls between
+    let seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok()?.split_once(':'))
+        .and_then(|(run, id)| Some((run.parse::<u64>().ok()?, id.parse::<u64>().ok()?)));
+    let missed: Vec<Arc<CaptionEvent>> = match seen {
+        None => Vec::new(),
+        Some((run, id)) => {
+            let after = if run == state.run { id } else { 0 };
+            let mut missed: Vec<_> = state.recent(usize::MAX).into_iter().filter(|e| e.id > after).collect();
+            missed.reverse();
+            missed
+        }
+    };
+    let replayed = missed.last().map_or(0, |e| e.id);
+    // A client too slow to keep up skips captions (Lagged) rather than stalling the others.
+    let live = live.filter_map(move |e| async move { e.ok().filter(|e| e.id > replayed) });
+    let run = state.run;
+    let events = futures_util::stream::iter(missed)
+        .chain(live)
+        .filter_map(move |event| async move {
+            Some(Ok(Event::default()
+                .event("caption")
+                .id(format!("{run}:{}", event.id))
+                .json_data(&*event)
+                .ok()?))
+        });
     let mut stopping = api.stopping.clone();
     let stop = async move {
         let _ = stopping.wait_for(|s| *s).await;

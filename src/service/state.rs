@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -51,6 +51,8 @@ pub struct State {
     heartbeat: Mutex<Instant>,
     /// Set by the captioning thread once the models are loaded.
     pub model_ready: AtomicBool,
+    /// This run of the daemon (its start, Unix ms): caption ids restart at 1 in each run.
+    pub run: u64,
     pub metrics: Metrics,
     pub source: Arc<SourceStatus>,
     pub source_kind: SourceKind,
@@ -71,6 +73,9 @@ impl State {
             capacity,
             events: broadcast::channel(64).0,
             next_id: AtomicU64::new(1),
+            run: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             log: Mutex::new(log),
             heartbeat: Mutex::new(Instant::now()),
             model_ready: AtomicBool::new(false),
