@@ -218,12 +218,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
             .any(|d| d["name"] == "magic")
     );
 
-    let metrics = ureq::get(&format!("{}/metrics", daemon.url))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = daemon.metrics();
     assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"folder\"}"), 1.0);
     assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"upload\"}"), 2.0);
     assert_eq!(metric(&metrics, "clipcap_errors_total{kind=\"upload\"}"), 6.0);
@@ -278,19 +273,11 @@ fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
     );
     // The same picture again is an unchanged scene: skipped, counted.
     std::fs::copy(demo_image("04205.png"), daemon.folder().join("again.png")).unwrap();
-    let metrics = || {
-        ureq::get(&format!("{}/metrics", daemon.url))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap()
-    };
     daemon.wait_until(
-        || metric(&metrics(), "clipcap_frames_skipped_total") == 1.0,
+        || metric(&daemon.metrics(), "clipcap_frames_skipped_total") == 1.0,
         "a skipped frame",
     );
-    let m = metrics();
+    let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_frames_captured_total"), 6.0);
     assert!(metric(&m, "clipcap_frames_dropped_total") >= 2.0, "{m}");
     assert_eq!(daemon.get_json("/v1/captions").as_array().unwrap().len(), 2);
@@ -319,19 +306,11 @@ fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
         reason["reason"].as_str().unwrap().contains("/dev/video-missing"),
         "{reason}"
     );
-    let metrics = || {
-        ureq::get(&format!("{}/metrics", daemon.url))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap()
-    };
     daemon.wait_until(
-        || metric(&metrics(), "clipcap_errors_total{kind=\"source\"}") >= 3.0,
+        || metric(&daemon.metrics(), "clipcap_errors_total{kind=\"source\"}") >= 3.0,
         "retries with backoff",
     );
-    assert_eq!(metric(&metrics(), "clipcap_source_up"), 0.0);
+    assert_eq!(metric(&daemon.metrics(), "clipcap_source_up"), 0.0);
     let (status, event) = post(&daemon, "", std::fs::read(demo_image("04202.png")).unwrap());
     assert_eq!(
         (status, event["source"].as_str()),

@@ -178,6 +178,16 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The Prometheus text of /metrics.
+    pub fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
