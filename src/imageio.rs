@@ -51,11 +51,12 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String>
             .with_guessed_format()
             .map_err(|e| e.to_string())
     };
-    let format = reader()?.format();
+    let header = reader()?;
+    let format = header.format();
     if format.is_none() {
         return Err("not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF)".into());
     }
-    let (w, h) = reader()?
+    let (w, h) = header
         .into_dimensions()
         .map_err(|e| format!("cannot read the image header: {e}"))?;
     let pixels = w as u64 * h as u64;

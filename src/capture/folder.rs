@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use super::{FrameSlot, SourceStatus, nap};
@@ -28,7 +28,7 @@ pub fn run(config: &SourceConfig, max_pixels: u64, slot: &FrameSlot, status: &So
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {
-                if listed || status.up.load(Ordering::Relaxed) {
+                if listed {
                     status.fail(format!("folder {}: {e}", dir.display()));
                 }
                 listed = false;
@@ -36,7 +36,7 @@ pub fn run(config: &SourceConfig, max_pixels: u64, slot: &FrameSlot, status: &So
             }
         };
         if !listed {
-            status.set_up(format!("folder {}", dir.display()));
+            status.set_up();
             listed = true;
         }
         let now = SystemTime::now();

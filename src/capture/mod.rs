@@ -6,11 +6,10 @@ mod folder;
 mod v4l2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use convert::{rgb24_to_rgb, yuyv_to_rgb};
 use prometheus::IntCounter;
 
 use crate::config::{SourceConfig, SourceKind};
@@ -27,7 +26,6 @@ pub struct Frame {
 #[derive(Default)]
 pub struct FrameSlot {
     state: Mutex<SlotState>,
-    changed: Condvar,
 }
 
 #[derive(Default)]
@@ -49,7 +47,6 @@ impl FrameSlot {
             captured: SystemTime::now(),
             origin,
         }));
-        self.changed.notify_all();
         dropped
     }
 
@@ -64,16 +61,6 @@ impl FrameSlot {
         let frame = s.latest.clone().filter(|f| f.seq > s.taken)?;
         s.taken = frame.seq;
         Some(frame)
-    }
-
-    /// Waits up to `timeout` for a frame newer than the last taken one.
-    pub fn wait_new(&self, timeout: Duration) -> bool {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (s, _) = self
-            .changed
-            .wait_timeout_while(s, timeout, |s| s.latest.as_ref().is_none_or(|f| f.seq <= s.taken))
-            .unwrap_or_else(|p| p.into_inner());
-        s.latest.as_ref().is_some_and(|f| f.seq > s.taken)
     }
 }
 
@@ -94,7 +81,6 @@ pub struct SourceStatus {
     was_up: AtomicBool,
     last_frame: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
-    description: Mutex<String>,
 }
 
 impl SourceStatus {
@@ -105,7 +91,6 @@ impl SourceStatus {
             was_up: AtomicBool::new(false),
             last_frame: Mutex::new(None),
             last_error: Mutex::new(None),
-            description: Mutex::new(String::new()),
         }
     }
 
@@ -117,8 +102,7 @@ impl SourceStatus {
         *self.last_frame.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    pub fn set_up(&self, description: String) {
-        *self.description.lock().unwrap_or_else(|p| p.into_inner()) = description;
+    pub fn set_up(&self) {
         self.up.store(true, Ordering::Relaxed);
         if self.was_up.swap(true, Ordering::Relaxed) {
             self.counters.reconnects.inc();
@@ -142,10 +126,6 @@ impl SourceStatus {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn description(&self) -> String {
-        self.description.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

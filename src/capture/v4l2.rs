@@ -65,15 +65,14 @@ fn stream(
     }
     let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4).map_err(|e| format!("cannot stream: {e}"))?;
     stream.set_timeout(Duration::from_millis(1000)); // wake up to notice `stop`
-    let description = format!(
-        "{} {}x{} {}",
+    tracing::info!(
+        "camera streaming: {} {}x{} {}",
         config.device.display(),
         format.width,
         format.height,
         format.fourcc
     );
-    tracing::info!("camera streaming: {description}");
-    status.set_up(description);
+    status.set_up();
     while !stop.load(Ordering::Relaxed) {
         let (data, meta) = match stream.next() {
             Ok(frame) => frame,
