@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::decoding::{DecoderRequest, ParamValue};
+use crate::decoding::{DecoderInstance, DecoderRequest, ParamValue, Plugins};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -262,8 +262,13 @@ impl Config {
         Ok(config)
     }
 
+    /// The decoder `name` stands for (see `decoder_request`), created from `plugins`.
+    pub fn create_decoder(&self, plugins: &Plugins, name: &str) -> Result<DecoderInstance, String> {
+        plugins.create(&self.decoder_request(name)?)
+    }
+
     /// The request `name` stands for: a `[decoders.NAME]` table, else a `name:key=value,...` spec.
-    pub fn decoder_request(&self, name: &str) -> Result<DecoderRequest, String> {
+    fn decoder_request(&self, name: &str) -> Result<DecoderRequest, String> {
         match self.decoders.get(name) {
             Some(table) => DecoderRequest::from_table(name, table),
             None => DecoderRequest::parse(name),

@@ -304,9 +304,8 @@ fn create_all(config: &Config, plugins: &Plugins, names: Vec<String>) -> anyhow:
 }
 
 fn create(config: &Config, plugins: &Plugins, name: &str) -> anyhow::Result<DecoderInstance> {
-    let request = config.decoder_request(name).map_err(anyhow::Error::msg)?;
-    plugins
-        .create(&request)
+    config
+        .create_decoder(plugins, name)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("decoder {name:?}"))
 }

@@ -204,7 +204,7 @@ async fn upload(
     };
     let decoder = match q.get("decoder") {
         None => None,
-        Some(name) => match api.config.decoder_request(name).and_then(|r| api.plugins.create(&r)) {
+        Some(name) => match api.config.create_decoder(&api.plugins, name) {
             Ok(d) => Some(d),
             Err(e) => {
                 m.error("upload");

@@ -52,8 +52,7 @@ pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
     ));
     let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
         config
-            .decoder_request(name)
-            .and_then(|request| plugins.create(&request))
+            .create_decoder(&plugins, name)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{key} = {name:?}"))
     };
