@@ -176,16 +176,33 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    match caption_upload(&api, peer, q.get("decoder"), &headers, body).await {
+        Ok(event) => Json(event).into_response(),
+        Err((status, message)) => {
+            api.state.metrics.error("upload");
+            error(status, message)
+        }
+    }
+}
+
+/// The caption event of an uploaded image, or the status and message saying why there is none.
+async fn caption_upload(
+    api: &Api,
+    peer: std::net::SocketAddr,
+    decoder: Option<&String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Arc<CaptionEvent>, (StatusCode, String)> {
     let received = SystemTime::now();
-    let m = &api.state.metrics;
     if !api.state.model_ready.load(std::sync::atomic::Ordering::Relaxed) {
-        m.error("upload");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "loading the model; try again shortly");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the model; try again shortly".into(),
+        ));
     }
     let limit = api.config.service.max_upload_bytes;
     let too_large = |what: String| {
-        m.error("upload");
-        error(
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("{what} (uploads are limited to {limit} bytes)"),
         )
@@ -196,34 +213,20 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(length) = declared.filter(|&n| n > limit as u64) {
-        return too_large(format!("the body is {length} bytes"));
+        return Err(too_large(format!("the body is {length} bytes")));
     }
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => return too_large(format!("could not read the body: {e}")),
-    };
-    let decoder = match q.get("decoder") {
-        None => None,
-        Some(name) => match api.config.create_decoder(&api.plugins, name) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                m.error("upload");
-                return error(StatusCode::BAD_REQUEST, e);
-            }
-        },
-    };
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| too_large(format!("could not read the body: {e}")))?;
+    let decoder = decoder
+        .map(|name| api.config.create_decoder(&api.plugins, name))
+        .transpose()
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let max_pixels = api.config.service.max_image_pixels;
-    let image = match tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels)).await {
-        Ok(Ok(image)) => image,
-        Ok(Err(e)) => {
-            m.error("upload");
-            return error(StatusCode::BAD_REQUEST, e);
-        }
-        Err(_) => {
-            m.error("upload");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed");
-        }
-    };
+    let image = tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels))
+        .await
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed".to_string()))?
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let (reply, answer) = oneshot::channel();
     let job = Upload {
         image,
@@ -232,20 +235,15 @@ async fn upload(
         received,
         reply,
     };
-    let (status, message) = match api.uploads.try_send(job) {
-        Err(TrySendError::Full(_)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy: too many uploads waiting".to_string(),
-        ),
-        Err(TrySendError::Disconnected(_)) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
-        Ok(()) => match answer.await {
-            Ok(Ok(event)) => return Json(event).into_response(),
-            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e),
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
-        },
-    };
-    m.error("upload");
-    error(status, message)
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
+    api.uploads.try_send(job).map_err(|e| match e {
+        TrySendError::Full(_) => unavailable("busy: too many uploads waiting"),
+        TrySendError::Disconnected(_) => unavailable("shutting down"),
+    })?;
+    match answer.await {
+        Ok(result) => result.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(unavailable("shutting down")),
+    }
 }
 
 async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the daemon (`GET /metrics`), one registry, registered once.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -28,35 +29,25 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), &[label]))
         };
+        let histogram_opts = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
         let histogram_vec = |name: &str, help: &str, label: &str| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &[label])
-                .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("registered once");
-            h
+            registered(&registry, HistogramVec::new(histogram_opts(name, help), &[label]))
         };
-        let source_up = IntGauge::new("clipcap_source_up", "1 while the frame source delivers").expect("valid metric");
-        registry.register(Box::new(source_up.clone())).expect("registered once");
-        let upload_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+        let source_up = registered(
+            &registry,
+            IntGauge::new("clipcap_source_up", "1 while the frame source delivers"),
+        );
+        let upload_seconds = registered(
+            &registry,
+            Histogram::with_opts(histogram_opts(
                 "clipcap_upload_seconds",
                 "time from upload to caption, queueing included",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upload_seconds.clone()))
-            .expect("registered once");
+            )),
+        );
         Metrics {
             frames_captured: counter("clipcap_frames_captured_total", "frames received from the source"),
             frames_dropped: counter(
@@ -112,6 +103,13 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Registers a newly made metric (once, at start: names are fixed) and returns it.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("registered once");
+    metric
 }
 
 impl Default for Metrics {

@@ -27,7 +27,7 @@ use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
 use crate::decoding::{DecoderInstance, Plugins};
 use crate::runtime::Runtime;
-pub use metrics::Metrics;
+use metrics::Metrics;
 pub use pipeline::Decoders;
 use pipeline::Pipeline;
 use state::State;
