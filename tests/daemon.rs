@@ -9,19 +9,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Daemon;
+use common::{Daemon, demo_image};
 use serde_json::Value;
-
-fn demo_image(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name)
-}
-
-/// Copies an image into the watched folder so that it appears complete (written, then renamed).
-fn drop_image(daemon: &Daemon, name: &str) {
-    let tmp = daemon.dir.path().join(format!("{name}.part"));
-    std::fs::copy(demo_image(name), &tmp).unwrap();
-    std::fs::rename(&tmp, daemon.folder().join(name)).unwrap();
-}
 
 fn post(daemon: &Daemon, query: &str, body: Vec<u8>) -> (u16, Value) {
     let response = ureq::post(&format!("{}/v1/caption{query}", daemon.url))
@@ -94,7 +83,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     // Subscribe to the event stream, then let the folder deliver a frame.
     let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
     let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
-    drop_image(&daemon, "04202.png");
+    daemon.drop_image("04202.png");
     let sse_id = lines
         .by_ref()
         .map(|l| l.unwrap())
@@ -253,7 +242,7 @@ fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
     // delay them): the first is captioned at once, the following ones replace each other, and only
     // the newest of them is captioned next.
     for name in ["04200.png", "04201.png", "04203.png", "04204.png", "04205.png"] {
-        drop_image(&daemon, name);
+        daemon.drop_image(name);
         std::thread::sleep(Duration::from_millis(250));
     }
     daemon.wait_until(

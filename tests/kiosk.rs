@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,17 +90,10 @@ impl Drop for Browser {
     }
 }
 
-fn drop_image(daemon: &Daemon, name: &str) {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name);
-    let tmp = daemon.dir.path().join(name);
-    std::fs::copy(source, &tmp).unwrap();
-    std::fs::rename(&tmp, daemon.folder().join(name)).unwrap();
-}
-
 #[test]
 fn kiosk_page_shows_and_follows_the_daemons_captions() {
     let daemon = Daemon::start("[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]", &[]);
-    drop_image(&daemon, "04202.png");
+    daemon.drop_image("04202.png");
     daemon.wait_until(
         || ureq::get(&format!("{}/v1/caption/latest", daemon.url)).call().is_ok(),
         "a caption",
@@ -124,7 +116,7 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
     assert!(compared.as_str().unwrap().starts_with("beam:num_beams=2"), "{compared}");
 
     // A new scene: the page follows the event stream without a reload.
-    drop_image(&daemon, "04207.png");
+    daemon.drop_image("04207.png");
     let id = browser.wait_for("return document.getElementById('caption').dataset.id", |v| {
         v != &json!(first["id"].to_string())
     });

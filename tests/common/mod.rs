@@ -97,6 +97,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An image of demo/images.
+pub fn demo_image(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name)
+}
+
 /// `clipcap serve` running as a child process, killed when dropped.
 pub struct Daemon {
     pub child: std::process::Child,
@@ -150,6 +155,13 @@ impl Daemon {
 
     pub fn folder(&self) -> PathBuf {
         self.dir.path().join("in")
+    }
+
+    /// Puts a demo image into the watched folder so that it appears complete (written, then renamed).
+    pub fn drop_image(&self, name: &str) {
+        let tmp = self.dir.path().join(format!("{name}.part"));
+        std::fs::copy(demo_image(name), &tmp).unwrap();
+        std::fs::rename(&tmp, self.folder().join(name)).unwrap();
     }
 
     pub fn stderr(&self) -> String {
