@@ -12,6 +12,13 @@ use std::time::Duration;
 use common::{Daemon, demo_image};
 use serde_json::Value;
 
+/// The value of the next `field:` line of a Server-Sent Events stream.
+fn sse_field(lines: &mut impl Iterator<Item = std::io::Result<String>>, field: &str) -> String {
+    let prefix = format!("{field}:");
+    let line = lines.map(|l| l.unwrap()).find(|l| l.starts_with(&prefix)).unwrap();
+    line[prefix.len()..].trim().to_string()
+}
+
 fn post(daemon: &Daemon, query: &str, body: Vec<u8>) -> (u16, Value) {
     let response = ureq::post(&format!("{}/v1/caption{query}", daemon.url))
         .config()
@@ -84,18 +91,8 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
     let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
     daemon.drop_image("04202.png");
-    let sse_id = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.starts_with("id:"))
-        .unwrap();
-    let sse_id = sse_id.trim_start_matches("id:").trim().to_string();
-    let data = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.starts_with("data:"))
-        .unwrap();
-    let event: Value = serde_json::from_str(data.trim_start_matches("data:")).unwrap();
+    let sse_id = sse_field(&mut lines, "id");
+    let event: Value = serde_json::from_str(&sse_field(&mut lines, "data")).unwrap();
     assert_eq!(event["source"], "folder");
     assert!(event["origin"].as_str().unwrap().ends_with("04202.png"));
     assert!(
@@ -134,12 +131,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
             .call()
             .unwrap();
         let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
-        let data = lines
-            .by_ref()
-            .map(|l| l.unwrap())
-            .find(|l| l.starts_with("data:"))
-            .unwrap();
-        serde_json::from_str(data.trim_start_matches("data:")).unwrap()
+        serde_json::from_str(&sse_field(&mut lines, "data")).unwrap()
     };
     assert!(sse_id.ends_with(&format!(":{}", event["id"])), "{sse_id}");
     assert_eq!(resumed(&sse_id)["id"], uploaded["id"]);
