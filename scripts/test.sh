@@ -1,10 +1,44 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, the Rust workspace's tests, the export tool's tests.
-# Needs scripts/setup.sh to have run once.
-set -euo pipefail
+# Needs scripts/setup.sh to have run once. Every step runs even when an earlier one failed (and every
+# Rust test binary, --no-fail-fast); a summary at the end lists each step with its time, and the
+# slowest test binaries. The exit status is 1 if any step failed.
+#
+# The Rust tests build in the release profile, so they share the dependencies that setup.sh built for
+# target/release/clipcap instead of compiling everything a second time, and the daemon, kiosk and
+# V4L2 tests drive the release binary that users run.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --workspace --locked   # export/tests drive target/debug/clipcap
-cargo test --workspace --locked
-export/.venv/bin/python -m pytest -q export/tests
+logs=target/test-logs
+mkdir -p "$logs"
+summary=()
+failed=0
+
+step() {  # NAME COMMAND...: runs it, its output also in $logs/NAME.log
+    local name=$1 start=$SECONDS status
+    shift
+    printf '\n== %s: %s\n' "$name" "$*"
+    "$@" 2>&1 | tee "$logs/$name.log"
+    status=${PIPESTATUS[0]}
+    ((status == 0)) || failed=1
+    summary+=("$(printf '%-14s %-7s %5d s' "$name" "$([ "$status" = 0 ] && echo ok || echo FAILED)" $((SECONDS - start)))")
+}
+
+step format cargo fmt --all -- --check
+step lints cargo clippy --workspace --all-targets --locked -- -D warnings
+# The plugins (cdylibs) and the binary the export tests drive, up to date; then the tests.
+step build cargo build --release --workspace --locked
+step rust-tests cargo test --release --workspace --locked --no-fail-fast
+step export-tests export/.venv/bin/python -m pytest -q --durations=5 export/tests
+
+printf '\n== summary\n'
+printf '%s\n' "${summary[@]}"
+printf '\nslowest Rust test binaries:\n'
+# "Running tests/x.rs (...)" is followed by that binary's "test result: ... finished in N s".
+awk '/^ *(Running|Doc-tests) /{name=$2} /^test result:/{t=$NF; sub(/s$/, "", t); if (name != "") printf "%8.1f s  %s\n", t, name; name=""}' \
+    "$logs/rust-tests.log" | sort -rn | head -n 8
+if ((failed)); then
+    printf '\nFAILED: %s\n' "$(printf '%s\n' "${summary[@]}" | awk '$2 == "FAILED" {print $1}' | tr '\n' ' ')"
+    exit 1
+fi
+printf '\nall passed\n'

@@ -69,6 +69,16 @@ pub enum SourceKind {
     None,
 }
 
+/// How a watched folder is used (capture/folder.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderMode {
+    /// Like a camera: files that appear after start, latest frame wins.
+    Camera,
+    /// An inbox: every file captioned once, oldest first, across restarts.
+    Queue,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
@@ -81,6 +91,11 @@ pub struct SourceConfig {
     /// Pixel formats in order of preference: MJPG, YUYV, RGB3.
     pub formats: Vec<String>,
     pub folder: PathBuf,
+    pub folder_mode: FolderMode,
+    /// Queue mode: finished files are moved here; empty leaves them in the folder.
+    pub done_folder: PathBuf,
+    /// Queue mode: the journal of finished files; empty means `.clipcap-queue.jsonl` in the folder.
+    pub queue_journal: PathBuf,
     pub poll_ms: u64,
     /// Reconnect backoff: first wait, doubling up to the maximum.
     pub reconnect_min_ms: u64,
@@ -97,6 +112,9 @@ impl Default for SourceConfig {
             fps: 15,
             formats: vec!["MJPG".into(), "YUYV".into(), "RGB3".into()],
             folder: PathBuf::new(),
+            folder_mode: FolderMode::Camera,
+            done_folder: PathBuf::new(),
+            queue_journal: PathBuf::new(),
             poll_ms: 200,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
@@ -313,6 +331,9 @@ impl Config {
         }
         if v.kind == SourceKind::Folder && v.folder.as_os_str().is_empty() {
             return Err("source.folder must be set when source.kind = \"folder\"".into());
+        }
+        if v.kind == SourceKind::Folder && !v.done_folder.as_os_str().is_empty() && v.done_folder == v.folder {
+            return Err("source.done_folder must be another folder than source.folder".into());
         }
         if v.reconnect_min_ms == 0 || v.reconnect_max_ms < v.reconnect_min_ms || v.poll_ms == 0 {
             return Err("source.poll_ms and reconnect_min_ms must be > 0, reconnect_max_ms >= reconnect_min_ms".into());

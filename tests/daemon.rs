@@ -229,38 +229,32 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
 
 #[test]
 fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
-    let daemon = Daemon::start("[captioning]\ninterval_ms = 3000\nscene_change = 0.02", &[]);
-    // Five frames arrive within about a second, well inside the 3 s cadence (a busy CI machine may
-    // delay them): the first is captioned at once, the following ones replace each other, and only
-    // the newest of them is captioned next.
-    for name in ["04200.png", "04201.png", "04203.png", "04204.png", "04205.png"] {
+    let daemon = Daemon::start("[captioning]\ninterval_ms = 5000\nscene_change = 0.02", &[]);
+    // The first frame is captioned at once; the next caption is due 5 s later. Four frames written
+    // meanwhile (in a few milliseconds; read within a poll and the 150 ms settle time) replace each
+    // other in the slot, and only the newest is captioned when the caption is due.
+    daemon.drop_image("04200.png");
+    daemon.wait_until(|| daemon.logged().len() == 1, "the first caption");
+    for name in ["04201.png", "04203.png", "04204.png", "04205.png"] {
         daemon.drop_image(name);
-        std::thread::sleep(Duration::from_millis(250));
     }
-    daemon.wait_until(
-        || daemon.get_json("/v1/captions").as_array().unwrap().len() == 2,
-        "two captions",
-    );
-    std::thread::sleep(Duration::from_millis(3500)); // a whole interval: no stale frame follows
-    let captions = daemon.get_json("/v1/captions");
-    assert_eq!(
-        captions.as_array().unwrap().len(),
-        2,
-        "stale frames are not captioned: {captions}"
-    );
-    assert!(
-        captions[0]["origin"].as_str().unwrap().ends_with("04205.png"),
-        "{captions}"
-    );
+    daemon.wait_until(|| daemon.logged().len() == 2, "the second caption");
+    assert!(origins(&daemon.logged())[1] == "04205.png", "{:?}", daemon.logged());
+    // Every frame is accounted for: captured = captioned + dropped, so none is left waiting to be
+    // captioned late.
+    let m = daemon.metrics();
+    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 5.0, "{m}");
+    assert_eq!(metric(&m, "clipcap_frames_dropped_total"), 3.0, "{m}");
     // The same picture again is an unchanged scene: skipped, counted.
-    std::fs::copy(demo_image("04205.png"), daemon.folder().join("again.png")).unwrap();
+    daemon.drop_image_as("04205.png", "again.png");
     daemon.wait_until(
         || metric(&daemon.metrics(), "clipcap_frames_skipped_total") == 1.0,
         "a skipped frame",
     );
     let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_frames_captured_total"), 6.0);
-    assert!(metric(&m, "clipcap_frames_dropped_total") >= 2.0, "{m}");
+    assert_eq!(metric(&m, "clipcap_frames_dropped_total"), 3.0, "{m}");
+    assert_eq!(daemon.logged().len(), 2);
     assert_eq!(daemon.get_json("/v1/captions").as_array().unwrap().len(), 2);
 }
 
@@ -336,4 +330,134 @@ fn a_model_that_cannot_load_stops_the_daemon_with_the_reason() {
     let n = socket.recv(&mut buf).expect("a STOPPING notification");
     let note = String::from_utf8_lossy(&buf[..n]);
     assert!(note.contains("STOPPING=1") && !note.contains("READY=1"), "{note}");
+}
+
+#[test]
+fn a_folder_camera_reads_what_appears_after_start_and_not_what_was_there() {
+    // A file there before the daemon starts is never read; one written right after it answers
+    // (while the models may still be loading) always is.
+    let daemon = Daemon::start_with("", &[], |dir| {
+        std::fs::copy(demo_image("04200.png"), dir.join("in/old.png")).unwrap();
+    });
+    daemon.drop_image("04202.png");
+    daemon.wait_until(|| daemon.logged().len() == 1, "a caption");
+    // The scan that found the new file listed the old one too, long settled.
+    let m = daemon.metrics();
+    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 1.0, "{m}");
+    assert!(daemon.logged()[0]["origin"].as_str().unwrap().ends_with("04202.png"));
+}
+
+/// Copies the demo image `name` to `path` with the modification time `age_s` seconds ago.
+fn aged_copy(name: &str, path: &Path, age_s: u64) {
+    std::fs::copy(demo_image(name), path).unwrap();
+    let time = std::time::SystemTime::now() - Duration::from_secs(age_s);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(time)
+        .unwrap();
+}
+
+fn origins(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let origin = Path::new(e["origin"].as_str().unwrap());
+            origin.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_folder_queue_captions_every_file_once_oldest_first_across_a_restart() {
+    // 30 images already waiting, oldest first in the reverse of their names' order, and one broken
+    // file among them. The cadence (a minute) and the scene rule (2.0 skips every frame of a camera)
+    // must not hold back a queue; a comparison decoder makes each caption slow enough to stop the
+    // daemon in the middle.
+    let names: Vec<String> = (0..30).map(|i| format!("q{i:02}.png")).collect();
+    let demo: Vec<String> = (0..12).map(|i| format!("042{i:02}.png")).collect();
+    let mut daemon = Daemon::start_with(
+        "[captioning]\ninterval_ms = 60000\nscene_change = 2.0\ncompare = [\"beam:num_beams=3\"]\n\
+         [source]\nkind = \"folder\"\nfolder = \"{dir}/in\"\nfolder_mode = \"queue\"\n\
+         done_folder = \"{dir}/done\"\npoll_ms = 50",
+        &[],
+        |dir| {
+            for (i, name) in names.iter().enumerate() {
+                aged_copy(&demo[i % demo.len()], &dir.join("in").join(name), 970 + i as u64);
+            }
+            std::fs::write(dir.join("in/broken.png"), b"not an image").unwrap();
+            let half_way = std::time::SystemTime::now() - Duration::from_secs(985);
+            let broken = std::fs::File::options()
+                .write(true)
+                .open(dir.join("in/broken.png"))
+                .unwrap();
+            broken.set_modified(half_way).unwrap();
+        },
+    );
+    daemon.wait_until(|| daemon.logged().len() >= 3, "three captions");
+    daemon.restart();
+    let first_run = daemon.logged().len();
+    assert!(
+        first_run < 30,
+        "the restart came in the middle of the queue ({first_run} done)"
+    );
+    daemon.wait_until(|| daemon.logged().len() >= 30, "every queued file captioned");
+
+    // A file that arrives later joins the queue.
+    daemon.drop_image("04205.png");
+    daemon.wait_until(|| daemon.logged().len() >= 31, "the late file");
+    let logged = daemon.logged();
+    let mut want: Vec<String> = names.iter().rev().cloned().collect();
+    want.push("04205.png".into());
+    assert_eq!(origins(&logged), want, "each file once, oldest first");
+    // Copies of one picture, captioned in either run, get the same caption.
+    let mut by_picture = std::collections::HashMap::new();
+    for (event, name) in logged.iter().zip(&names.iter().rev().collect::<Vec<_>>()) {
+        let picture = &demo[names.iter().position(|n| n == *name).unwrap() % demo.len()];
+        let caption = event["caption"].as_str().unwrap();
+        assert_eq!(*by_picture.entry(picture).or_insert(caption), caption, "{name}");
+    }
+    assert_eq!(metric(&daemon.metrics(), "clipcap_frames_skipped_total"), 0.0);
+
+    // Finished files, the broken one included, were moved out; only the journal stays.
+    let listing = |folder: &str| -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(daemon.dir.path().join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    };
+    assert_eq!(listing("in"), [".clipcap-queue.jsonl"]);
+    assert_eq!(listing("done").len(), 32, "{:?}", listing("done"));
+    assert!(
+        daemon.stderr().contains("broken.png: not an image"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn a_folder_queue_remembers_finished_files_that_stay() {
+    // Without a done folder, the journal alone keeps a restarted daemon from captioning files again.
+    let mut daemon = Daemon::start_with(
+        "[source]\nkind = \"folder\"\nfolder = \"{dir}/in\"\nfolder_mode = \"queue\"\npoll_ms = 50",
+        &[],
+        |dir| {
+            for (i, name) in ["04200.png", "04201.png", "04202.png"].iter().enumerate() {
+                aged_copy(name, &dir.join("in").join(name), 100 - i as u64);
+            }
+        },
+    );
+    daemon.wait_until(|| daemon.logged().len() == 3, "three captions");
+    daemon.restart();
+    daemon.drop_image("04203.png");
+    daemon.wait_until(|| daemon.logged().len() >= 4, "the new file");
+    assert_eq!(
+        origins(&daemon.logged()),
+        ["04200.png", "04201.png", "04202.png", "04203.png"]
+    );
+    let m = daemon.metrics();
+    assert_eq!(metric(&m, "clipcap_captions_total{source=\"folder\"}"), 1.0, "{m}");
 }

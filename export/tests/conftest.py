@@ -26,10 +26,10 @@ def tokenizer(gpt2_files):
 
 @pytest.fixture(scope="session")
 def clipcap_binary() -> Path:
-    """The Rust CLI, built by `cargo build` (scripts/test.sh builds it before running these tests)."""
-    exe = REPO / "target" / "debug" / "clipcap"
+    """The Rust CLI, built by `cargo build --release` (scripts/setup.sh and scripts/test.sh build it)."""
+    exe = REPO / "target" / "release" / "clipcap"
     if not exe.is_file():
-        pytest.fail(f"{exe} missing; run `cargo build` first")
+        pytest.fail(f"{exe} missing; run `cargo build --release --workspace` first")
     return exe
 
 
@@ -44,6 +44,6 @@ def rust_env() -> dict:
     if not libs:
         pytest.fail("libonnxruntime.so not found in the onnxruntime wheel")
     # The workspace's plugins sit next to the binary; the checkout may be in a world-writable folder.
-    plugins = REPO / "target" / "debug"
+    plugins = REPO / "target" / "release"
     return dict(os.environ, ORT_DYLIB_PATH=str(libs[0]), CLIPCAP__PLUGINS__DIRECTORIES=str(plugins),
                 CLIPCAP__PLUGINS__ALLOW_INSECURE="true")

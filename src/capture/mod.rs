@@ -1,18 +1,20 @@
 //! Frame sources: a V4L2 camera or a watched folder, each on its own thread, handing frames to a
-//! [`FrameSlot`] where only the newest waits, so captioning never works through a queue of stale frames.
+//! [`FrameSlot`] where only the newest waits, so captioning never works through a queue of stale frames
+//! (a folder in queue mode waits instead until its frame was taken, so none is dropped).
 
 mod convert;
 mod folder;
 mod v4l2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
 
 use crate::config::{SourceConfig, SourceKind};
+pub use folder::Ticket;
 
 pub struct Frame {
     pub image: image::RgbImage,
@@ -20,12 +22,16 @@ pub struct Frame {
     pub captured: SystemTime,
     /// Where it came from: the device path, or the file.
     pub origin: String,
+    /// A queued file (folder queue mode): the captioning thread reports how it ended.
+    pub ticket: Option<Ticket>,
 }
 
 /// The newest frame, and which frame was last taken for captioning.
 #[derive(Default)]
 pub struct FrameSlot {
     state: Mutex<SlotState>,
+    /// Notified when a frame is taken (a queued `put` waits for it).
+    taken: Condvar,
 }
 
 #[derive(Default)]
@@ -39,15 +45,28 @@ impl FrameSlot {
     /// Makes `image` the newest frame; true when it replaced one that was never taken (a dropped frame).
     pub fn put(&self, image: image::RgbImage, origin: String) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.next_seq += 1;
-        let dropped = s.latest.as_ref().is_some_and(|f| f.seq > s.taken);
-        s.latest = Some(Arc::new(Frame {
-            image,
-            seq: s.next_seq,
-            captured: SystemTime::now(),
-            origin,
-        }));
+        let dropped = s.waiting();
+        s.store(image, origin, None);
         dropped
+    }
+
+    /// Makes `image` the newest frame once the one waiting (if any) was taken, so that none is
+    /// dropped; false (and nothing stored) if `stop` is set first.
+    pub fn put_queued(&self, image: image::RgbImage, origin: String, ticket: Ticket, stop: &AtomicBool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.waiting() {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            // Woken by `take_new`; the timeout only bounds how late `stop` is noticed.
+            s = self
+                .taken
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.store(image, origin, Some(ticket));
+        true
     }
 
     /// The newest frame, taken or not (for showing it).
@@ -60,7 +79,26 @@ impl FrameSlot {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let frame = s.latest.clone().filter(|f| f.seq > s.taken)?;
         s.taken = frame.seq;
+        self.taken.notify_all();
         Some(frame)
+    }
+}
+
+impl SlotState {
+    /// Whether the newest frame has not been taken yet.
+    fn waiting(&self) -> bool {
+        self.latest.as_ref().is_some_and(|f| f.seq > self.taken)
+    }
+
+    fn store(&mut self, image: image::RgbImage, origin: String, ticket: Option<Ticket>) {
+        self.next_seq += 1;
+        self.latest = Some(Arc::new(Frame {
+            image,
+            seq: self.next_seq,
+            captured: SystemTime::now(),
+            origin,
+            ticket,
+        }));
     }
 }
 
@@ -141,30 +179,48 @@ pub(crate) fn nap(total: Duration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::Relaxed)
 }
 
-/// Starts the configured source's thread (none for `kind = "none"`, where only uploads are captioned).
-pub fn spawn(
-    config: &SourceConfig,
-    max_pixels: u64,
-    slot: Arc<FrameSlot>,
-    status: Arc<SourceStatus>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<Option<JoinHandle<()>>> {
-    let config = config.clone();
-    let name = match config.kind {
-        SourceKind::None => return Ok(None),
-        SourceKind::V4l2 => "capture-v4l2",
-        SourceKind::Folder => "capture-folder",
-    };
-    let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
-        // The camera library panics on some device errors; a source must not take the daemon down.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match config.kind {
-            SourceKind::V4l2 => v4l2::run(&config, &slot, &status, &stop),
-            SourceKind::Folder => folder::run(&config, max_pixels, &slot, &status, &stop),
-            SourceKind::None => {}
-        }));
-        if result.is_err() {
-            status.fail("the capture thread panicked; restart the service to capture again".into());
-        }
-    })?;
-    Ok(Some(handle))
+/// The configured source, created before anything slow happens at start (so that a folder's
+/// "already there" means there when the daemon started), and started later with [`Source::spawn`].
+pub enum Source {
+    /// `kind = "none"`: only uploads are captioned.
+    None,
+    V4l2(SourceConfig),
+    Folder(folder::Watcher),
+}
+
+impl Source {
+    /// Lists a watched folder now (and loads a queue's journal: an unreadable one is an error).
+    pub fn new(config: &SourceConfig, max_pixels: u64) -> Result<Source, String> {
+        Ok(match config.kind {
+            SourceKind::None => Source::None,
+            SourceKind::V4l2 => Source::V4l2(config.clone()),
+            SourceKind::Folder => Source::Folder(folder::Watcher::new(config, max_pixels)?),
+        })
+    }
+
+    /// Starts the source's thread (none for `kind = "none"`).
+    pub fn spawn(
+        self,
+        slot: Arc<FrameSlot>,
+        status: Arc<SourceStatus>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        let name = match self {
+            Source::None => return Ok(None),
+            Source::V4l2(_) => "capture-v4l2",
+            Source::Folder(_) => "capture-folder",
+        };
+        let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+            // The camera library panics on some device errors; a source must not take the daemon down.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self {
+                Source::V4l2(config) => v4l2::run(&config, &slot, &status, &stop),
+                Source::Folder(watcher) => watcher.run(&slot, &status, &stop),
+                Source::None => {}
+            }));
+            if result.is_err() {
+                status.fail("the capture thread panicked; restart the service to capture again".into());
+            }
+        })?;
+        Ok(Some(handle))
+    }
 }

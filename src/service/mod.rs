@@ -91,6 +91,8 @@ fn caption_log(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + S
 }
 
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
+    // First, before anything slow: a watched folder's "already there" is what was there at start.
+    let source = capture::Source::new(&config.source, config.service.max_image_pixels).map_err(anyhow::Error::msg)?;
     let Loaded {
         bundle,
         plugins,
@@ -108,33 +110,31 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         errors: metrics.errors.with_label_values(&["source"]),
         reconnects: metrics.source_reconnects.clone(),
     };
-    let source = Arc::new(SourceStatus::new(counters));
+    let source_status = Arc::new(SourceStatus::new(counters));
     let frames = Arc::new(FrameSlot::default());
     let log = caption_log(&config.service.caption_log)?;
     let state = Arc::new(State::new(
         config.service.history,
         log,
         metrics,
-        source.clone(),
+        source_status.clone(),
         config.source.kind,
         frames.clone(),
     ));
     let stop = Arc::new(AtomicBool::new(false));
 
-    let capture = capture::spawn(
-        &config.source,
-        config.service.max_image_pixels,
-        frames,
-        source,
-        stop.clone(),
-    )?;
+    let capture = source.spawn(frames, source_status, stop.clone())?;
     // The API serves (health, readiness "loading the model") while the captioning thread loads the
     // models, which takes minutes on a Jetson building TensorRT engines; READY follows the load.
     let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
     let (loaded, model) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let (manifest, bundle_dir) = (bundle.manifest.clone(), bundle.dir.display().to_string());
     let captioning = {
-        let (cadence, seed) = (config.captioning.clone(), config.decoding.seed);
+        let (cadence, seed, folder_mode) = (
+            config.captioning.clone(),
+            config.decoding.seed,
+            config.source.folder_mode,
+        );
         let (state, stop) = (state.clone(), stop.clone());
         std::thread::Builder::new().name("captioning".into()).spawn(move || {
             tracing::info!("loading {}", bundle.dir.display());
@@ -148,6 +148,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
                 captioner,
                 decoders,
                 config: cadence,
+                folder_mode,
                 seed,
                 state,
                 uploads: queue,

@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 
 use super::state::{CaptionEvent, Compared, State};
 use crate::captioner::{Captioner, Prepared};
-use crate::config::{CaptioningConfig, SourceKind};
+use crate::capture::Frame;
+use crate::config::{CaptioningConfig, FolderMode, SourceKind};
 use crate::decoding::DecoderInstance;
 use crate::vision::cosine;
 
@@ -36,6 +37,7 @@ pub struct Pipeline {
     pub captioner: Captioner,
     pub decoders: Decoders,
     pub config: CaptioningConfig,
+    pub folder_mode: FolderMode,
     pub seed: u64,
     pub state: Arc<State>,
     pub uploads: Receiver<Upload>,
@@ -50,6 +52,7 @@ const POLL: Duration = Duration::from_millis(20);
 impl Pipeline {
     pub fn run(mut self) {
         let interval = Duration::from_millis(self.config.interval_ms);
+        let queue = self.queue();
         let mut next_due = Instant::now();
         let mut last_scene: Option<Vec<f32>> = None;
         while !self.stop.load(Ordering::Relaxed) {
@@ -59,10 +62,14 @@ impl Pipeline {
             match self.uploads.recv_timeout(wait) {
                 Ok(upload) => self.upload(upload),
                 Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) if Instant::now() >= next_due => {
+                // A queue's files are captioned as they come: no cadence.
+                Err(RecvTimeoutError::Timeout) if queue || Instant::now() >= next_due => {
                     if let Some(frame) = self.state.frames.take_new() {
                         next_due = Instant::now() + interval;
-                        self.camera(&frame.image, frame.origin.clone(), frame.captured, &mut last_scene);
+                        let outcome = self.camera(&frame, &mut last_scene);
+                        if let Some(ticket) = &frame.ticket {
+                            ticket.done(outcome);
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -94,23 +101,29 @@ impl Pipeline {
         let _ = upload.reply.send(result); // the client may have gone
     }
 
-    fn camera(&mut self, image: &RgbImage, origin: String, captured: SystemTime, last_scene: &mut Option<Vec<f32>>) {
+    /// Whether the source is a folder in queue mode: every frame captioned, none skipped.
+    fn queue(&self) -> bool {
+        self.state.source_kind == SourceKind::Folder && self.folder_mode == FolderMode::Queue
+    }
+
+    /// Captions a source frame: the published caption's id, or why there is none.
+    fn camera(&mut self, frame: &Frame, last_scene: &mut Option<Vec<f32>>) -> Result<u64, String> {
         let source = if self.state.source_kind == SourceKind::Folder {
             "folder"
         } else {
             "camera"
         };
-        let prepared = match self.captioner.prepare(image) {
+        let prepared = match self.captioner.prepare(&frame.image) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("{source} frame: {e}");
                 self.state.metrics.error("caption");
-                return;
+                return Err(e.to_string());
             }
         };
-        if self.unchanged(&prepared, last_scene) {
+        if !self.queue() && self.unchanged(&prepared, last_scene) {
             self.state.metrics.frames_skipped.inc();
-            return;
+            return Err("unchanged scene".into());
         }
         let Decoders {
             default,
@@ -148,11 +161,15 @@ impl Pipeline {
                     })
                     .collect();
                 *last_scene = Some(prepared.image_embeds.clone());
-                self.state.publish(source, origin, captured, caption, compared);
+                let event = self
+                    .state
+                    .publish(source, frame.origin.clone(), frame.captured, caption, compared);
+                Ok(event.id)
             }
             Err(e) => {
                 tracing::warn!("{source} caption failed: {e}");
                 self.state.metrics.error("caption");
+                Err(e.to_string())
             }
         }
     }

@@ -107,13 +107,21 @@ pub struct Daemon {
     pub child: std::process::Child,
     pub url: String,
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts the daemon with the demo bundle, the workspace's plugins, a watched folder
     /// (`<dir>/in`), a caption log (`<dir>/captions.jsonl`), and `extra` TOML appended to the config.
     pub fn start(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(extra, env, |_| {})
+    }
+
+    /// Like [`Daemon::start`], with `{dir}` in `extra` standing for the daemon's folder, and `prepare`
+    /// called on that folder before the daemon starts.
+    pub fn start_with(extra: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra.replace("{dir}", dir.path().to_str().unwrap());
         std::fs::create_dir(dir.path().join("in")).unwrap();
         let port = free_port();
         let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle");
@@ -132,25 +140,68 @@ impl Daemon {
             )
         };
         std::fs::write(dir.path().join("clipcap.toml"), config).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
-            .arg("--config")
-            .arg(dir.path().join("clipcap.toml"))
-            .arg("serve")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon {
+        prepare(dir.path());
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = Self::spawn(dir.path(), &env);
+        let mut daemon = Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
+            env,
         };
-        daemon.wait_until(
-            || ureq::get(&format!("{}/healthz", daemon.url)).call().is_ok(),
-            "the daemon to listen",
-        );
+        daemon.wait_listening();
         daemon
+    }
+
+    /// Waits until /healthz answers; fails at once, with the daemon's log, if it exited instead.
+    fn wait_listening(&mut self) {
+        let start = std::time::Instant::now();
+        while ureq::get(&format!("{}/healthz", self.url)).call().is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the daemon exited ({status}) instead of listening:\n{}", self.stderr());
+            }
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "the daemon did not listen within 60 s:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(dir: &Path, env: &[(String, String)]) -> std::process::Child {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+            .arg("--config")
+            .arg(dir.join("clipcap.toml"))
+            .arg("serve")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops the daemon with SIGTERM (asserting a clean exit) and starts it again on the same folder,
+    /// configuration and caption log.
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert_eq!(status.code(), Some(0), "exit status after SIGTERM:\n{}", self.stderr());
+        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.wait_listening();
+    }
+
+    /// The caption log's events.
+    pub fn logged(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("captions.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     pub fn folder(&self) -> PathBuf {
@@ -159,9 +210,14 @@ impl Daemon {
 
     /// Puts a demo image into the watched folder so that it appears complete (written, then renamed).
     pub fn drop_image(&self, name: &str) {
-        let tmp = self.dir.path().join(format!("{name}.part"));
+        self.drop_image_as(name, name);
+    }
+
+    /// Puts demo image `name` into the watched folder as `file`.
+    pub fn drop_image_as(&self, name: &str, file: &str) {
+        let tmp = self.dir.path().join(format!("{file}.part"));
         std::fs::copy(demo_image(name), &tmp).unwrap();
-        std::fs::rename(&tmp, self.folder().join(name)).unwrap();
+        std::fs::rename(&tmp, self.folder().join(file)).unwrap();
     }
 
     pub fn stderr(&self) -> String {
