@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoding;
 pub mod imageio;
 pub mod lm;
+pub mod metrics;
 pub mod preprocess;
 pub mod runtime;
 pub mod service;

@@ -73,6 +73,17 @@ enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
+    /// Score captions against references as pycocoevalcap does (BLEU-1..4, ROUGE-L, CIDEr-D); no model.
+    Score {
+        /// COCO results file: [{"image_id": ..., "caption": ...}, ...], one caption per image.
+        #[arg(long, value_name = "FILE")]
+        results: PathBuf,
+        /// COCO annotations file: {"annotations": [{"image_id": ..., "caption": ...}, ...], ...}.
+        #[arg(long, value_name = "FILE")]
+        annotations: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The captioning daemon: camera or folder in, captions out over HTTP (docs/api.md).
     Serve {
         /// Model bundle folder; default: service.bundle of the config.
@@ -195,6 +206,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_bench(&results, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Score {
+            results,
+            annotations,
+            json,
+        } => {
+            score(&results, &annotations, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins {
             command: PluginsCommand::List { json },
         } => {
@@ -202,6 +221,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Why METEOR and SPICE are not among the scores.
+const NOT_SCORED: &str = "METEOR and SPICE are not computed here (they need Java and model downloads); \
+                          `clipcap-export evaluate` computes them with pycocoevalcap";
+
+fn score(results: &std::path::Path, annotations: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use clipcap::metrics::{self, coco};
+    let coco::Paired {
+        ids,
+        captions,
+        references,
+    } = coco::pair(
+        coco::read_results(results)?,
+        results,
+        coco::read_annotations(annotations)?,
+        annotations,
+    )?;
+    let raw: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let (captions, references) = metrics::tokenize(&raw, &references);
+    let scores = metrics::per_image(&captions, &references).all();
+    let cider_note = (ids.len() == 1).then_some(
+        "CIDEr-D takes its document frequencies from the evaluated images; with one image it is 0 by definition",
+    );
+    if json {
+        let mut out = serde_json::to_value(&scores)?;
+        out["images"] = ids.len().into();
+        out["notes"] = serde_json::json!([NOT_SCORED].iter().chain(&cider_note).collect::<Vec<_>>());
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{} images", ids.len());
+    println!("| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|---|");
+    let b = scores.bleu;
+    println!(
+        "| {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+        b[0], b[1], b[2], b[3], scores.rouge_l, scores.cider_d
+    );
+    for note in [NOT_SCORED].iter().chain(&cider_note) {
+        println!("note: {note}");
+    }
+    Ok(())
 }
 
 /// `--bundle`, else service.bundle of the config.
