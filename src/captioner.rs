@@ -11,6 +11,7 @@ use crate::bundle::{Bundle, BundleError, MANIFEST, TokenizerSpec};
 use crate::clip_text::TextEncoder;
 use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, Generation};
 use crate::lm::{LanguageModel, LmError};
+use crate::metrics::clipscore;
 use crate::preprocess::Preprocessor;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::vision::{ImageEncoder, Mapper, VisionError};
@@ -102,9 +103,25 @@ impl Captioner {
         &self.preprocessor
     }
 
-    /// The bundle's CLIP text encoder, when it has one.
-    pub fn text_encoder(&mut self) -> Option<&mut TextEncoder> {
-        self.text.as_mut()
+    /// CLIP text embeddings of `texts` as CLIPScore takes them (each prefixed "A photo depicts "),
+    /// or None when the bundle has no text encoder.
+    pub fn caption_embeddings(&mut self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>, CaptionError> {
+        let Some(encoder) = self.text.as_mut() else {
+            return Ok(None);
+        };
+        let prefixed: Vec<String> = texts.iter().map(|t| format!("{}{t}", clipscore::PREFIX)).collect();
+        let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        Ok(Some(encoder.embed(&refs)?))
+    }
+
+    /// The CLIPScore of each caption of a prepared image, or None without a text encoder.
+    pub fn clip_scores(&mut self, prepared: &Prepared, captions: &[&str]) -> Result<Option<Vec<f64>>, CaptionError> {
+        Ok(self.caption_embeddings(captions)?.map(|embedded| {
+            embedded
+                .iter()
+                .map(|t| clipscore::clip_score(&prepared.image_embeds, t))
+                .collect()
+        }))
     }
 
     /// Preprocessing, image encoder and mapper: everything before decoding.

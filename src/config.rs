@@ -130,8 +130,16 @@ pub struct CaptioningConfig {
     /// Skip a frame whose CLIP embedding is closer than this cosine distance to the last captioned
     /// frame's (0 captions every frame); skips are counted.
     pub scene_change: f32,
-    /// Extra decoders run on every camera caption, for the kiosk page's comparison.
+    /// Extra decoders run on source captions' frames, compared with the primary one.
     pub compare: Vec<String>,
+    /// Compare every Nth source caption.
+    pub compare_every: u64,
+    /// At most this many comparisons a minute; 0: no limit.
+    pub compare_per_minute: u64,
+    /// The kiosk page lets a person vote for the best caption of a compared frame.
+    pub votes: bool,
+    /// Votes accepted per client (IP address) and minute.
+    pub votes_per_minute: u32,
 }
 
 impl Default for CaptioningConfig {
@@ -140,6 +148,10 @@ impl Default for CaptioningConfig {
             interval_ms: 1000,
             scene_change: 0.0,
             compare: Vec::new(),
+            compare_every: 1,
+            compare_per_minute: 0,
+            votes: false,
+            votes_per_minute: 20,
         }
     }
 }
@@ -318,6 +330,9 @@ impl Config {
         }
         if c.interval_ms == 0 {
             return Err("captioning.interval_ms must be > 0".into());
+        }
+        if c.compare_every == 0 || c.votes_per_minute == 0 {
+            return Err("captioning.compare_every and votes_per_minute must be > 0".into());
         }
         if let Some(f) = v
             .formats

@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,6 +16,7 @@ use clipcap::decoding::{DecoderInstance, Plugins};
 use clipcap::imageio;
 use clipcap::runtime::Runtime;
 use clipcap::service;
+use clipcap::{eval, report};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +75,48 @@ enum Command {
         json: bool,
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
+    },
+    /// Compare decoders (and bundles) on a folder of images: metrics, CLIPScore, diversity, latency,
+    /// and paired-bootstrap intervals; Markdown on stdout, and with --out also CSV, JSON and a plot.
+    Eval {
+        /// Model bundle folder; repeat to compare bundles (the prefix-length study).
+        #[arg(long = "bundle", value_name = "DIR", required = true)]
+        bundles: Vec<PathBuf>,
+        /// Folder of the images.
+        #[arg(long, value_name = "DIR")]
+        images: PathBuf,
+        /// COCO annotations (images with file_name, and captions) for the reference-based metrics;
+        /// without them, the reference-free columns only.
+        #[arg(long, value_name = "FILE")]
+        annotations: Option<PathBuf>,
+        /// Decoders to compare (as in `caption`). Default: decoding.decoder of the config.
+        #[arg(long = "decoder", value_name = "DECODER")]
+        decoders: Vec<String>,
+        /// Folder for eval.md, eval.csv, eval.json and eval.svg.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Bootstrap resamples for the intervals.
+        #[arg(long, default_value_t = 1000)]
+        draws: usize,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The decoder comparison of daemons' caption logs (captioning.compare), reference-free, with the
+    /// people's votes (captioning.votes) as pairwise win rates.
+    Report {
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// Folder for report.md, report.csv, report.json and report.svg.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        draws: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Score captions against references as pycocoevalcap does (BLEU-1..4, ROUGE-L, CIDEr-D); no model.
     Score {
@@ -204,6 +249,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let seed = seed.unwrap_or(config.decoding.seed);
             let results = bench::run(&mut captioner, &prepared, &mut decoders, runs, seed)?;
             print_bench(&results, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            bundles,
+            images,
+            annotations,
+            decoders,
+            out,
+            draws,
+            seed,
+            json,
+        } => {
+            let mut decoders = create_all(&config, &plugins(), decoders)?;
+            let images = eval::images(&images, annotations.as_deref())?;
+            let runtime = Runtime::init(&config.runtime)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("Ctrl-C handler")?;
+            let progress = indicatif::ProgressBar::new((bundles.len() * images.len() * decoders.len()) as u64)
+                .with_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} captions, ETA {eta}")
+                        .expect("a valid template"),
+                );
+            let plan = eval::Plan {
+                bundles: &bundles,
+                images: &images,
+                decoders: &mut decoders,
+                runtime: &runtime,
+                seed: seed.unwrap_or(config.decoding.seed),
+                draws,
+            };
+            let report = eval::run(plan, &stop, &progress)?;
+            progress.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+            }
+            if let Some(out) = out {
+                report.write(&out)?;
+                eprintln!("written to {}", out.display());
+            }
+            Ok(if report.interrupted {
+                ExitCode::from(EXIT_SOME_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Report {
+            logs,
+            out,
+            draws,
+            seed,
+            json,
+        } => {
+            let report = report::report(&report::read(&logs)?, draws, seed);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+            }
+            if let Some(out) = out {
+                report.write(&out)?;
+                eprintln!("written to {}", out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {

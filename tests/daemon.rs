@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Daemon, demo_image};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The value of the next `field:` line of a Server-Sent Events stream.
 fn sse_field(lines: &mut impl Iterator<Item = std::io::Result<String>>, field: &str) -> String {
@@ -93,17 +93,30 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     daemon.drop_image("04202.png");
     let sse_id = sse_field(&mut lines, "id");
     let event: Value = serde_json::from_str(&sse_field(&mut lines, "data")).unwrap();
-    assert_eq!(event["source"], "folder");
+    assert_eq!(event["source"], "folder", "{event}");
     assert!(event["origin"].as_str().unwrap().ends_with("04202.png"));
     assert!(
         truth("04202.png").contains(&event["caption"].as_str().unwrap().to_string()),
         "{event}"
     );
     assert_eq!(event["decoder"], "greedy");
-    assert_eq!(event["compare"][0]["decoder"], "beam:num_beams=2");
-    assert!(event["compare"][0]["ms"].as_f64().unwrap() > 0.0, "{event}");
     assert!(event["ms"]["total"].as_f64().unwrap() > 0.0);
-    assert_eq!(daemon.get_json("/v1/caption/latest")["id"], event["id"]);
+    // The comparison follows the caption, as its own event with the caption's id.
+    assert_eq!(sse_field(&mut lines, "event"), "comparison");
+    assert_eq!(sse_field(&mut lines, "id"), sse_id);
+    let comparison: Value = serde_json::from_str(&sse_field(&mut lines, "data")).unwrap();
+    assert_eq!(comparison["id"], event["id"]);
+    assert_eq!(comparison["compare"][0]["decoder"], "beam:num_beams=2");
+    assert!(comparison["compare"][0]["ms"].as_f64().unwrap() > 0.0, "{comparison}");
+    for clip in [&comparison["clip_score"], &comparison["compare"][0]["clip_score"]] {
+        assert!((0.0..=2.5).contains(&clip.as_f64().unwrap()), "{comparison}");
+    }
+    let latest = daemon.get_json("/v1/caption/latest");
+    assert_eq!(latest["id"], event["id"]);
+    assert_eq!(
+        latest["compare"], comparison["compare"],
+        "the comparison is attached to its caption"
+    );
 
     // Upload an image, with a decoder named in the request.
     let (status, uploaded) = post(
@@ -223,8 +236,14 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(logged.len(), 3, "every caption is in the log");
-    assert_eq!(logged[1]["id"], uploaded["id"]);
+    let kinds: Vec<&str> = logged.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["caption", "comparison", "caption", "caption"],
+        "every caption is in the log"
+    );
+    assert_eq!(logged[2]["id"], uploaded["id"]);
+    assert!(logged.iter().all(|l| l["run"] == logged[0]["run"]));
 }
 
 #[test]
@@ -373,12 +392,12 @@ fn origins(events: &[Value]) -> Vec<String> {
 fn a_folder_queue_captions_every_file_once_oldest_first_across_a_restart() {
     // 30 images already waiting, oldest first in the reverse of their names' order, and one broken
     // file among them. The cadence (a minute) and the scene rule (2.0 skips every frame of a camera)
-    // must not hold back a queue; a comparison decoder makes each caption slow enough to stop the
-    // daemon in the middle.
+    // must not hold back a queue; beam search makes each caption slow enough to stop the daemon in
+    // the middle.
     let names: Vec<String> = (0..30).map(|i| format!("q{i:02}.png")).collect();
     let demo: Vec<String> = (0..12).map(|i| format!("042{i:02}.png")).collect();
     let mut daemon = Daemon::start_with(
-        "[captioning]\ninterval_ms = 60000\nscene_change = 2.0\ncompare = [\"beam:num_beams=3\"]\n\
+        "[captioning]\ninterval_ms = 60000\nscene_change = 2.0\n[decoding]\ndecoder = \"beam:num_beams=4\"\n\
          [source]\nkind = \"folder\"\nfolder = \"{dir}/in\"\nfolder_mode = \"queue\"\n\
          done_folder = \"{dir}/done\"\npoll_ms = 50",
         &[],
@@ -460,4 +479,152 @@ fn a_folder_queue_remembers_finished_files_that_stay() {
     );
     let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_captions_total{source=\"folder\"}"), 1.0, "{m}");
+}
+
+fn vote(daemon: &Daemon, id: &Value, body: &str) -> (u16, Value, Option<String>) {
+    let response = ureq::post(&format!("{}/v1/captions/{id}/vote", daemon.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = response.status().as_u16();
+    (status, response.into_body().read_json().unwrap(), retry)
+}
+
+#[test]
+fn compares_decoders_live_takes_votes_and_reports_them() {
+    let mut daemon = Daemon::start(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=3\", \"sample:top_k=5\"]\nvotes = true\n\
+         votes_per_minute = 3",
+        &[],
+    );
+    for (n, name) in ["04200.png", "04203.png", "04208.png"].iter().enumerate() {
+        daemon.drop_image(name);
+        daemon.wait_until(|| daemon.log_records("comparison").len() == n + 1, "a comparison");
+    }
+    let stats = daemon.get_json("/v1/compare");
+    let decoders = stats["decoders"].as_array().unwrap();
+    let names: Vec<&str> = decoders.iter().map(|d| d["decoder"].as_str().unwrap()).collect();
+    assert_eq!(names, ["beam:num_beams=3", "greedy", "sample:top_k=5"], "{stats}");
+    for d in decoders {
+        assert_eq!(d["captions"], 3, "{d}");
+        let clip = &d["clip_score"];
+        assert!(clip["low"].as_f64() <= clip["mean"].as_f64() && clip["mean"].as_f64() <= clip["high"].as_f64());
+        assert!(
+            d["ms_p50"].as_f64().unwrap() > 0.0 && d["mean_words"].as_f64().unwrap() > 3.0,
+            "{d}"
+        );
+        assert_eq!(d["primary"], d["decoder"] == "greedy");
+        assert_eq!(d["win_rate"].is_null(), d["decoder"] == "greedy", "{d}");
+    }
+    let m = daemon.metrics();
+    assert!(m.contains("clipcap_compare_clip_score{decoder=\"greedy\"}"), "{m}");
+    assert!(
+        m.contains("clipcap_compare_win_rate{decoder=\"sample:top_k=5\"}"),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "clipcap_compare_captions_total{decoder=\"beam:num_beams=3\"}"),
+        3.0
+    );
+
+    // Votes: for a decoder that captioned the frame; else a clear refusal.
+    let captions = daemon.logged();
+    let (first, last) = (&captions[0]["id"], &captions[2]["id"]);
+    assert_eq!(vote(&daemon, first, r#"{"decoder": "beam:num_beams=3"}"#).0, 200);
+    assert_eq!(vote(&daemon, last, r#"{"decoder": "beam:num_beams=3"}"#).0, 200);
+    let (status, body, _) = vote(&daemon, first, r#"{"decoder": "magic"}"#);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("its decoders are greedy, beam:num_beams=3, sample:top_k=5"),
+        "{body}"
+    );
+    let (status, body, _) = vote(&daemon, &json!(999), r#"{"decoder": "greedy"}"#);
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (404, "no caption 999 in this run's history")
+    );
+    let (status, body, _) = vote(&daemon, first, "greedy");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("expected {\"decoder\": NAME}"),
+        "{body}"
+    );
+    assert_eq!(vote(&daemon, &captions[1]["id"], r#"{"decoder": "greedy"}"#).0, 200);
+    // The fourth accepted vote within a minute is one too many for votes_per_minute = 3.
+    let (status, body, retry) = vote(&daemon, last, r#"{"decoder": "greedy"}"#);
+    assert_eq!(status, 429, "{body}");
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    let m = daemon.metrics();
+    assert_eq!(metric(&m, "clipcap_votes_total{decoder=\"beam:num_beams=3\"}"), 2.0);
+    assert_eq!(metric(&m, "clipcap_errors_total{kind=\"vote\"}"), 4.0);
+
+    // The log holds the captions, comparisons and votes; `clipcap report` turns them into the table.
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert_eq!(daemon.log_records("vote").len(), 3);
+    let out = daemon.dir.path().join("report");
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .arg("report")
+        .arg(daemon.log_path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    assert!(text.starts_with("3 captions logged, 3 frames compared"), "{text}");
+    for decoder in ["| greedy | 3 |", "| beam:num_beams=3 | 3 |", "| sample:top_k=5 | 3 |"] {
+        assert!(text.contains(decoder), "{decoder} in:\n{text}");
+    }
+    assert!(text.contains("3 votes."), "{text}");
+    assert!(text.contains("| greedy | beam:num_beams=3 | 1 | 2 | 33% |"), "{text}");
+    for file in ["report.md", "report.csv", "report.json", "report.svg"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn comparisons_are_sampled_and_rate_limited_and_counted() {
+    // compare_every = 2 compares captions 1 and 3; compare_per_minute = 1 leaves caption 3 out too.
+    let daemon = Daemon::start(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\ncompare_every = 2\ncompare_per_minute = 1",
+        &[],
+    );
+    let decided = |m: &str| {
+        let at = |reason: &str| {
+            m.lines()
+                .find(|l| l.starts_with(&format!("clipcap_compare_skipped_total{{reason=\"{reason}\"}} ")))
+                .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        };
+        (at("sampled"), at("rate"), at("busy"))
+    };
+    for (n, name) in ["04200.png", "04203.png", "04208.png", "04210.png"].iter().enumerate() {
+        daemon.drop_image(name);
+        // The next file only once this caption's comparison was decided: no frame waits meanwhile.
+        daemon.wait_until(
+            || {
+                let (sampled, rate, busy) = decided(&daemon.metrics());
+                daemon.log_records("comparison").len() + (sampled + rate + busy) as usize == n + 1
+            },
+            "the comparison decided",
+        );
+    }
+    assert_eq!(daemon.log_records("comparison").len(), 1);
+    assert_eq!(decided(&daemon.metrics()), (2.0, 1.0, 0.0));
 }

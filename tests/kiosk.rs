@@ -56,9 +56,15 @@ impl Browser {
 
     fn command(&self, path: &str, body: Value) -> Value {
         let response = ureq::post(&format!("{}/{path}", self.session))
+            .config()
+            .http_status_as_error(false)
+            .build()
             .send_json(&body)
             .unwrap();
-        response.into_body().read_json::<Value>().unwrap()["value"].take()
+        let status = response.status();
+        let mut reply = response.into_body().read_json::<Value>().unwrap();
+        assert!(status.is_success(), "chromedriver refused `{path}` {body}: {reply}");
+        reply["value"].take()
     }
 
     fn script(&self, script: &str) -> Value {
@@ -92,7 +98,10 @@ impl Drop for Browser {
 
 #[test]
 fn kiosk_page_shows_and_follows_the_daemons_captions() {
-    let daemon = Daemon::start("[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]", &[]);
+    let daemon = Daemon::start(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\nvotes = true",
+        &[],
+    );
     daemon.drop_image("04202.png");
     daemon.wait_until(
         || ureq::get(&format!("{}/v1/caption/latest", daemon.url)).call().is_ok(),
@@ -112,8 +121,33 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
     });
     let size = browser.script("return parseFloat(getComputedStyle(document.getElementById('caption')).fontSize)");
     assert!(size.as_f64().unwrap() >= 48.0, "caption font size {size} px");
-    let compared = browser.script("return document.getElementById('compare').textContent");
-    assert!(compared.as_str().unwrap().starts_with("beam:num_beams=2"), "{compared}");
+    // The decoders side by side, each with its CLIPScore, and their running statistics.
+    let rows = browser.wait_for(
+        "return [...document.querySelectorAll('#compare li')].map(li => li.textContent)",
+        |v| v.as_array().is_some_and(|a| a.len() == 2),
+    );
+    assert!(rows[0].as_str().unwrap().starts_with("greedy"), "{rows}");
+    assert!(rows[1].as_str().unwrap().starts_with("beam:num_beams=2"), "{rows}");
+    let scored = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.as_str().unwrap().contains("CLIPScore "));
+    assert!(scored, "{rows}");
+    let stats = browser.wait_for(
+        "return [...document.querySelectorAll('#stats tbody tr')].map(tr => tr.cells[0].textContent + ' ' + tr.cells[3].textContent)",
+        |v| v.as_array().is_some_and(|a| a.len() == 2),
+    );
+    assert_eq!(stats[1], "greedy primary", "{stats}");
+    // A person taps "best" under the beam caption: the vote reaches the daemon.
+    // The buttons appear once the page knows votes are on (from /v1/compare).
+    browser.wait_for("return document.querySelectorAll('#compare button').length", |v| v == 2);
+    browser.script("document.querySelectorAll('#compare li')[1].querySelector('button').click()");
+    browser.wait_for(
+        "return document.querySelectorAll('#compare button')[1].textContent",
+        |v| v == "voted",
+    );
+    assert_eq!(daemon.log_records("vote")[0]["decoder"], "beam:num_beams=2");
 
     // A new scene: the page follows the event stream without a reload.
     daemon.drop_image("04207.png");

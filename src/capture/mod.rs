@@ -69,6 +69,11 @@ impl FrameSlot {
         true
     }
 
+    /// Whether a frame waits to be taken.
+    pub fn waiting(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).waiting()
+    }
+
     /// The newest frame, taken or not (for showing it).
     pub fn latest(&self) -> Option<Arc<Frame>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).latest.clone()

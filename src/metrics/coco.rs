@@ -54,6 +54,16 @@ struct Annotations {
 #[derive(Deserialize)]
 struct Image {
     id: ImageId,
+    #[serde(default)]
+    file_name: Option<String>,
+}
+
+/// An annotated image: its id, its file (when the annotations name it), its references.
+#[derive(Debug, Clone)]
+pub struct Annotated {
+    pub id: ImageId,
+    pub file_name: Option<String>,
+    pub references: Vec<String>,
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, CocoError> {
@@ -71,17 +81,17 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, Co
 /// The reference captions of each image of a COCO annotations file, in the order pycocoevalcap
 /// evaluates them: that of the file's `images` list, else of first appearance in `annotations`.
 /// (The order matters a little: the tokenizer looks from one caption into the next.)
-pub fn read_annotations(path: &Path) -> Result<Vec<(ImageId, Vec<String>)>, CocoError> {
+pub fn read_annotations(path: &Path) -> Result<Vec<Annotated>, CocoError> {
     let file: Annotations = read(
         path,
         "COCO annotations ({\"annotations\": [{\"image_id\", \"caption\"}]})",
     )?;
     let mut refs: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
-    let mut order: Vec<ImageId> = file.images.into_iter().map(|i| i.id).collect();
-    let listed = !order.is_empty();
+    let listed = !file.images.is_empty();
+    let mut order: Vec<(ImageId, Option<String>)> = file.images.into_iter().map(|i| (i.id, i.file_name)).collect();
     for e in file.annotations {
         if !listed && !refs.contains_key(&e.image_id) {
-            order.push(e.image_id.clone());
+            order.push((e.image_id.clone(), None));
         }
         refs.entry(e.image_id).or_default().push(e.caption);
     }
@@ -91,7 +101,7 @@ pub fn read_annotations(path: &Path) -> Result<Vec<(ImageId, Vec<String>)>, Coco
             message: "no annotations".into(),
         });
     }
-    if let Some(id) = refs.keys().find(|id| listed && !order.contains(id)) {
+    if let Some(id) = refs.keys().find(|id| listed && !order.iter().any(|(o, _)| o == *id)) {
         return Err(CocoError::Image {
             path: path.into(),
             id: id.clone(),
@@ -101,7 +111,14 @@ pub fn read_annotations(path: &Path) -> Result<Vec<(ImageId, Vec<String>)>, Coco
     // Listed images without annotations are not evaluated (pycocoevalcap would fail on them).
     Ok(order
         .into_iter()
-        .filter_map(|id| refs.remove(&id).map(|r| (id, r)))
+        .filter_map(|(id, file_name)| {
+            let references = refs.remove(&id)?;
+            Some(Annotated {
+                id,
+                file_name,
+                references,
+            })
+        })
         .collect())
 }
 
@@ -139,13 +156,13 @@ pub struct Paired {
 pub fn pair(
     mut results: BTreeMap<ImageId, String>,
     results_path: &Path,
-    references: Vec<(ImageId, Vec<String>)>,
+    annotated: Vec<Annotated>,
     annotations_path: &Path,
 ) -> Result<Paired, CocoError> {
     let mut ids = Vec::with_capacity(results.len());
     let mut captions = Vec::with_capacity(results.len());
     let mut refs = Vec::with_capacity(results.len());
-    for (id, r) in references {
+    for Annotated { id, references: r, .. } in annotated {
         let Some(caption) = results.remove(&id) else {
             return Err(CocoError::Image {
                 path: results_path.into(),

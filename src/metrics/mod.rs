@@ -1,11 +1,15 @@
 //! Caption metrics, in Rust so that decoders can be compared on the device: BLEU-1..4, ROUGE-L and
-//! CIDEr-D equal to pycocoevalcap's (tokenised by [`ptb`], its PTBTokenizer port), and the
-//! per-image values the paired bootstrap resamples. METEOR and SPICE need Java and downloads; they
-//! stay in the export tool (`clipcap-export evaluate`).
+//! CIDEr-D equal to pycocoevalcap's (tokenised by [`ptb`], its PTBTokenizer port), CLIPScore and
+//! RefCLIPScore, length and diversity, and the paired bootstrap that says whether a difference is
+//! real. METEOR and SPICE need Java and downloads; they stay in the export tool (`clipcap-export
+//! evaluate`).
 
 mod bleu;
+pub mod bootstrap;
 mod cider;
+pub mod clipscore;
 pub mod coco;
+mod diversity;
 pub mod ptb;
 mod rouge;
 mod unicode62;
@@ -13,6 +17,7 @@ mod unicode62;
 use serde::Serialize;
 
 pub use bleu::BleuCounts;
+pub use diversity::{Diversity, diversity};
 
 /// Reference-based scores of a set of captions.
 #[derive(Debug, Clone, Serialize)]

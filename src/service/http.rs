@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::pipeline::Upload;
-use super::state::{CaptionEvent, State};
+use super::ratelimit::RateLimit;
+use super::state::{CaptionEvent, Published, State, Vote};
 use crate::bundle::Manifest;
 use crate::config::Config;
 use crate::decoding::Plugins;
@@ -34,6 +35,8 @@ pub struct Api {
     pub manifest: Manifest,
     pub bundle_dir: String,
     pub uploads: SyncSender<Upload>,
+    /// Per-client budget of votes.
+    pub votes: RateLimit,
     /// Becomes true on SIGTERM/SIGINT; ends the event streams so that the server can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -56,6 +59,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/frame/latest.jpg", get(frame))
         .route("/v1/caption", post(upload))
         .route("/v1/decoders", get(decoders))
+        .route("/v1/compare", get(compare))
+        .route("/v1/captions/{id}/vote", post(vote))
         .route("/v1/bundle", get(bundle))
         .with_state(Arc::new(api))
 }
@@ -103,9 +108,10 @@ async fn recent(Extract(api): Extract<Shared>, Query(q): Query<HashMap<String, S
     Json(api.state.recent(limit)).into_response()
 }
 
-/// Server-Sent Events: one `caption` event per caption, with the id "RUN:ID". A client that
-/// reconnects with `Last-Event-ID` first gets what it missed from the history: the captions after
-/// that id, or all of them if the daemon restarted since (a new run).
+/// Server-Sent Events: one `caption` event per caption, with the id "RUN:ID", and a `comparison` event
+/// (same id) when the decoders were compared on its frame. A client that reconnects with
+/// `Last-Event-ID` first gets what it missed from the history: the captions after that id (with
+/// their comparisons attached), or all of them if the daemon restarted since (a new run).
 async fn stream(
     Extract(api): Extract<Shared>,
     headers: HeaderMap,
@@ -127,16 +133,27 @@ async fn stream(
     };
     let replayed = missed.last().map_or(0, |e| e.id);
     // A client too slow to keep up skips captions (Lagged) rather than stalling the others.
-    let live = live.filter_map(move |e| async move { e.ok().filter(|e| e.id > replayed) });
+    let live = live.filter_map(move |e| async move {
+        e.ok().filter(|e| match e {
+            Published::Caption(c) => c.id > replayed,
+            Published::Comparison(c) => c.id > replayed,
+        })
+    });
     let run = state.run;
-    let events = futures_util::stream::iter(missed)
+    let events = futures_util::stream::iter(missed.into_iter().map(Published::Caption))
         .chain(live)
-        .filter_map(move |event| async move {
-            Some(Ok(Event::default()
-                .event("caption")
-                .id(format!("{run}:{}", event.id))
-                .json_data(&*event)
-                .ok()?))
+        .filter_map(move |published| async move {
+            // The event and id lines come before the data, as a reader expects them.
+            let (name, id) = match &published {
+                Published::Caption(c) => ("caption", c.id),
+                Published::Comparison(c) => ("comparison", c.id),
+            };
+            let event = Event::default().event(name).id(format!("{run}:{id}"));
+            let event = match &published {
+                Published::Caption(c) => event.json_data(&**c),
+                Published::Comparison(c) => event.json_data(&**c),
+            };
+            Some(Ok(event.ok()?))
         });
     let mut stopping = api.stopping.clone();
     let stop = async move {
@@ -236,9 +253,18 @@ async fn caption_upload(
         reply,
     };
     let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
-    api.uploads.try_send(job).map_err(|e| match e {
-        TrySendError::Full(_) => unavailable("busy: too many uploads waiting"),
-        TrySendError::Disconnected(_) => unavailable("shutting down"),
+    // Counted before sending, so that the pipeline never sees more taken than sent.
+    api.state
+        .uploads_waiting
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    api.uploads.try_send(job).map_err(|e| {
+        api.state
+            .uploads_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match e {
+            TrySendError::Full(_) => unavailable("busy: too many uploads waiting"),
+            TrySendError::Disconnected(_) => unavailable("shutting down"),
+        }
     })?;
     match answer.await {
         Ok(result) => result.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -268,6 +294,88 @@ async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {
         "compare": c.captioning.compare,
         "configured": c.decoders.keys().collect::<Vec<_>>(),
     }))
+}
+
+/// Running statistics of the compared decoders.
+async fn compare(Extract(api): Extract<Shared>) -> Json<Value> {
+    let c = &api.config.captioning;
+    Json(json!({
+        "decoders": api.state.compare.snapshot(),
+        "compare": c.compare,
+        "compare_every": c.compare_every,
+        "compare_per_minute": c.compare_per_minute,
+        "votes": c.votes,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct VoteRequest {
+    decoder: String,
+}
+
+/// A person's vote for the best caption of a compared frame: the decoder, among those that captioned it.
+async fn vote(
+    Extract(api): Extract<Shared>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let refuse = |status: StatusCode, message: String| {
+        api.state.metrics.error("vote");
+        error(status, message)
+    };
+    if !api.config.captioning.votes {
+        return refuse(StatusCode::FORBIDDEN, "votes are off (captioning.votes)".into());
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return refuse(StatusCode::BAD_REQUEST, format!("caption id {id:?} is not a number"));
+    };
+    let request: VoteRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("expected {{\"decoder\": NAME}}: {e}")),
+    };
+    let Some(event) = api.state.caption(id) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no caption {id} in this run's history"));
+    };
+    let mut candidates = vec![event.caption.decoder.as_str()];
+    candidates.extend(
+        event
+            .compare
+            .iter()
+            .filter(|c| c.caption.is_some())
+            .map(|c| c.decoder.as_str()),
+    );
+    if event.compare.is_empty() || !candidates.contains(&request.decoder.as_str()) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            if event.compare.is_empty() {
+                format!("caption {id} was not compared: there is nothing to vote between")
+            } else {
+                format!(
+                    "decoder {:?} did not caption {id}; its decoders are {}",
+                    request.decoder,
+                    candidates.join(", ")
+                )
+            },
+        );
+    }
+    if let Err(wait) = api.votes.take(peer.ip()) {
+        api.state.metrics.error("vote");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            Json(json!({"error": format!("too many votes from {}; try again in {} s", peer.ip(), wait.as_secs().max(1))})),
+        )
+            .into_response();
+    }
+    api.state.metrics.vote(&request.decoder);
+    api.state.record_vote(&Vote {
+        id,
+        decoder: request.decoder,
+        client: peer.ip().to_string(),
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    Json(json!({"recorded": true})).into_response()
 }
 
 async fn bundle(Extract(api): Extract<Shared>) -> Json<Value> {

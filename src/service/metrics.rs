@@ -2,9 +2,10 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+use super::compare::DecoderSummary;
 use crate::captioner::Caption;
 
 /// Latency buckets from 1 ms to 30 s.
@@ -24,6 +25,12 @@ pub struct Metrics {
     stage_seconds: HistogramVec,
     decoder_seconds: HistogramVec,
     pub upload_seconds: Histogram,
+    compare_skipped: IntCounterVec,
+    compare_captions: IntCounterVec,
+    compare_failures: IntCounterVec,
+    compare_clip_score: GaugeVec,
+    compare_win_rate: GaugeVec,
+    votes: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,7 +55,37 @@ impl Metrics {
                 "time from upload to caption, queueing included",
             )),
         );
+        let gauge_vec =
+            |name: &str, help: &str| registered(&registry, GaugeVec::new(Opts::new(name, help), &["decoder"]));
         Metrics {
+            compare_skipped: counter_vec(
+                "clipcap_compare_skipped_total",
+                "source captions not compared: `sampled` (captioning.compare_every), `rate` (compare_per_minute), `busy` (a frame or upload waited)",
+                "reason",
+            ),
+            compare_captions: counter_vec(
+                "clipcap_compare_captions_total",
+                "captions in comparisons, by decoder (the primary one included)",
+                "decoder",
+            ),
+            compare_failures: counter_vec(
+                "clipcap_compare_failures_total",
+                "comparison decoders that failed on a frame",
+                "decoder",
+            ),
+            compare_clip_score: gauge_vec(
+                "clipcap_compare_clip_score",
+                "mean CLIPScore of the decoder's captions in comparisons",
+            ),
+            compare_win_rate: gauge_vec(
+                "clipcap_compare_win_rate",
+                "share of compared frames where the decoder's CLIPScore beat the primary decoder's (ties half)",
+            ),
+            votes: counter_vec(
+                "clipcap_votes_total",
+                "votes for the best caption, by decoder",
+                "decoder",
+            ),
             frames_captured: counter("clipcap_frames_captured_total", "frames received from the source"),
             frames_dropped: counter(
                 "clipcap_frames_dropped_total",
@@ -89,6 +126,33 @@ impl Metrics {
     /// One decoder's time on one caption (the published one's, or a comparison's).
     pub fn decoded(&self, decoder: &str, ms: f64) {
         self.decoder_seconds.with_label_values(&[decoder]).observe(ms / 1e3);
+    }
+
+    pub fn compare_skipped(&self, reason: &str) {
+        self.compare_skipped.with_label_values(&[reason]).inc();
+    }
+
+    /// A decoder's caption in a comparison (or its failure).
+    pub fn compared(&self, decoder: &str, ok: bool) {
+        let counter = if ok {
+            &self.compare_captions
+        } else {
+            &self.compare_failures
+        };
+        counter.with_label_values(&[decoder]).inc();
+    }
+
+    pub fn compare_summary(&self, s: &DecoderSummary) {
+        if let Some(clip) = &s.clip_score {
+            self.compare_clip_score.with_label_values(&[&s.decoder]).set(clip.mean);
+        }
+        if let Some(rate) = s.win_rate {
+            self.compare_win_rate.with_label_values(&[&s.decoder]).set(rate);
+        }
+    }
+
+    pub fn vote(&self, decoder: &str) {
+        self.votes.with_label_values(&[decoder]).inc();
     }
 
     pub fn error(&self, kind: &str) {

@@ -7,10 +7,12 @@
 //! missing camera is retried, a failing decoder falls back or fails one caption, a bad upload gets a
 //! 4xx; the daemon keeps serving.
 
+mod compare;
 mod http;
 mod metrics;
 mod notify;
 mod pipeline;
+mod ratelimit;
 mod state;
 
 use std::future::IntoFuture;
@@ -31,6 +33,7 @@ use metrics::Metrics;
 pub use pipeline::Decoders;
 use pipeline::Pipeline;
 use state::State;
+pub use state::{Compared, Comparison, Vote};
 
 /// Uploads waiting for the captioning thread before new ones get 503.
 const UPLOAD_QUEUE: usize = 8;
@@ -120,6 +123,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         source_status.clone(),
         config.source.kind,
         frames.clone(),
+        decoders.default.label(),
     ));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -153,6 +157,8 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
                 state,
                 uploads: queue,
                 stop,
+                compare_count: 0,
+                compared_at: Default::default(),
             }
             .run()
         })?
@@ -166,6 +172,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         bundle_dir,
         plugins,
         uploads,
+        votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
         config: config.clone(),
     };
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);

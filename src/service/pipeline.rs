@@ -1,7 +1,9 @@
 //! The captioning thread: ONNX Runtime calls block, so they run here, off the async runtime. It
 //! serves uploads first, and otherwise captions the newest camera frame at most every
-//! `captioning.interval_ms`, skipping frames whose scene has not changed.
+//! `captioning.interval_ms`, skipping frames whose scene has not changed. After a source caption is
+//! published, the comparison decoders may run on the same frame (`captioning.compare`, sampled).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use image::RgbImage;
 use tokio::sync::oneshot;
 
-use super::state::{CaptionEvent, Compared, State};
+use super::state::{CaptionEvent, Compared, Comparison, State};
 use crate::captioner::{Captioner, Prepared};
 use crate::capture::Frame;
 use crate::config::{CaptioningConfig, FolderMode, SourceKind};
@@ -42,6 +44,9 @@ pub struct Pipeline {
     pub state: Arc<State>,
     pub uploads: Receiver<Upload>,
     pub stop: Arc<AtomicBool>,
+    /// Source captions so far and the times of the comparisons of the last minute (sampling).
+    pub compare_count: u64,
+    pub compared_at: VecDeque<Instant>,
 }
 
 /// How long the thread waits at most before looking again (keeps the heartbeat fresh).
@@ -60,7 +65,10 @@ impl Pipeline {
             let until_due = next_due.saturating_duration_since(Instant::now());
             let wait = if until_due.is_zero() { POLL } else { until_due.min(TICK) };
             match self.uploads.recv_timeout(wait) {
-                Ok(upload) => self.upload(upload),
+                Ok(upload) => {
+                    self.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.upload(upload)
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
                 // A queue's files are captioned as they come: no cadence.
                 Err(RecvTimeoutError::Timeout) if queue || Instant::now() >= next_due => {
@@ -90,10 +98,7 @@ impl Pipeline {
             }
         };
         let result = result
-            .map(|caption| {
-                self.state
-                    .publish("upload", upload.origin, upload.received, caption, Vec::new())
-            })
+            .map(|caption| self.state.publish("upload", upload.origin, upload.received, caption))
             .inspect_err(|_| self.state.metrics.error("caption"));
         if let Ok(since) = upload.received.elapsed() {
             self.state.metrics.upload_seconds.observe(since.as_secs_f64());
@@ -125,45 +130,17 @@ impl Pipeline {
             self.state.metrics.frames_skipped.inc();
             return Err("unchanged scene".into());
         }
-        let Decoders {
-            default,
-            fallback,
-            compare,
-        } = &mut self.decoders;
+        let Decoders { default, fallback, .. } = &mut self.decoders;
         match self.captioner.decode(&prepared, default, fallback.as_mut(), self.seed) {
             Ok(caption) => {
-                let metrics = &self.state.metrics;
-                let compared = compare
-                    .iter_mut()
-                    .map(|d| {
-                        let start = Instant::now();
-                        match self.captioner.decode(&prepared, d, None, self.seed) {
-                            Ok(c) => {
-                                metrics.decoded(&c.decoder, c.ms.decode);
-                                Compared {
-                                    decoder: c.decoder,
-                                    caption: Some(c.caption),
-                                    error: None,
-                                    ms: c.ms.decode,
-                                }
-                            }
-                            Err(e) => {
-                                metrics.error("compare");
-                                let ms = start.elapsed().as_secs_f64() * 1e3;
-                                Compared {
-                                    decoder: d.label().into(),
-                                    caption: None,
-                                    error: Some(e.to_string()),
-                                    ms,
-                                }
-                            }
-                        }
-                    })
-                    .collect();
                 *last_scene = Some(prepared.image_embeds.clone());
                 let event = self
                     .state
-                    .publish(source, frame.origin.clone(), frame.captured, caption, compared);
+                    .publish(source, frame.origin.clone(), frame.captured, caption);
+                // Published first: comparing never delays the caption.
+                if !self.decoders.compare.is_empty() && self.compare_due() {
+                    self.compare(&prepared, &event);
+                }
                 Ok(event.id)
             }
             Err(e) => {
@@ -172,6 +149,89 @@ impl Pipeline {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// Whether this caption's frame gets a comparison: every `compare_every`th source caption, at
+    /// most `compare_per_minute` a minute, and not while a frame or an upload waits. Skips are counted.
+    fn compare_due(&mut self) -> bool {
+        let c = &self.config;
+        self.compare_count += 1;
+        let skip = if !(self.compare_count - 1).is_multiple_of(c.compare_every) {
+            Some("sampled")
+        } else if self.state.frames.waiting() || self.state.uploads_waiting.load(Ordering::Relaxed) > 0 {
+            Some("busy")
+        } else {
+            let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
+            self.compared_at.retain(|t| minute_ago.is_none_or(|m| *t > m));
+            (c.compare_per_minute > 0 && self.compared_at.len() as u64 >= c.compare_per_minute).then_some("rate")
+        };
+        match skip {
+            Some(reason) => {
+                self.state.metrics.compare_skipped(reason);
+                false
+            }
+            None => {
+                self.compared_at.push_back(Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Runs the comparison decoders on the frame of `event`, scores every caption with CLIP (when the
+    /// bundle has its text encoder), and publishes the comparison.
+    fn compare(&mut self, prepared: &Prepared, event: &CaptionEvent) {
+        let metrics = &self.state.metrics;
+        let mut compared: Vec<Compared> = Vec::with_capacity(self.decoders.compare.len());
+        for d in self.decoders.compare.iter_mut() {
+            let start = Instant::now();
+            compared.push(match self.captioner.decode(prepared, d, None, self.seed) {
+                Ok(c) => {
+                    metrics.decoded(&c.decoder, c.ms.decode);
+                    Compared {
+                        decoder: c.decoder,
+                        caption: Some(c.caption),
+                        error: None,
+                        ms: c.ms.decode,
+                        clip_score: None,
+                    }
+                }
+                Err(e) => {
+                    metrics.error("compare");
+                    Compared {
+                        decoder: d.label().into(),
+                        caption: None,
+                        error: Some(e.to_string()),
+                        ms: start.elapsed().as_secs_f64() * 1e3,
+                        clip_score: None,
+                    }
+                }
+            });
+        }
+        let mut texts = vec![event.caption.caption.as_str()];
+        texts.extend(compared.iter().filter_map(|c| c.caption.as_deref()));
+        let scores = match self.captioner.clip_scores(prepared, &texts) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("CLIPScore: {e}");
+                metrics.error("compare");
+                None
+            }
+        };
+        let mut scores = scores.into_iter().flatten();
+        let clip_score = scores.next();
+        for c in compared.iter_mut().filter(|c| c.caption.is_some()) {
+            c.clip_score = scores.next();
+        }
+        let comparison = Comparison {
+            id: event.id,
+            decoder: event.caption.decoder.clone(),
+            caption: event.caption.caption.clone(),
+            clip_score,
+            ms: event.caption.ms.decode,
+            compare: compared,
+        };
+        self.state.compare.record(&comparison, metrics);
+        self.state.publish_comparison(comparison);
     }
 
     /// Whether the scene is within `scene_change` cosine distance of the last captioned one.

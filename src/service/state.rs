@@ -1,22 +1,24 @@
-//! What the pipeline publishes and the HTTP side reads: captions (latest, a bounded history, a
-//! broadcast for SSE, the JSON-lines log), readiness, and the pipeline's heartbeat for the watchdog.
+//! What the pipeline publishes and the HTTP side reads: captions and their comparisons (latest, a
+//! bounded history, a broadcast for SSE, the JSON-lines log), votes (logged), readiness, and the
+//! pipeline's heartbeat for the watchdog.
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::compare::CompareStats;
 use super::metrics::Metrics;
 use crate::captioner::Caption;
 use crate::capture::{FrameSlot, SourceStatus};
 use crate::config::SourceKind;
 
 /// A caption of another decoder on the same frame (captioning.compare).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compared {
     pub decoder: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -25,6 +27,41 @@ pub struct Compared {
     pub error: Option<String>,
     /// Milliseconds this decoder took (its steps included), as `ms.decode` of a caption.
     pub ms: f64,
+    /// CLIPScore of the caption (when the bundle has CLIP's text encoder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+}
+
+/// The comparison of one source caption: its decoder and CLIPScore, and the other decoders' captions.
+/// Published after the caption itself, so that comparing never delays it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The caption's id.
+    pub id: u64,
+    pub decoder: String,
+    pub caption: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+    /// The caption's decoding milliseconds.
+    pub ms: f64,
+    pub compare: Vec<Compared>,
+}
+
+/// A person's choice of the best caption of a frame (the kiosk page's votes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vote {
+    /// The caption's id.
+    pub id: u64,
+    pub decoder: String,
+    pub client: String,
+    pub time: String,
+}
+
+/// What the event stream carries.
+#[derive(Debug, Clone)]
+pub enum Published {
+    Caption(Arc<CaptionEvent>),
+    Comparison(Arc<Comparison>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,14 +75,27 @@ pub struct CaptionEvent {
     pub origin: String,
     #[serde(flatten)]
     pub caption: Caption,
+    /// CLIPScore of the caption, once a comparison of its frame ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+    /// The other decoders' captions, once a comparison of its frame ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compare: Vec<Compared>,
+}
+
+/// One line of the caption log: what happened (`caption`, `comparison`, `vote`), in which run.
+#[derive(Serialize)]
+struct LogLine<'a, T: Serialize> {
+    event: &'static str,
+    run: u64,
+    #[serde(flatten)]
+    body: &'a T,
 }
 
 pub struct State {
     history: Mutex<VecDeque<Arc<CaptionEvent>>>,
     capacity: usize,
-    events: broadcast::Sender<Arc<CaptionEvent>>,
+    events: broadcast::Sender<Published>,
     next_id: AtomicU64,
     log: Mutex<Option<Box<dyn Write + Send>>>,
     heartbeat: Mutex<Instant>,
@@ -57,6 +107,10 @@ pub struct State {
     pub source: Arc<SourceStatus>,
     pub source_kind: SourceKind,
     pub frames: Arc<FrameSlot>,
+    /// Uploads sent to the pipeline and not yet taken: comparisons yield to them.
+    pub uploads_waiting: AtomicUsize,
+    /// Running statistics of the compared decoders.
+    pub compare: CompareStats,
 }
 
 impl State {
@@ -67,6 +121,7 @@ impl State {
         source: Arc<SourceStatus>,
         source_kind: SourceKind,
         frames: Arc<FrameSlot>,
+        primary_decoder: &str,
     ) -> Self {
         State {
             history: Mutex::new(VecDeque::with_capacity(capacity)),
@@ -83,18 +138,29 @@ impl State {
             source,
             source_kind,
             frames,
+            uploads_waiting: AtomicUsize::new(0),
+            compare: CompareStats::new(primary_decoder),
+        }
+    }
+
+    /// Appends a line to the caption log (if any), counting a failed write.
+    fn log<T: Serialize>(&self, event: &'static str, body: &T) {
+        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let line = serde_json::to_string(&LogLine {
+                event,
+                run: self.run,
+                body,
+            })
+            .expect("log lines serialise");
+            if let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush()) {
+                tracing::warn!("caption log: {e}");
+                self.metrics.error("log");
+            }
         }
     }
 
     /// Stores, broadcasts and logs a caption; returns the event.
-    pub fn publish(
-        &self,
-        source: &str,
-        origin: String,
-        time: SystemTime,
-        caption: Caption,
-        compare: Vec<Compared>,
-    ) -> Arc<CaptionEvent> {
+    pub fn publish(&self, source: &str, origin: String, time: SystemTime, caption: Caption) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
         self.metrics.captions.with_label_values(&[source]).inc();
         let event = Arc::new(CaptionEvent {
@@ -103,7 +169,8 @@ impl State {
             source: source.to_string(),
             origin,
             caption,
-            compare,
+            clip_score: None,
+            compare: Vec::new(),
         });
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,15 +179,34 @@ impl State {
             }
             h.push_back(event.clone());
         }
-        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let line = serde_json::to_string(&*event).expect("events serialise");
-            if let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush()) {
-                tracing::warn!("caption log: {e}");
-                self.metrics.error("log");
+        self.log("caption", &*event);
+        let _ = self.events.send(Published::Caption(event.clone())); // no subscribers is fine
+        event
+    }
+
+    /// Publishes a comparison: attached to its caption in the history, logged and streamed.
+    pub fn publish_comparison(&self, comparison: Comparison) {
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = h.iter_mut().find(|e| e.id == comparison.id) {
+                let mut event = (**entry).clone();
+                event.clip_score = comparison.clip_score;
+                event.compare = comparison.compare.clone();
+                *entry = Arc::new(event);
             }
         }
-        let _ = self.events.send(event.clone()); // no subscribers is fine
-        event
+        self.log("comparison", &comparison);
+        let _ = self.events.send(Published::Comparison(Arc::new(comparison)));
+    }
+
+    /// The caption `id` of this run, while the history holds it.
+    pub fn caption(&self, id: u64) -> Option<Arc<CaptionEvent>> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().find(|e| e.id == id).cloned()
+    }
+
+    pub fn record_vote(&self, vote: &Vote) {
+        self.log("vote", vote);
     }
 
     pub fn latest(&self) -> Option<Arc<CaptionEvent>> {
@@ -139,7 +225,7 @@ impl State {
             .collect()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CaptionEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.events.subscribe()
     }
 

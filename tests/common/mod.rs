@@ -195,13 +195,23 @@ impl Daemon {
         self.wait_listening();
     }
 
-    /// The caption log's events.
+    /// The caption log's captions.
     pub fn logged(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("captions.jsonl"))
+        self.log_records("caption")
+    }
+
+    /// The caption log's records of one kind: `caption`, `comparison` or `vote`.
+    pub fn log_records(&self, kind: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log_path())
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["event"] == kind)
             .collect()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("captions.jsonl")
     }
 
     pub fn folder(&self) -> PathBuf {
