@@ -103,6 +103,11 @@ impl Captioner {
         &self.preprocessor
     }
 
+    /// Whether the bundle has CLIP's text encoder, which CLIPScore needs.
+    pub fn has_text_encoder(&self) -> bool {
+        self.text.is_some()
+    }
+
     /// CLIP text embeddings of `texts` as CLIPScore takes them (each prefixed "A photo depicts "),
     /// or None when the bundle has no text encoder.
     pub fn caption_embeddings(&mut self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>, CaptionError> {

@@ -78,6 +78,9 @@ impl TextEncoder {
 
     /// Text embeddings, one row of `embedding_dim` per text.
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, VisionError> {
+        if texts.is_empty() {
+            return Ok(Vec::new()); // the graph's reshapes cannot take a batch of 0
+        }
         let mut ids = Vec::with_capacity(texts.len() * self.spec.context_length);
         for t in texts {
             ids.extend(self.ids(t)?);

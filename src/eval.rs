@@ -198,7 +198,7 @@ pub fn run(plan: Plan, stop: &Arc<AtomicBool>, progress: &indicatif::ProgressBar
             .to_string_lossy()
             .into_owned();
         let first = systems.len();
-        let scored = captioner.caption_embeddings(&[])?.is_some();
+        let scored = captioner.has_text_encoder();
         for d in plan.decoders.iter() {
             systems.push(System {
                 bundle: name.clone(),
