@@ -65,6 +65,12 @@ pub struct Provenance {
 pub struct Evaluation {
     pub dataset: String,
     pub scores: BTreeMap<String, f64>,
+    /// Share of captions right per attribute, on data sets that record them (the demo world).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, f64>,
+    /// CLIP's zero-shot accuracy per attribute, on the same data.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zero_shot: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

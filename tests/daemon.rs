@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, demo_image};
+use common::{Daemon, demo_image, truth};
 use serde_json::{Value, json};
 
 /// The value of the next `field:` line of a Server-Sent Events stream.
@@ -53,12 +53,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
 }
 
-/// The true captions of a demo image.
-fn truth(name: &str) -> Vec<String> {
-    let all: Value = serde_json::from_str(&std::fs::read_to_string(demo_image("captions.json")).unwrap()).unwrap();
-    serde_json::from_value(all[name].clone()).unwrap()
-}
-
 #[test]
 fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,13 +84,13 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     // Subscribe to the event stream, then let the folder deliver a frame.
     let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
     let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
-    daemon.drop_image("04202.png");
+    daemon.drop_image("08202.png");
     let sse_id = sse_field(&mut lines, "id");
     let event: Value = serde_json::from_str(&sse_field(&mut lines, "data")).unwrap();
     assert_eq!(event["source"], "folder", "{event}");
-    assert!(event["origin"].as_str().unwrap().ends_with("04202.png"));
+    assert!(event["origin"].as_str().unwrap().ends_with("08202.png"));
     assert!(
-        truth("04202.png").contains(&event["caption"].as_str().unwrap().to_string()),
+        truth("08202.png").contains(&event["caption"].as_str().unwrap().to_string()),
         "{event}"
     );
     assert_eq!(event["decoder"], "greedy");
@@ -122,7 +116,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let (status, uploaded) = post(
         &daemon,
         "?decoder=beam:num_beams=3",
-        std::fs::read(demo_image("04207.png")).unwrap(),
+        std::fs::read(demo_image("08207.png")).unwrap(),
     );
     assert_eq!(status, 200, "{uploaded}");
     assert_eq!(
@@ -130,7 +124,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
         (Some("upload"), Some("beam:num_beams=3"))
     );
     assert!(
-        truth("04207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()),
+        truth("08207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()),
         "{uploaded}"
     );
     let history = daemon.get_json("/v1/captions?limit=5");
@@ -167,13 +161,13 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
         ),
         (
             "?decoder=nucleus",
-            std::fs::read(demo_image("04200.png")).unwrap(),
+            std::fs::read(demo_image("08200.png")).unwrap(),
             400,
             "available: ",
         ),
         (
             "?decoder=beam:num_beams=0",
-            std::fs::read(demo_image("04200.png")).unwrap(),
+            std::fs::read(demo_image("08200.png")).unwrap(),
             400,
             "out of range [1, 64]",
         ),
@@ -186,7 +180,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let too_big = oversized_upload(&daemon, 3_000_000);
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
     assert!(too_big.contains("uploads are limited to 2000000 bytes"), "{too_big}");
-    let (status, _) = post(&daemon, "", std::fs::read(demo_image("04211.png")).unwrap());
+    let (status, _) = post(&daemon, "", std::fs::read(demo_image("08211.png")).unwrap());
     assert_eq!(status, 200, "still serving after bad input");
 
     let frame = ureq::get(&format!("{}/v1/frame/latest.jpg", daemon.url))
@@ -252,20 +246,20 @@ fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
     // The first frame is captioned at once; the next caption is due 5 s later. Four frames written
     // meanwhile (in a few milliseconds; read within a poll and the 150 ms settle time) replace each
     // other in the slot, and only the newest is captioned when the caption is due.
-    daemon.drop_image("04200.png");
+    daemon.drop_image("08200.png");
     daemon.wait_until(|| daemon.logged().len() == 1, "the first caption");
-    for name in ["04201.png", "04203.png", "04204.png", "04205.png"] {
+    for name in ["08201.png", "08203.png", "08204.png", "08205.png"] {
         daemon.drop_image(name);
     }
     daemon.wait_until(|| daemon.logged().len() == 2, "the second caption");
-    assert!(origins(&daemon.logged())[1] == "04205.png", "{:?}", daemon.logged());
+    assert!(origins(&daemon.logged())[1] == "08205.png", "{:?}", daemon.logged());
     // Every frame is accounted for: captured = captioned + dropped, so none is left waiting to be
     // captioned late.
     let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_frames_captured_total"), 5.0, "{m}");
     assert_eq!(metric(&m, "clipcap_frames_dropped_total"), 3.0, "{m}");
     // The same picture again is an unchanged scene: skipped, counted.
-    daemon.drop_image_as("04205.png", "again.png");
+    daemon.drop_image_as("08205.png", "again.png");
     daemon.wait_until(
         || metric(&daemon.metrics(), "clipcap_frames_skipped_total") == 1.0,
         "a skipped frame",
@@ -305,7 +299,7 @@ fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
         "retries with backoff",
     );
     assert_eq!(metric(&daemon.metrics(), "clipcap_source_up"), 0.0);
-    let (status, event) = post(&daemon, "", std::fs::read(demo_image("04202.png")).unwrap());
+    let (status, event) = post(&daemon, "", std::fs::read(demo_image("08202.png")).unwrap());
     assert_eq!(
         (status, event["source"].as_str()),
         (200, Some("upload")),
@@ -356,14 +350,14 @@ fn a_folder_camera_reads_what_appears_after_start_and_not_what_was_there() {
     // A file there before the daemon starts is never read; one written right after it answers
     // (while the models may still be loading) always is.
     let daemon = Daemon::start_with("", &[], |dir| {
-        std::fs::copy(demo_image("04200.png"), dir.join("in/old.png")).unwrap();
+        std::fs::copy(demo_image("08200.png"), dir.join("in/old.png")).unwrap();
     });
-    daemon.drop_image("04202.png");
+    daemon.drop_image("08202.png");
     daemon.wait_until(|| daemon.logged().len() == 1, "a caption");
     // The scan that found the new file listed the old one too, long settled.
     let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_frames_captured_total"), 1.0, "{m}");
-    assert!(daemon.logged()[0]["origin"].as_str().unwrap().ends_with("04202.png"));
+    assert!(daemon.logged()[0]["origin"].as_str().unwrap().ends_with("08202.png"));
 }
 
 /// Copies the demo image `name` to `path` with the modification time `age_s` seconds ago.
@@ -395,7 +389,7 @@ fn a_folder_queue_captions_every_file_once_oldest_first_across_a_restart() {
     // must not hold back a queue; beam search makes each caption slow enough to stop the daemon in
     // the middle.
     let names: Vec<String> = (0..30).map(|i| format!("q{i:02}.png")).collect();
-    let demo: Vec<String> = (0..12).map(|i| format!("042{i:02}.png")).collect();
+    let demo: Vec<String> = (0..12).map(|i| format!("082{i:02}.png")).collect();
     let mut daemon = Daemon::start_with(
         "[captioning]\ninterval_ms = 60000\nscene_change = 2.0\n[decoding]\ndecoder = \"beam:num_beams=4\"\n\
          [source]\nkind = \"folder\"\nfolder = \"{dir}/in\"\nfolder_mode = \"queue\"\n\
@@ -424,11 +418,11 @@ fn a_folder_queue_captions_every_file_once_oldest_first_across_a_restart() {
     daemon.wait_until(|| daemon.logged().len() >= 30, "every queued file captioned");
 
     // A file that arrives later joins the queue.
-    daemon.drop_image("04205.png");
+    daemon.drop_image("08205.png");
     daemon.wait_until(|| daemon.logged().len() >= 31, "the late file");
     let logged = daemon.logged();
     let mut want: Vec<String> = names.iter().rev().cloned().collect();
-    want.push("04205.png".into());
+    want.push("08205.png".into());
     assert_eq!(origins(&logged), want, "each file once, oldest first");
     // Copies of one picture, captioned in either run, get the same caption.
     let mut by_picture = std::collections::HashMap::new();
@@ -464,18 +458,18 @@ fn a_folder_queue_remembers_finished_files_that_stay() {
         "[source]\nkind = \"folder\"\nfolder = \"{dir}/in\"\nfolder_mode = \"queue\"\npoll_ms = 50",
         &[],
         |dir| {
-            for (i, name) in ["04200.png", "04201.png", "04202.png"].iter().enumerate() {
+            for (i, name) in ["08200.png", "08201.png", "08202.png"].iter().enumerate() {
                 aged_copy(name, &dir.join("in").join(name), 100 - i as u64);
             }
         },
     );
     daemon.wait_until(|| daemon.logged().len() == 3, "three captions");
     daemon.restart();
-    daemon.drop_image("04203.png");
+    daemon.drop_image("08203.png");
     daemon.wait_until(|| daemon.logged().len() >= 4, "the new file");
     assert_eq!(
         origins(&daemon.logged()),
-        ["04200.png", "04201.png", "04202.png", "04203.png"]
+        ["08200.png", "08201.png", "08202.png", "08203.png"]
     );
     let m = daemon.metrics();
     assert_eq!(metric(&m, "clipcap_captions_total{source=\"folder\"}"), 1.0, "{m}");
@@ -504,7 +498,7 @@ fn compares_decoders_live_takes_votes_and_reports_them() {
          votes_per_minute = 3",
         &[],
     );
-    for (n, name) in ["04200.png", "04203.png", "04208.png"].iter().enumerate() {
+    for (n, name) in ["08200.png", "08203.png", "08208.png"].iter().enumerate() {
         daemon.drop_image(name);
         daemon.wait_until(|| daemon.log_records("comparison").len() == n + 1, "a comparison");
     }
@@ -597,6 +591,34 @@ fn compares_decoders_live_takes_votes_and_reports_them() {
     for file in ["report.md", "report.csv", "report.json", "report.svg"] {
         assert!(out.join(file).is_file(), "{file}");
     }
+
+    // A log copied while the daemon wrote it ends in a torn line: skipped with a warning. A broken
+    // line anywhere else is an error naming the file and the line.
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap();
+    let lines = log.lines().count();
+    let run_report = |text: &str| {
+        let path = daemon.dir.path().join("copied.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+            .arg("report")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            path,
+        )
+    };
+    let (code, stderr, _) = run_report(&format!("{log}{{\"event\":\"capt"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("torn last line"), "{stderr}");
+    let (code, stderr, path) = run_report(&format!("{log}not json\n{log}"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:{}", path.display(), lines + 1)),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -614,7 +636,7 @@ fn comparisons_are_sampled_and_rate_limited_and_counted() {
         };
         (at("sampled"), at("rate"), at("busy"))
     };
-    for (n, name) in ["04200.png", "04203.png", "04208.png", "04210.png"].iter().enumerate() {
+    for (n, name) in ["08200.png", "08203.png", "08208.png", "08210.png"].iter().enumerate() {
         daemon.drop_image(name);
         // The next file only once this caption's comparison was decided: no frame waits meanwhile.
         daemon.wait_until(

@@ -102,7 +102,7 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
         "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\nvotes = true",
         &[],
     );
-    daemon.drop_image("04202.png");
+    daemon.drop_image("08202.png");
     daemon.wait_until(
         || ureq::get(&format!("{}/v1/caption/latest", daemon.url)).call().is_ok(),
         "a caption",
@@ -150,7 +150,7 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
     assert_eq!(daemon.log_records("vote")[0]["decoder"], "beam:num_beams=2");
 
     // A new scene: the page follows the event stream without a reload.
-    daemon.drop_image("04207.png");
+    daemon.drop_image("08207.png");
     let id = browser.wait_for("return document.getElementById('caption').dataset.id", |v| {
         v != &json!(first["id"].to_string())
     });

@@ -34,7 +34,9 @@ class Provenance:
     mapper: str
     training_data: str
     notes: str = ""
-    evaluation: dict | None = None  # {"dataset": str, "scores": {name: value}}
+    # {"dataset": str, "scores": {name: value}}, and on the demo world "attributes" and "zero_shot":
+    # {attribute: accuracy} of the captions and of CLIP's zero-shot probe (attributes.py)
+    evaluation: dict | None = None
     training: dict | None = None  # the training settings
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 

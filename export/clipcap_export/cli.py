@@ -16,7 +16,7 @@ from .data import EmbeddingSet, download_coco, load_coco_captions, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
 from .models import (DEFAULT_CLIP, DEFAULT_GPT2, DEFAULT_PREFIX_LENGTH, RANDOM, CheckpointError, Models, Source,
                      build_models, load_checkpoint)
-from .pipeline import GateError, demo, sweep, train_evaluate_export
+from .pipeline import DEMO_RECIPES, GateError, demo, sweep, train_evaluate_export
 from .reference import caption_image, load_image, parse_decoder, preprocess
 from .train import TrainConfig, train
 
@@ -163,6 +163,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch, split over processes")
     g.add_argument("--epochs", type=int, default=defaults.epochs)
     g.add_argument("--max-caption-tokens", type=int, default=defaults.max_caption_tokens)
+    g.add_argument("--captions-per-image", type=int, help="train on this many of each image's captions (default all)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
     g.add_argument("--dropout", type=float, help="override GPT-2's dropout rates")
     g.add_argument("--no-shuffle", dest="shuffle", action="store_false")
@@ -206,7 +207,7 @@ def cmd_sweep(args) -> None:
 
 def cmd_demo(args) -> None:
     tokenizer_dir = args.tokenizer_dir or SETUP_TOKENIZER_DIR
-    summary = demo(args.out, tokenizers_.from_openai_files(tokenizer_dir), seed=args.seed)
+    summary = demo(args.out, tokenizers_.from_openai_files(tokenizer_dir), DEMO_RECIPES[args.recipe], seed=args.seed)
     print(f"demo done in {summary['total_seconds'] / 60:.1f} min; bundle: {args.out / 'bundle'}")
 
 
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("demo", help="offline: synthetic world, CLIP and ClipCap trained on it, evaluated, exported")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--recipe", choices=sorted(DEMO_RECIPES), default="full",
+                   help="full: demo/bundle's recipe (about 15 min on 2 cores); ci: the smaller one CI trains")
     p.add_argument("--seed", type=int, default=0)
     _tokenizer_arg(p)
     p.set_defaults(func=cmd_demo)

@@ -31,6 +31,9 @@ class Record:
     path: Path
     split: str  # train | val | test
     captions: list[str]
+    # What the image shows, where the data set records it (the demo world: background, color, shape,
+    # count, position), for scoring captions attribute by attribute.
+    attributes: dict | None = None
 
 
 def normalize_caption(text: str) -> str:
@@ -50,7 +53,8 @@ def load_karpathy(split_file: Path, image_root: Path) -> list[Record]:
             raise ValueError(f"{split_file}: image {img.get('filename')} has unknown split {img['split']!r}")
         records.append(Record(image_id=int(img.get("cocoid", img.get("imgid", i))),
                               path=image_root / img.get("filepath", "") / img["filename"], split=split,
-                              captions=[normalize_caption(s["raw"]) for s in img["sentences"]]))
+                              captions=[normalize_caption(s["raw"]) for s in img["sentences"]],
+                              attributes=img.get("attributes")))
     return records
 
 
@@ -98,7 +102,8 @@ class EmbeddingSet:
         index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         self.clip: str = index["clip"]
         self.image_size: int = index["image_size"]
-        self.records = [Record(r["image_id"], Path(r["path"]), r["split"], r["captions"]) for r in index["records"]]
+        self.records = [Record(r["image_id"], Path(r["path"]), r["split"], r["captions"], r.get("attributes"))
+                        for r in index["records"]]
         self.embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
         if len(self.embeddings) != len(self.records):
             raise ValueError(f"{folder}: {len(self.embeddings)} embeddings for {len(self.records)} records")
@@ -110,7 +115,8 @@ class EmbeddingSet:
 
 def write_index(folder: Path, records: list[Record], clip: str, image_size: int) -> None:
     """Writes `index.json`; refuses when a different one is there (an interrupted run of other work)."""
-    rows = [dict(image_id=r.image_id, path=str(r.path), split=r.split, captions=r.captions) for r in records]
+    rows = [dict(image_id=r.image_id, path=str(r.path), split=r.split, captions=r.captions,
+                 **({} if r.attributes is None else dict(attributes=r.attributes))) for r in records]
     text = json.dumps(dict(clip=clip, image_size=image_size, records=rows))
     path = folder / "index.json"
     if path.exists() and path.read_text(encoding="utf-8") != text:

@@ -1,5 +1,6 @@
 """Captioning a split and scoring it with the COCO caption metrics (pycocoevalcap): BLEU-1..4, METEOR,
-ROUGE-L, CIDEr, and SPICE when its Stanford CoreNLP models are installed.
+ROUGE-L, CIDEr, and SPICE when its Stanford CoreNLP models are installed; on the demo world also
+attribute by attribute, with CLIP's zero-shot view of the same attributes (attributes.py).
 
 Generation here is batched greedy decoding with GPT-2's KV cache, for throughput on 5000 test images;
 it follows the same rule as `reference.greedy` (first maximal logit, stop after a stop token), which is
@@ -17,6 +18,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from . import attributes
+from .attributes import caption_accuracy, zero_shot
+from .clip_train import text_features
 from .data import EmbeddingSet
 from .models import Models
 
@@ -118,6 +122,11 @@ def evaluate(models: Models, emb: EmbeddingSet, split: str, tokenizer: Tokenizer
     references = {r.image_id: r.captions for r in records}
     scores, notes = score(references, captions)
     report = dict(split=split, images=len(rows), embeddings=str(emb.folder), scores=scores, notes=notes)
+    if all(r.attributes for r in records):  # the demo world: what each caption got right, and what CLIP sees
+        truths = [r.attributes for r in records]
+        report["attributes"] = caption_accuracy(truths, [captions[r.image_id] for r in records])
+        report["zero_shot"] = zero_shot(truths, np.asarray(emb.embeddings[rows]),
+                                        lambda texts: text_features(models.clip, texts))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         samples = [dict(image_id=r.image_id, image=str(r.path), caption=captions[r.image_id], references=r.captions)
@@ -138,6 +147,8 @@ def table(scores: dict[str, float]) -> str:
 def markdown(report: dict, samples: list[dict]) -> str:
     lines = [f"# Caption evaluation: {report['split']} split, {report['images']} images\n", table(report["scores"])]
     lines += [f"Note: {n}\n" for n in report["notes"]]
+    if "attributes" in report:
+        lines += ["\n## Attribute by attribute\n", attributes.markdown(report)]
     lines.append("\n## Samples\n")
     lines += [f"- `{s['image']}`: **{s['caption']}** (reference: {s['references'][0]})" for s in samples]
     return "\n".join(lines) + "\n"

@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = 40  # global: split across processes
     epochs: int = 10
     max_caption_tokens: int = 40
+    captions_per_image: int | None = None  # train on this many of each image's captions (default: all)
     bf16: bool = False  # autocast on CUDA
     dropout: float | None = None  # override GPT-2's dropout rates
     shuffle: bool = True
@@ -54,11 +55,16 @@ class TrainConfig:
 
 
 class CaptionPairs(Dataset):
-    """(embedding, caption tokens) for every caption of every image in the given rows."""
+    """(embedding, caption tokens) for every caption of every image in the given rows, or for
+    `per_image` of each image's captions (a seeded choice, the same every epoch)."""
 
-    def __init__(self, emb: EmbeddingSet, rows: list[int], tokenizer: Tokenizer, max_tokens: int):
+    def __init__(self, emb: EmbeddingSet, rows: list[int], tokenizer: Tokenizer, max_tokens: int,
+                 per_image: int | None = None, seed: int = 0):
         self.emb = emb
-        self.pairs = [(row, caption) for row in rows for caption in emb.records[row].captions]
+        rng = np.random.default_rng(seed)
+        self.pairs = [(row, caption) for row in rows
+                      for caption in (emb.records[row].captions if per_image is None else
+                                      rng.permutation(emb.records[row].captions)[:per_image].tolist())]
         self.tokens = [tokenizer.encode(c, add_special_tokens=False).ids[:max_tokens] for _, c in self.pairs]
 
     def __len__(self):
@@ -95,10 +101,11 @@ class CaptionLoss(nn.Module):
         x = torch.cat([prefix.to(gpt.transformer.wte.weight.dtype), gpt.transformer.wte(tokens)], 1)
         attention = torch.cat([torch.ones(mask.shape[0], k, dtype=mask.dtype, device=mask.device), mask], 1)
         hidden = gpt.transformer(inputs_embeds=x, attention_mask=attention).last_hidden_state
-        # Position k-1+t predicts token t; the prefix positions themselves are never scored.
-        logits = gpt.lm_head(hidden[:, k - 1:-1])
-        labels = tokens.masked_fill(mask == 0, -100)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        # Position k-1+t predicts token t; the prefix positions themselves are never scored, and the
+        # vocabulary-wide logits are computed for real tokens only (not padding).
+        real = mask.bool()
+        logits = gpt.lm_head(hidden[:, k - 1:-1][real])
+        ce = F.cross_entropy(logits.float(), tokens[real], reduction="sum")
         return ce, mask.sum()
 
 
@@ -154,7 +161,7 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
         raise ValueError(f"{emb.folder}: {emb.embeddings.shape[1]}-d embeddings, CLIP {source.clip} gives "
                          f"{models.embedding_dim}")
     models.gpt.requires_grad_(not cfg.freeze_gpt)
-    data = CaptionPairs(emb, emb.split("train"), tokenizer, cfg.max_caption_tokens)
+    data = CaptionPairs(emb, emb.split("train"), tokenizer, cfg.max_caption_tokens, cfg.captions_per_image, cfg.seed)
     per_process = cfg.batch_size // world
     if world > 1:
         sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)

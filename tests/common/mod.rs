@@ -102,6 +102,16 @@ pub fn demo_image(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/images").join(name)
 }
 
+/// The true captions of a demo image, from demo/images/annotations.json (COCO format).
+pub fn truth(name: &str) -> Vec<String> {
+    clipcap::metrics::coco::read_annotations(&demo_image("annotations.json"))
+        .unwrap()
+        .into_iter()
+        .find(|a| a.file_name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in demo/images/annotations.json"))
+        .references
+}
+
 /// `clipcap serve` running as a child process, killed when dropped.
 pub struct Daemon {
     pub child: std::process::Child,
