@@ -93,6 +93,20 @@ pub(crate) struct System {
 }
 
 impl System {
+    /// A system with nothing measured yet.
+    pub fn new(bundle: String, decoder: String) -> Self {
+        System {
+            bundle,
+            decoder,
+            captions: Vec::new(),
+            clip_score: Vec::new(),
+            ref_clip_score: Vec::new(),
+            caption_ms: Vec::new(),
+            token_ms: Vec::new(),
+            failed: 0,
+        }
+    }
+
     fn name(&self, several_bundles: bool) -> String {
         if several_bundles {
             format!("{} {}", self.bundle, self.decoder)
@@ -111,11 +125,7 @@ pub struct Percentiles {
 fn percentiles(values: &[f64]) -> Percentiles {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let at = |q: f64| metrics::quantile(&v, q).unwrap_or(f64::NAN);
     Percentiles {
         p50: at(0.5),
         p95: at(0.95),
@@ -200,16 +210,7 @@ pub fn run(plan: Plan, stop: &Arc<AtomicBool>, progress: &indicatif::ProgressBar
         let first = systems.len();
         let scored = captioner.has_text_encoder();
         for d in plan.decoders.iter() {
-            systems.push(System {
-                bundle: name.clone(),
-                decoder: d.label().to_string(),
-                captions: Vec::new(),
-                clip_score: Vec::new(),
-                ref_clip_score: Vec::new(),
-                caption_ms: Vec::new(),
-                token_ms: Vec::new(),
-                failed: 0,
-            });
+            systems.push(System::new(name.clone(), d.label().to_string()));
         }
         for image in plan.images {
             if stop.load(Ordering::Relaxed) {
@@ -376,12 +377,35 @@ pub(crate) fn measure(
     }
 }
 
+/// What `clipcap eval` and `clipcap report` produce: printed as Markdown (or JSON), and written as
+/// `STEM.md`, `STEM.csv`, `STEM.json` and `STEM.svg` into `--out`.
+pub trait Table: Serialize {
+    /// The files' name in `--out`.
+    const STEM: &'static str;
+    fn markdown(&self) -> String;
+    fn csv(&self) -> String;
+    fn plot(&self, path: &Path) -> anyhow::Result<()>;
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
+        let file = |ext: &str| dir.join(format!("{}.{ext}", Self::STEM));
+        let write =
+            |ext: &str, text: String| std::fs::write(file(ext), text).with_context(|| file(ext).display().to_string());
+        write("md", self.markdown())?;
+        write("csv", self.csv())?;
+        write("json", serde_json::to_string_pretty(self)?)?;
+        self.plot(&file("svg"))
+    }
+}
+
 fn cell(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
+impl Table for Report {
+    const STEM: &'static str = "eval";
+
+    fn markdown(&self) -> String {
         let mut out = String::new();
         let done = self.rows.iter().map(|r| r.images).max().unwrap_or(0);
         out += &format!("{} images", self.images);
@@ -466,7 +490,7 @@ impl Report {
         out
     }
 
-    pub fn csv(&self) -> String {
+    fn csv(&self) -> String {
         let mut out = String::from(
             "system,bundle,decoder,images,failed,bleu1,bleu2,bleu3,bleu4,rouge_l,cider_d,clip_score,ref_clip_score,\
              mean_length,distinct_1,distinct_2,repetition,vocabulary,ms_caption_p50,ms_caption_p95,ms_token_p50,ms_token_p95\n",
@@ -507,7 +531,7 @@ impl Report {
     }
 
     /// Quality against latency, one point per system: CIDEr-D when there are references, else CLIPScore.
-    pub fn plot(&self, path: &Path) -> anyhow::Result<()> {
+    fn plot(&self, path: &Path) -> anyhow::Result<()> {
         let (metric, points): (&str, Vec<(String, f64, f64)>) = if self.rows.iter().all(|r| r.scores.is_some()) {
             (
                 "CIDEr-D",
@@ -532,18 +556,6 @@ impl Report {
             )
         };
         quality_plot(path, metric, &points)
-    }
-
-    /// Writes eval.md, eval.csv, eval.json and eval.svg into `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
-        let write = |name: &str, text: String| {
-            std::fs::write(dir.join(name), text).with_context(|| format!("{}", dir.join(name).display()))
-        };
-        write("eval.md", self.markdown())?;
-        write("eval.csv", self.csv())?;
-        write("eval.json", serde_json::to_string_pretty(self)?)?;
-        self.plot(&dir.join("eval.svg"))
     }
 }
 

@@ -282,15 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = eval::run(plan, &stop, &progress)?;
             progress.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.markdown());
-            }
-            if let Some(out) = out {
-                report.write(&out)?;
-                eprintln!("written to {}", out.display());
-            }
+            emit(&report, json, out)?;
             Ok(if report.interrupted {
                 ExitCode::from(EXIT_SOME_FAILED)
             } else {
@@ -304,16 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             json,
         } => {
-            let report = report::report(&report::read(&logs)?, draws, seed);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.markdown());
-            }
-            if let Some(out) = out {
-                report.write(&out)?;
-                eprintln!("written to {}", out.display());
-            }
+            emit(&report::report(&report::read(&logs)?, draws, seed), json, out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -336,6 +319,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Why METEOR and SPICE are not among the scores.
 const NOT_SCORED: &str = "METEOR and SPICE are not computed here (they need Java and model downloads); \
                           `clipcap-export evaluate` computes them with pycocoevalcap";
+
+/// Prints a comparison table (Markdown, or JSON with `--json`) and writes its files into `--out`.
+fn emit(table: &impl eval::Table, json: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(table)?);
+    } else {
+        print!("{}", table.markdown());
+    }
+    if let Some(out) = out {
+        table.write(&out)?;
+        eprintln!("written to {}", out.display());
+    }
+    Ok(())
+}
 
 fn score(results: &std::path::Path, annotations: &std::path::Path, json: bool) -> anyhow::Result<()> {
     use clipcap::metrics::{self, coco};

@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{self, Image, System};
+use crate::eval::{self, Image, System, Table};
 use crate::service::{Comparison, Vote};
 
 /// A log line: its kind and its daemon run.
@@ -112,19 +112,7 @@ pub fn report(logs: &Logs, draws: usize, seed: u64) -> Report {
                 .all(|d| *d == c.decoder || c.compare.iter().any(|x| x.decoder == *d && x.caption.is_some()))
         })
         .collect();
-    let mut systems: Vec<System> = order
-        .iter()
-        .map(|d| System {
-            bundle: String::new(),
-            decoder: d.clone(),
-            captions: Vec::new(),
-            clip_score: Vec::new(),
-            ref_clip_score: Vec::new(),
-            caption_ms: Vec::new(),
-            token_ms: Vec::new(),
-            failed: 0,
-        })
-        .collect();
+    let mut systems: Vec<System> = order.iter().map(|d| System::new(String::new(), d.clone())).collect();
     let scored = complete
         .iter()
         .all(|(_, c)| c.clip_score.is_some() && c.compare.iter().all(|x| x.clip_score.is_some()));
@@ -209,7 +197,7 @@ fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinR
                 .map(|_| share(&mut (0..n).map(|_| outcomes[rng.random_range(0..n)])))
                 .collect();
             rates.sort_by(f64::total_cmp);
-            let at = |q: f64| rates[((rates.len() as f64 - 1.0) * q).round() as usize];
+            let at = |q: f64| crate::metrics::quantile(&rates, q).unwrap_or(f64::NAN);
             let votes_a = outcomes.iter().filter(|&&x| x).count();
             out.push(WinRate {
                 a: a.clone(),
@@ -225,8 +213,11 @@ fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinR
     out
 }
 
-impl Report {
-    pub fn markdown(&self) -> String {
+/// The comparison's CSV and plot are `clipcap eval`'s; the Markdown adds the votes.
+impl Table for Report {
+    const STEM: &'static str = "report";
+
+    fn markdown(&self) -> String {
         let mut out = format!(
             "{} captions logged, {} frames compared with every decoder captioning\n\n",
             self.captions, self.compared_frames
@@ -253,15 +244,11 @@ impl Report {
         out
     }
 
-    /// Writes report.md and report.json, and the comparison's CSV and plot, into `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
-        let write = |name: &str, text: String| {
-            std::fs::write(dir.join(name), text).with_context(|| format!("{}", dir.join(name).display()))
-        };
-        write("report.md", self.markdown())?;
-        write("report.json", serde_json::to_string_pretty(self)?)?;
-        write("report.csv", self.comparison.csv())?;
-        self.comparison.plot(&dir.join("report.svg"))
+    fn csv(&self) -> String {
+        self.comparison.csv()
+    }
+
+    fn plot(&self, path: &Path) -> anyhow::Result<()> {
+        self.comparison.plot(path)
     }
 }

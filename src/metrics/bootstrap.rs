@@ -91,11 +91,7 @@ pub fn paired(a: &Measured, b: &Measured, draws: usize, seed: u64) -> Vec<Differ
         .zip(diffs)
         .map(|(metric, mut d)| {
             d.sort_by(f64::total_cmp);
-            let at = |q: f64| {
-                d.get(((d.len() as f64 - 1.0) * q).round() as usize)
-                    .copied()
-                    .unwrap_or(f64::NAN)
-            };
+            let at = |q: f64| super::quantile(&d, q).unwrap_or(f64::NAN);
             Difference {
                 metric: metric.to_string(),
                 difference: a.value(metric, &all).unwrap_or(f64::NAN) - b.value(metric, &all).unwrap_or(f64::NAN),

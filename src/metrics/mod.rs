@@ -19,6 +19,12 @@ use serde::Serialize;
 pub use bleu::BleuCounts;
 pub use diversity::{Diversity, diversity};
 
+/// The value at quantile `q` (0 to 1) of `sorted` (ascending), nearest rank; None when empty. The
+/// percentiles of latencies and the bounds of bootstrap intervals all come from here.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied()
+}
+
 /// Reference-based scores of a set of captions.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scores {
