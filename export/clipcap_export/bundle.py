@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from . import __version__
 from .graphs import export_graphs
 from .models import Models
-from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, token_id
+from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, special_id, token_id
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.toml"
@@ -42,7 +42,7 @@ class Provenance:
 
 
 def stop_tokens(tok: Tokenizer) -> list[int]:
-    return [token_id(tok, "."), tok.token_to_id(EOS)]
+    return [token_id(tok, "."), special_id(tok, EOS)]
 
 
 def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS,
@@ -57,7 +57,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         shutil.rmtree(out)
     out.mkdir(parents=True)
     clip_tok = clip_tokenizer() if text_encoder else None
-    text = (CLIP_CONTEXT, clip_tok.token_to_id(CLIP_BOS), clip_tok.token_to_id(CLIP_EOS)) if clip_tok else None
+    text = (CLIP_CONTEXT, special_id(clip_tok, CLIP_BOS), special_id(clip_tok, CLIP_EOS)) if clip_tok else None
     report = export_graphs(models, out, models.image_size, text)
     tok.save(str(out / "tokenizer.json"), pretty=False)
 
@@ -82,7 +82,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
                    "prefix_length": models.clipcap.prefix_length},
         "language_model": {"file": "lm.onnx", "kind": "gpt2", "width": gpt.n_embd, "layers": gpt.n_layer,
                            "heads": gpt.n_head, "vocab_size": gpt.vocab_size, "max_positions": gpt.n_positions},
-        "tokenizer": {"file": "tokenizer.json", "eos_token": tok.token_to_id(EOS), "stop_tokens": stop_tokens(tok),
+        "tokenizer": {"file": "tokenizer.json", "eos_token": special_id(tok, EOS), "stop_tokens": stop_tokens(tok),
                       "max_tokens": max_tokens},
     }
     if clip_tok:

@@ -74,19 +74,31 @@ def _provenance(args, training_data: str) -> Provenance:
                       mapper=mapper, training_data=training_data)
 
 
-def cmd_bundle(args) -> None:
-    models = _models(args)
-    training = args.training_data or ("none (random weights)" if not args.checkpoint else "unknown")
-    write_bundle(models, _tokenizer(args), args.out, _provenance(args, training), args.max_tokens,
+def _bundle_args(p: argparse.ArgumentParser, training_data: str | None = None) -> None:
+    """The options `bundle` and `import-clipcap` share; `training_data` is --training-data's default."""
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to create (replaced if it exists)")
+    p.add_argument("--training-data", default=training_data, help="what the mapper was trained on, for the manifest")
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="caption length budget (default %(default)s)")
+    p.add_argument("--no-text-encoder", action="store_true", help="leave CLIP's text tower out of the bundle")
+
+
+def _export_bundle(args, training_data: str, require_gpt: bool = False) -> Models:
+    """`bundle` and `import-clipcap`: the models of `args`, written as a bundle to `args.out`."""
+    models = _models(args, require_gpt)
+    write_bundle(models, _tokenizer(args), args.out, _provenance(args, training_data), args.max_tokens,
                  text_encoder=not args.no_text_encoder)
+    return models
+
+
+def cmd_bundle(args) -> None:
+    training = args.training_data or ("none (random weights)" if not args.checkpoint else "unknown")
+    _export_bundle(args, training)
     print(f"bundle written to {args.out}")
 
 
 def cmd_import_clipcap(args) -> None:
     args.checkpoint = args.checkpoint_file
-    models = _models(args, require_gpt=True)
-    write_bundle(models, _tokenizer(args), args.out, _provenance(args, args.training_data), args.max_tokens,
-                 text_encoder=not args.no_text_encoder)
+    models = _export_bundle(args, args.training_data, require_gpt=True)
     print(f"bundle written to {args.out} (prefix length {models.clipcap.prefix_length})")
 
 
@@ -217,20 +229,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bundle", help="export a model bundle (docs/bundle.md)")
     _source_args(p)
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to create (replaced if it exists)")
-    p.add_argument("--training-data", help="what the mapper was trained on, for the manifest")
-    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="caption length budget (default %(default)s)")
-    p.add_argument("--no-text-encoder", action="store_true", help="leave CLIP's text tower out of the bundle")
+    _bundle_args(p)
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("import-clipcap", help="convert an original ClipCap release checkpoint into a bundle")
     p.add_argument("checkpoint_file", type=Path, metavar="CHECKPOINT",
                    help="e.g. coco_weights.pt: MLP mapper (clip_project.*) and fine-tuned GPT-2 (gpt.*)")
     _source_args(p, checkpoint_option=False)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--training-data", default="COCO 2014 (ClipCap release weights)")
-    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
-    p.add_argument("--no-text-encoder", action="store_true")
+    _bundle_args(p, "COCO 2014 (ClipCap release weights)")
     p.set_defaults(func=cmd_import_clipcap)
 
     p = sub.add_parser("caption", help="the PyTorch reference captioner, for parity checks")

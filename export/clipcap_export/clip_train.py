@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 from transformers import CLIPModel
@@ -28,9 +29,7 @@ from transformers import CLIPModel
 from .data import Record
 from .world import ATTRIBUTES
 from .reference import load_image, preprocess
-from .tokenizer import clip_ids, clip_tokenizer
-
-CLIP_EOS_ID = 49407  # <|endoftext|> in CLIP's vocabulary
+from .tokenizer import CLIP_EOS, clip_ids, clip_tokenizer, special_id
 
 
 def pixel_tensor(records: list[Record], size: int) -> torch.Tensor:
@@ -38,15 +37,14 @@ def pixel_tensor(records: list[Record], size: int) -> torch.Tensor:
     return torch.stack([preprocess(load_image(r.path), size) for r in tqdm(records, desc="preprocess", leave=False)])
 
 
-def caption_ids(records: list[Record]) -> list[list[list[int]]]:
-    tok = clip_tokenizer()
+def caption_ids(tok: Tokenizer, records: list[Record]) -> list[list[list[int]]]:
     return [clip_ids(tok, r.captions) for r in records]
 
 
-def _batch_ids(ids: list[list[int]]) -> torch.Tensor:
-    # The text tower is causal and pools at end-of-text, so cutting the padding after the longest
-    # caption of the batch (instead of padding to 77) gives the same embeddings, faster.
-    length = max(i.index(CLIP_EOS_ID) + 1 for i in ids)
+def _batch_ids(ids: list[list[int]], eos: int) -> torch.Tensor:
+    # The text tower is causal and pools at end-of-text (`eos`), so cutting the padding after the
+    # longest caption of the batch (instead of padding to 77) gives the same embeddings, faster.
+    length = max(i.index(eos) + 1 for i in ids)
     return torch.tensor([i[:length] for i in ids])
 
 
@@ -54,16 +52,17 @@ def _batch_ids(ids: list[list[int]]) -> torch.Tensor:
 def text_features(clip: CLIPModel, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """CLIP text embeddings (projected, not normalised) of `texts`: [texts, dim]."""
     tok = clip_tokenizer()
-    rows = [clip.get_text_features(input_ids=_batch_ids(clip_ids(tok, texts[i:i + batch_size]))).pooler_output
+    eos = special_id(tok, CLIP_EOS)
+    rows = [clip.get_text_features(input_ids=_batch_ids(clip_ids(tok, texts[i:i + batch_size]), eos)).pooler_output
             for i in range(0, len(texts), batch_size)]
     return torch.cat(rows).float().numpy()
 
 
-def retrieval_accuracy(clip: CLIPModel, pixels: torch.Tensor, ids: list[list[list[int]]]) -> float:
+def retrieval_accuracy(clip: CLIPModel, pixels: torch.Tensor, ids: list[list[list[int]]], eos: int) -> float:
     """Image-to-text top-1 accuracy among the first captions of the given images."""
     with torch.no_grad():
         img = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        txt = F.normalize(clip.get_text_features(input_ids=_batch_ids([c[0] for c in ids])).pooler_output, dim=-1)
+        txt = F.normalize(clip.get_text_features(input_ids=_batch_ids([c[0] for c in ids], eos)).pooler_output, dim=-1)
     return float((img @ txt.T).argmax(1).eq(torch.arange(len(ids))).float().mean())
 
 
@@ -141,8 +140,10 @@ def train_clip(clip: CLIPModel, train: list[Record], val: list[Record], steps: i
     shared positives for images alike in every attribute, and with `attribute_weight` an auxiliary
     loss that classifies each attribute from the image embedding. `shift`: translation augmentation."""
     size = clip.config.vision_config.image_size
-    pixels, ids = pixel_tensor(train, size), caption_ids(train)
-    val_pixels, val_ids = pixel_tensor(val, size), caption_ids(val)
+    tok = clip_tokenizer()
+    eos = special_id(tok, CLIP_EOS)
+    pixels, ids = pixel_tensor(train, size), caption_ids(tok, train)
+    val_pixels, val_ids = pixel_tensor(val, size), caption_ids(tok, val)
     rng = np.random.default_rng(seed)
     attributes = [r.attributes for r in train] if all(r.attributes for r in train) else None
     key_of: dict[tuple, int] = {}
@@ -161,7 +162,7 @@ def train_clip(clip: CLIPModel, train: list[Record], val: list[Record], steps: i
     bar = tqdm(range(steps), desc="CLIP contrastive")
     for _ in bar:
         batch = next(batches)
-        text = _batch_ids([ids[i][rng.integers(len(ids[i]))] for i in batch])
+        text = _batch_ids([ids[i][rng.integers(len(ids[i]))] for i in batch], eos)
         embeds = clip.get_image_features(pixel_values=_shifted(pixels[batch], shift, rng)).pooler_output
         img = F.normalize(embeds, dim=-1)
         txt = F.normalize(clip.get_text_features(input_ids=text).pooler_output, dim=-1)
@@ -180,4 +181,4 @@ def train_clip(clip: CLIPModel, train: list[Record], val: list[Record], steps: i
     clip.eval()
     clip.set_attn_implementation("eager")
     return dict(steps=steps, seconds=round(time.time() - start, 1), final_loss=round(loss.item(), 4),
-                val_image_to_text_top1=round(retrieval_accuracy(clip, val_pixels, val_ids), 4))
+                val_image_to_text_top1=round(retrieval_accuracy(clip, val_pixels, val_ids, eos), 4))

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data import EmbeddingSet, Record, write_index
-from .models import Source, load_clip
+from .models import Source, load_clip, pick_device
 from .reference import load_image, preprocess
 
 CHUNK = 2048
@@ -34,17 +34,10 @@ class _Images(Dataset):
         return preprocess(load_image(self.records[i].path), self.size)
 
 
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    print("note: no CUDA device; running on CPU (slow for COCO-sized data)")
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def embed(records: list[Record], source: Source, out: Path, batch_size: int = 256, workers: int = 4) -> EmbeddingSet:
     clip = load_clip(source)
-    dev = device()
+    dev = pick_device(cpu_work="running")
     clip.to(dev)
     size = clip.config.vision_config.image_size
     chunks = out / "chunks"

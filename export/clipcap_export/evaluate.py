@@ -22,7 +22,7 @@ from . import attributes
 from .attributes import caption_accuracy, zero_shot
 from .clip_train import text_features
 from .data import EmbeddingSet
-from .models import Models
+from .models import Models, pick_device
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 
@@ -41,9 +41,7 @@ def generate(models: Models, embeds: torch.Tensor, stop_tokens: set[int], max_to
     out: list[list[int]] = []
     for start in range(0, len(embeds), batch_size):
         e = embeds[start:start + batch_size].to(device)
-        if models.normalize_embedding:
-            e = e / e.norm(dim=-1, keepdim=True)
-        result = gpt(inputs_embeds=models.clipcap.clip_project(e), use_cache=True)
+        result = gpt(inputs_embeds=models.clipcap.prefix(e), use_cache=True)
         tokens = torch.zeros(len(e), 0, dtype=torch.long, device=device)
         done = torch.zeros(len(e), dtype=torch.bool, device=device)
         stops = torch.tensor(sorted(stop_tokens), device=device)
@@ -110,7 +108,7 @@ def evaluate(models: Models, emb: EmbeddingSet, split: str, tokenizer: Tokenizer
     rows = emb.split(split)
     if not rows:
         raise EvaluationError(f"{emb.folder}: no images in split {split!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     models.clipcap.to(device)
     embeds = torch.from_numpy(np.asarray(emb.embeddings[rows]))
     token_lists = []

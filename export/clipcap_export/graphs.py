@@ -136,15 +136,22 @@ class ExportReport:
     text_encoder: float | None = None
 
 
-def export_image_encoder(models: Models, path: Path, size: int) -> float:
-    graph = ImageEncoderGraph(models.clip)
-    _export(graph, (torch.randn(1, 3, size, size),), path, ["pixel_values"], ["image_embeds"],
-            {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}})
-    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
-    got = _session(path).run(None, {"pixel_values": pixels.numpy()})[0]
+def _export_checked(module: nn.Module, path: Path, input_name: str, output_name: str, example: torch.Tensor,
+                    check: torch.Tensor) -> float:
+    """Exports a graph of one input and one output, both with a batch axis, traced on `example`, and
+    returns max |ONNX Runtime - PyTorch| on `check`."""
+    _export(module, (example,), path, [input_name], [output_name],
+            {input_name: {0: "batch"}, output_name: {0: "batch"}})
+    got = _session(path).run(None, {input_name: check.numpy()})[0]
     with torch.no_grad():
-        want = graph(pixels)
-    return _compare(f"{path.name} image_embeds", got, want, 0.0)
+        want = module(check)
+    return _compare(f"{path.name} {output_name}", got, want, 0.0)
+
+
+def export_image_encoder(models: Models, path: Path, size: int) -> float:
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return _export_checked(ImageEncoderGraph(models.clip), path, "pixel_values", "image_embeds",
+                           torch.randn(1, 3, size, size), pixels)
 
 
 def export_text_encoder(models: Models, path: Path, context: int, bos: int, eos: int) -> float:
@@ -159,24 +166,13 @@ def export_text_encoder(models: Models, path: Path, context: int, bos: int, eos:
             ids[row, 1:n + 1] = torch.randint(0, bos, (n,), generator=g)
         return ids
 
-    _export(graph, (batch([5], 0),), path, ["input_ids"], ["text_embeds"],
-            {"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}})
-    ids = batch([1, 7, context - 2], 4)
-    got = _session(path).run(None, {"input_ids": ids.numpy()})[0]
-    with torch.no_grad():
-        want = graph(ids)
-    return _compare(f"{path.name} text_embeds", got, want, 0.0)
+    return _export_checked(graph, path, "input_ids", "text_embeds", batch([5], 0), batch([1, 7, context - 2], 4))
 
 
 def export_mapper(models: Models, path: Path) -> float:
-    mapper = models.clipcap.clip_project
-    _export(mapper, (torch.randn(1, models.embedding_dim),), path, ["image_embeds"], ["prefix"],
-            {"image_embeds": {0: "batch"}, "prefix": {0: "batch"}})
     embeds = torch.randn(3, models.embedding_dim, generator=torch.Generator().manual_seed(2))
-    got = _session(path).run(None, {"image_embeds": embeds.numpy()})[0]
-    with torch.no_grad():
-        want = mapper(embeds)
-    return _compare(f"{path.name} prefix", got, want, 0.0)
+    return _export_checked(models.clipcap.clip_project, path, "image_embeds", "prefix",
+                           torch.randn(1, models.embedding_dim), embeds)
 
 
 def export_lm(models: Models, path: Path) -> float:

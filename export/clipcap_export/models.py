@@ -52,6 +52,20 @@ RANDOM_CONFIGS = {
 }
 
 
+def pick_device(local_rank: int | None = None, cpu_work: str | None = None) -> torch.device:
+    """CUDA when there is one: the current device, or with `local_rank` (torchrun) that device, made
+    current. Otherwise the CPU, with a note that `cpu_work` ("training") is slow there, if given."""
+    if torch.cuda.is_available():
+        if local_rank is None:
+            return torch.device("cuda")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    if cpu_work:
+        print(f"note: no CUDA device; {cpu_work} on CPU (slow for COCO-sized data)")
+    return torch.device("cpu")
+
+
 def _random_config(name: str, part: str) -> dict:
     key = name.removeprefix(RANDOM)
     if key not in RANDOM_CONFIGS:
@@ -186,14 +200,21 @@ def build_mapper(config: dict) -> nn.Module:
 class ClipCap(nn.Module):
     """Mapper plus GPT-2, named as in the ClipCap release so its checkpoints load as they are."""
 
-    def __init__(self, clip_project: nn.Module, gpt: GPT2LMHeadModel):
+    def __init__(self, clip_project: nn.Module, gpt: GPT2LMHeadModel, normalize: bool = False):
         super().__init__()
         self.clip_project = clip_project
         self.gpt = gpt
+        self.normalize = normalize  # L2-normalise CLIP embeddings before the mapper
 
     @property
     def prefix_length(self) -> int:
         return self.clip_project.prefix_length
+
+    def prefix(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """GPT-2's prefix [N, K, D] of CLIP image embeddings [N, E]."""
+        if self.normalize:
+            image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+        return self.clip_project(image_embeds)
 
 
 @dataclass
@@ -203,11 +224,14 @@ class Models:
 
     clip: CLIPModel
     clipcap: ClipCap
-    normalize_embedding: bool = False
 
     @property
     def gpt(self) -> GPT2LMHeadModel:
         return self.clipcap.gpt
+
+    @property
+    def normalize_embedding(self) -> bool:
+        return self.clipcap.normalize
 
     @property
     def embedding_dim(self) -> int:
@@ -236,7 +260,7 @@ def build_models(source: Source, mapper: str = "mlp", prefix_length: int = DEFAU
     config = dict(kind=mapper, embedding_dim=clip.config.projection_dim, width=gpt.config.n_embd,
                   prefix_length=prefix_length, **mapper_options)
     projector = _seeded(source.seed + 2, lambda: build_mapper(config))
-    return Models(clip=clip, clipcap=ClipCap(projector, gpt), normalize_embedding=normalize).eval()
+    return Models(clip=clip, clipcap=ClipCap(projector, gpt, normalize)).eval()
 
 
 class CheckpointError(ValueError):
@@ -270,7 +294,12 @@ def load_checkpoint(path: Path, source: Source, require_gpt: bool = False, clip_
     """Models from a checkpoint: one written by `train` (it names its own sources; `clip_override`
     takes CLIP from `source` instead), or the ClipCap release format (a state dict with `clip_project.*`
     and `gpt.*`, MLP mapper; CLIP and GPT-2's config from `source`, the mapper's shape from its weights)."""
-    data = read_checkpoint(path)
+    return checkpoint_models(read_checkpoint(path), path, source, require_gpt, clip_override)
+
+
+def checkpoint_models(data: dict, path: Path, source: Source, require_gpt: bool = False,
+                      clip_override: bool = False) -> Models:
+    """`load_checkpoint` of a checkpoint already read from `path` by `read_checkpoint`."""
     ours = data.get("format") == CHECKPOINT_FORMAT
     state = data["state_dict"] if ours else data
     if not isinstance(state, dict):
@@ -295,7 +324,7 @@ def load_checkpoint(path: Path, source: Source, require_gpt: bool = False, clip_
     if mapper.embedding_dim != clip.config.projection_dim:
         raise CheckpointError(f"{path}: the mapper expects {mapper.embedding_dim}-d CLIP embeddings, "
                               f"the image encoder gives {clip.config.projection_dim}")
-    model = ClipCap(mapper, gpt)
+    model = ClipCap(mapper, gpt, normalize)
     state = {k: v for k, v in state.items() if not k.endswith(_GPT2_BUFFERS)}
     expected = model.state_dict()
     for k, v in state.items():
@@ -308,7 +337,7 @@ def load_checkpoint(path: Path, source: Source, require_gpt: bool = False, clip_
     if missing:
         raise CheckpointError(f"{path}: missing keys {missing[:5]}")
     model.load_state_dict(state, strict=False)
-    return Models(clip=clip, clipcap=model, normalize_embedding=normalize).eval()
+    return Models(clip=clip, clipcap=model).eval()
 
 
 def _release_mapper(path: Path, state: dict, width: int) -> MlpMapper:

@@ -15,6 +15,7 @@ from .bundle import Provenance, stop_tokens, write_bundle
 from .data import EmbeddingSet, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
 from .models import Source, load_checkpoint, load_clip
+from .plots import figure
 from .train import TrainConfig, train, trainable_parameters
 
 
@@ -84,21 +85,12 @@ def sweep(emb: EmbeddingSet, source: Source, cfg: TrainConfig, lengths: list[int
 
 
 def _plot_sweep(rows: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     lengths = [r["prefix_length"] for r in rows]
-    for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"):
-        ax.plot(lengths, [100 * r["scores"][m] for r in rows], marker="o", label=m)
-    ax.set(xlabel="prefix length", ylabel="score", title="Prefix-length study", xscale="log")
-    ax.set_xticks(lengths, [str(k) for k in lengths])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    with figure(png, (6, 4)) as ax:
+        for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"):
+            ax.plot(lengths, [100 * r["scores"][m] for r in rows], marker="o", label=m)
+        ax.set(xlabel="prefix length", ylabel="score", title="Prefix-length study", xscale="log")
+        ax.set_xticks(lengths, [str(k) for k in lengths])
 
 
 @dataclass(frozen=True)

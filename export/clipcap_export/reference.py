@@ -56,13 +56,6 @@ def embed(models: Models, pixels: torch.Tensor) -> torch.Tensor:
     return models.clip.get_image_features(pixel_values=pixels[None]).pooler_output[0]
 
 
-@torch.no_grad()
-def prefix_of(models: Models, image_embeds: torch.Tensor) -> torch.Tensor:
-    if models.normalize_embedding:
-        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
-    return models.clipcap.clip_project(image_embeds[None])
-
-
 @dataclass
 class Context:
     """What a decoder works from: one image's prefix, and the rules of the bundle."""
@@ -186,5 +179,7 @@ class Caption:
 
 def caption_image(models: Models, path: Path, decode, **context) -> Caption:
     image_embeds = embed(models, preprocess(load_image(path), models.image_size))
-    ctx = Context(models=models, prefix=prefix_of(models, image_embeds), image_embeds=image_embeds, **context)
+    with torch.no_grad():
+        prefix = models.clipcap.prefix(image_embeds[None])
+    ctx = Context(models=models, prefix=prefix, image_embeds=image_embeds, **context)
     return Caption(decode(ctx), image_embeds)

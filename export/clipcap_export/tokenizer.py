@@ -48,6 +48,14 @@ def token_id(tok: Tokenizer, text: str) -> int:
     return ids[0]
 
 
+def special_id(tok: Tokenizer, token: str) -> int:
+    """The id of a special token such as `<|endoftext|>`; an error if the tokenizer lacks it."""
+    found = tok.token_to_id(token)
+    if found is None:
+        raise ValueError(f"the tokenizer has no {token} token")
+    return found
+
+
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_CONTEXT = 77
 
@@ -60,7 +68,7 @@ def clip_tokenizer() -> Tokenizer:
     from clip.simple_tokenizer import bytes_to_unicode, default_bpe
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    lines = gzip.decompress(Path(default_bpe()).read_bytes()).decode("utf-8").split("\n")
     # OpenAI's SimpleTokenizer: the first line is a header; 49152 - 256 - 2 merges make a 49408 vocabulary.
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
     byte_symbols = list(bytes_to_unicode().values())
@@ -71,7 +79,7 @@ def clip_tokenizer() -> Tokenizer:
 def clip_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids as the text encoder takes them: start, text, end, zero padding to 77; text that is too
     long is cut and still ends with end-of-text (OpenAI's `clip.tokenize(truncate=True)`)."""
-    eos = tok.token_to_id(CLIP_EOS)
+    eos = special_id(tok, CLIP_EOS)
     out = []
     for text in texts:
         ids = tok.encode(text).ids

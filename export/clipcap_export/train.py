@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .data import EmbeddingSet
-from .models import Models, Source, build_models, load_checkpoint, save_checkpoint
+from .models import Models, Source, build_models, checkpoint_models, pick_device, read_checkpoint, save_checkpoint
+from .plots import figure
 
 
 @dataclass
@@ -90,12 +92,9 @@ class CaptionLoss(nn.Module):
     def __init__(self, models: Models):
         super().__init__()
         self.model = models.clipcap
-        self.normalize = models.normalize_embedding
 
     def forward(self, embeds, tokens, mask):
-        if self.normalize:
-            embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-        prefix = self.model.clip_project(embeds)
+        prefix = self.model.prefix(embeds)
         k = prefix.shape[1]
         gpt = self.model.gpt
         x = torch.cat([prefix.to(gpt.transformer.wte.weight.dtype), gpt.transformer.wte(tokens)], 1)
@@ -146,13 +145,7 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
     rank, local_rank, world = _distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split over {world} processes")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        if rank == 0:
-            print("note: no CUDA device; training on CPU (slow for COCO-sized data)")
+    device = pick_device(local_rank, "training" if rank == 0 else None)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     mapper_options = dict(clip_length=cfg.clip_length, layers=cfg.mapper_layers) if cfg.mapper == "transformer" else {}
@@ -176,8 +169,8 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
     start_epoch, step = 0, 0
     last = latest_checkpoint(run) if resume else None
     if last is not None:
-        saved = torch.load(last, map_location="cpu", weights_only=True)
-        models.clipcap.load_state_dict(load_checkpoint(last, source).clipcap.state_dict())
+        saved = read_checkpoint(last)
+        models.clipcap.load_state_dict(checkpoint_models(saved, last, source).clipcap.state_dict())
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["scheduler"])
         start_epoch, step = saved["epoch"] + 1, saved["step"]
@@ -189,41 +182,42 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
     log_path = run / "loss.csv"
     kept = []
     if last is not None and log_path.exists():  # drop the rows of the interrupted epoch
-        kept = [r for r in csv.reader(open(log_path)) if r and r[0] != "step" and int(r[0]) <= step]
-    log = open(log_path, "w", newline="") if rank == 0 else None
-    writer = csv.writer(log) if log else None
-    if writer:
-        writer.writerows([["step", "epoch", "loss", "lr", "seconds"], *kept])
-    began = time.time()
+        with open(log_path, newline="") as f:
+            kept = [r for r in csv.reader(f) if r and r[0] != "step" and int(r[0]) <= step]
     checkpoint = last
-    for epoch in range(start_epoch, cfg.epochs):
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler):
-            sampler.generator.manual_seed(cfg.seed + epoch)  # the same order when resumed
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
-        for embeds, tokens, mask in bar:
-            embeds, tokens, mask = embeds.to(device), tokens.to(device), mask.to(device)
-            with autocast:
-                loss, mean = step_loss(model, embeds, tokens, mask, world)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if writer:
-                writer.writerow([step, epoch + 1, f"{mean:.5f}", f"{schedule.get_last_lr()[0]:.3e}", f"{time.time() - began:.1f}"])
-            bar.set_postfix(loss=f"{mean:.3f}")
-        if rank == 0:
-            checkpoint = run / f"checkpoint-{epoch + 1:03d}.pt"
-            save_checkpoint(checkpoint, models, source, include_gpt=not cfg.freeze_gpt, epoch=epoch, step=step,
-                            optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
-                            train_config=asdict(cfg), training_data=training_data)
-            log.flush()
-        if world > 1:
-            dist.barrier()
-    if log:
-        log.close()
+    with open(log_path, "w", newline="") if rank == 0 else nullcontext() as log:
+        writer = csv.writer(log) if log else None
+        if writer:
+            writer.writerows([["step", "epoch", "loss", "lr", "seconds"], *kept])
+        began = time.time()
+        for epoch in range(start_epoch, cfg.epochs):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            elif isinstance(sampler, RandomSampler):
+                sampler.generator.manual_seed(cfg.seed + epoch)  # the same order when resumed
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+            for embeds, tokens, mask in bar:
+                embeds, tokens, mask = embeds.to(device), tokens.to(device), mask.to(device)
+                with autocast:
+                    loss, mean = step_loss(model, embeds, tokens, mask, world)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if writer:
+                    writer.writerow([step, epoch + 1, f"{mean:.5f}", f"{schedule.get_last_lr()[0]:.3e}",
+                                     f"{time.time() - began:.1f}"])
+                bar.set_postfix(loss=f"{mean:.3f}")
+            if rank == 0:
+                checkpoint = run / f"checkpoint-{epoch + 1:03d}.pt"
+                save_checkpoint(checkpoint, models, source, include_gpt=not cfg.freeze_gpt, epoch=epoch, step=step,
+                                optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
+                                train_config=asdict(cfg), training_data=training_data)
+                log.flush()
+            if world > 1:
+                dist.barrier()
+    if rank == 0:
         plot_loss(log_path, run / "loss.png")
     if world > 1:
         dist.barrier()
@@ -231,20 +225,12 @@ def train(emb: EmbeddingSet, source: Source, cfg: TrainConfig, run: Path, tokeni
 
 
 def plot_loss(csv_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     steps, losses = [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
     window = max(1, len(losses) // 50)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.3, label="per step")
-    ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="caption-token cross-entropy", title="ClipCap training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    with figure(png, (7, 4)) as ax:
+        ax.plot(steps, losses, alpha=0.3, label="per step")
+        ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+        ax.set(xlabel="step", ylabel="caption-token cross-entropy", title="ClipCap training loss")
