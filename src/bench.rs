@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
-use crate::captioner::{Caption, CaptionError, Captioner, Prepared};
-use crate::decoding::DecoderInstance;
+use clipcap_core::captioner::{Caption, CaptionError, Captioner, Prepared};
+use clipcap_core::decoding::DecoderInstance;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DecoderBench {

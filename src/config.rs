@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::decoding::{DecoderInstance, DecoderRequest, ParamValue, Plugins};
+use clipcap_core::decoding::{DecoderInstance, DecoderRequest, ParamValue, PluginOptions, Plugins, RequestError};
+use clipcap_core::runtime::RuntimeOptions;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub runtime: RuntimeConfig,
+    pub runtime: RuntimeOptions,
     pub service: ServiceConfig,
     pub source: SourceConfig,
     pub captioning: CaptioningConfig,
@@ -175,16 +176,20 @@ impl Default for PluginsConfig {
 }
 
 impl PluginsConfig {
-    /// The folders with relative ones resolved against the executable's folder.
-    pub fn resolved_directories(&self) -> Vec<PathBuf> {
+    /// The plugin loader's options, relative folders resolved against the executable's folder.
+    pub fn options(&self) -> PluginOptions {
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
-        self.directories
-            .iter()
-            .map(|d| if d.is_absolute() { d.clone() } else { exe_dir.join(d) })
-            .collect()
+        PluginOptions {
+            directories: self
+                .directories
+                .iter()
+                .map(|d| if d.is_absolute() { d.clone() } else { exe_dir.join(d) })
+                .collect(),
+            allow_insecure: self.allow_insecure,
+        }
     }
 }
 
@@ -205,49 +210,6 @@ impl Default for DecodingConfig {
             decoder: "greedy".into(),
             fallback: String::new(),
             seed: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Tensorrt,
-    Cuda,
-    Cpu,
-}
-
-impl Provider {
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Tensorrt => "tensorrt",
-            Provider::Cuda => "cuda",
-            Provider::Cpu => "cpu",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuntimeConfig {
-    /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the executable's folder, then the
-    /// system's library search path.
-    pub onnxruntime_library: PathBuf,
-    /// Execution providers in order of preference; unavailable ones are skipped with a warning.
-    pub providers: Vec<Provider>,
-    /// Threads inside one operator; 0 lets ONNX Runtime choose (one per core).
-    pub intra_threads: usize,
-    /// Threads across independent operators; 1 runs the graph sequentially.
-    pub inter_threads: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            onnxruntime_library: PathBuf::new(),
-            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
-            intra_threads: 0,
-            inter_threads: 1,
         }
     }
 }
@@ -293,12 +255,12 @@ impl Config {
     }
 
     /// The decoder `name` stands for (see `decoder_request`), created from `plugins`.
-    pub fn create_decoder(&self, plugins: &Plugins, name: &str) -> Result<DecoderInstance, String> {
+    pub fn create_decoder(&self, plugins: &Plugins, name: &str) -> Result<DecoderInstance, RequestError> {
         plugins.create(&self.decoder_request(name)?)
     }
 
     /// The request `name` stands for: a `[decoders.NAME]` table, else a `name:key=value,...` spec.
-    fn decoder_request(&self, name: &str) -> Result<DecoderRequest, String> {
+    fn decoder_request(&self, name: &str) -> Result<DecoderRequest, RequestError> {
         match self.decoders.get(name) {
             Some(table) => DecoderRequest::from_table(name, table),
             None => DecoderRequest::parse(name),
@@ -307,7 +269,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         for (name, table) in &self.decoders {
-            DecoderRequest::from_table(name, table)?;
+            DecoderRequest::from_table(name, table).map_err(|e| e.to_string())?;
         }
         if self.decoding.decoder.is_empty() {
             return Err("decoding.decoder must name a decoder".into());

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::bundle::Bundle;
-use crate::captioner::Captioner;
-use crate::decoding::DecoderInstance;
-use crate::imageio;
-use crate::metrics::bootstrap::{self, Difference, Measured};
-use crate::metrics::clipscore;
-use crate::metrics::{self, Diversity, coco};
-use crate::runtime::Runtime;
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
+use clipcap_core::decoding::DecoderInstance;
+use clipcap_core::imageio;
+use clipcap_core::metrics::bootstrap::{self, Difference, Measured};
+use clipcap_core::metrics::clipscore;
+use clipcap_core::metrics::{self, Diversity, coco};
+use clipcap_core::runtime::Runtime;
 
 /// One image to caption, and its references when the annotations have them.
 pub struct Image {

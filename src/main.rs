@@ -1,4 +1,5 @@
-//! The `clipcap` command line.
+//! The `clipcap` command line, and the daemon (`serve`). The model path is the `clipcap-core` crate;
+//! this crate adds the configuration, the commands, capture and the service.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,17 +7,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod bench;
+mod capture;
+mod config;
+mod eval;
+mod report;
+mod service;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use clipcap::bench;
-use clipcap::bundle::Bundle;
-use clipcap::captioner::Captioner;
-use clipcap::config::Config;
-use clipcap::decoding::{DecoderInstance, Plugins};
-use clipcap::imageio;
-use clipcap::runtime::Runtime;
-use clipcap::service;
-use clipcap::{eval, report};
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
+use clipcap_core::decoding::{DecoderInstance, Plugins};
+use clipcap_core::imageio;
+use clipcap_core::runtime::Runtime;
+
+use crate::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +42,19 @@ struct Cli {
     command: Command,
 }
 
+/// The decoders and seed of the commands that caption (`caption`, `bench`, `eval`).
+#[derive(clap::Args)]
+struct DecoderArgs {
+    /// Decoder: a [decoders.NAME] of the config or NAME:key=value,... (e.g. beam:num_beams=5).
+    /// Repeat to compare decoders on the same images (`bench`: the first is the baseline of the
+    /// ratios). Default: decoding.decoder of the config.
+    #[arg(long = "decoder", value_name = "DECODER")]
+    decoders: Vec<String>,
+    /// Seed of the decoders' random stream. Default: decoding.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Caption image files, one line per image and decoder.
@@ -43,16 +62,11 @@ enum Command {
         /// Model bundle folder (docs/bundle.md).
         #[arg(long, value_name = "DIR")]
         bundle: PathBuf,
-        /// Decoder: a [decoders.NAME] of the config or NAME:key=value,... (e.g. beam:num_beams=5).
-        /// Repeat to compare decoders on the same images. Default: decoding.decoder of the config.
-        #[arg(long = "decoder", value_name = "DECODER")]
-        decoders: Vec<String>,
+        #[command(flatten)]
+        decoding: DecoderArgs,
         /// Decoder used for an image when the chosen one fails on it. Default: decoding.fallback.
         #[arg(long, value_name = "DECODER")]
         fallback: Option<String>,
-        /// Seed of the decoders' random stream. Default: decoding.seed.
-        #[arg(long)]
-        seed: Option<u64>,
         /// JSON lines: image, decoder, caption, token_ids, steps, per-stage milliseconds (or image and error).
         #[arg(long)]
         json: bool,
@@ -63,14 +77,11 @@ enum Command {
     Bench {
         #[arg(long, value_name = "DIR")]
         bundle: PathBuf,
-        /// Decoders to compare (as in `caption`); the first is the baseline of the ratios.
-        #[arg(long = "decoder", value_name = "DECODER")]
-        decoders: Vec<String>,
+        #[command(flatten)]
+        decoding: DecoderArgs,
         /// Measured rounds over the images, after one warm-up round.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        #[arg(long)]
-        seed: Option<u64>,
         #[arg(long)]
         json: bool,
         #[arg(required = true, value_name = "IMAGE")]
@@ -89,17 +100,14 @@ enum Command {
         /// without them, the reference-free columns only.
         #[arg(long, value_name = "FILE")]
         annotations: Option<PathBuf>,
-        /// Decoders to compare (as in `caption`). Default: decoding.decoder of the config.
-        #[arg(long = "decoder", value_name = "DECODER")]
-        decoders: Vec<String>,
+        #[command(flatten)]
+        decoding: DecoderArgs,
         /// Folder for eval.md, eval.csv, eval.json and eval.svg.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Bootstrap resamples for the intervals.
         #[arg(long, default_value_t = 1000)]
         draws: usize,
-        #[arg(long)]
-        seed: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -185,7 +193,7 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
-    let plugins = || Plugins::load(&config.plugins.resolved_directories(), config.plugins.allow_insecure);
+    let plugins = || Plugins::load(&config.plugins.options());
     match cli.command {
         Command::Serve { bundle } => {
             service::run(config.clone(), &bundle_path(&config, bundle)?)?;
@@ -211,20 +219,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Caption {
             bundle,
-            decoders,
+            decoding,
             fallback,
-            seed,
             json,
             images,
         } => {
             let plugins = plugins();
-            let mut decoders = create_all(&config, &plugins, decoders)?;
+            let (mut decoders, seed) = decoding.create(&config, &plugins)?;
             let fallback = fallback.unwrap_or_else(|| config.decoding.fallback.clone());
             let mut fallback = (!fallback.is_empty())
                 .then(|| create(&config, &plugins, &fallback))
                 .transpose()?;
             let mut captioner = load_captioner(&config, &bundle)?;
-            let seed = seed.unwrap_or(config.decoding.seed);
             let failed = caption(&mut captioner, &mut decoders, fallback.as_mut(), seed, json, &images)?;
             Ok(if failed {
                 ExitCode::from(EXIT_SOME_FAILED)
@@ -234,19 +240,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             bundle,
-            decoders,
+            decoding,
             runs,
-            seed,
             json,
             images,
         } => {
-            let mut decoders = create_all(&config, &plugins(), decoders)?;
+            let (mut decoders, seed) = decoding.create(&config, &plugins())?;
             let mut captioner = load_captioner(&config, &bundle)?;
             let prepared = images
                 .iter()
                 .map(|p| Ok(captioner.prepare(&imageio::load_file(p)?)?))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let seed = seed.unwrap_or(config.decoding.seed);
             let results = bench::run(&mut captioner, &prepared, &mut decoders, runs, seed)?;
             print_bench(&results, json)?;
             Ok(ExitCode::SUCCESS)
@@ -255,13 +259,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bundles,
             images,
             annotations,
-            decoders,
+            decoding,
             out,
             draws,
-            seed,
             json,
         } => {
-            let mut decoders = create_all(&config, &plugins(), decoders)?;
+            let (mut decoders, seed) = decoding.create(&config, &plugins())?;
             let images = eval::images(&images, annotations.as_deref())?;
             let runtime = Runtime::init(&config.runtime)?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -277,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 images: &images,
                 decoders: &mut decoders,
                 runtime: &runtime,
-                seed: seed.unwrap_or(config.decoding.seed),
+                seed,
                 draws,
             };
             let report = eval::run(plan, &stop, &progress)?;
@@ -335,7 +338,7 @@ fn emit(table: &impl eval::Table, json: bool, out: Option<PathBuf>) -> anyhow::R
 }
 
 fn score(results: &std::path::Path, annotations: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    use clipcap::metrics::{self, coco};
+    use clipcap_core::metrics::{self, coco};
     let coco::Paired {
         ids,
         captions,
@@ -461,43 +464,32 @@ fn print_bench(results: &[bench::DecoderBench], json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// The named decoders, or the config's default decoder when none is named.
-fn create_all(config: &Config, plugins: &Plugins, names: Vec<String>) -> anyhow::Result<Vec<DecoderInstance>> {
-    let names = if names.is_empty() {
-        vec![config.decoding.decoder.clone()]
-    } else {
-        names
-    };
-    names.iter().map(|n| create(config, plugins, n)).collect()
+impl DecoderArgs {
+    /// The named decoders (or the config's default decoder when none is named), and the seed.
+    fn create(&self, config: &Config, plugins: &Plugins) -> anyhow::Result<(Vec<DecoderInstance>, u64)> {
+        let default = [config.decoding.decoder.clone()];
+        let names = if self.decoders.is_empty() {
+            &default[..]
+        } else {
+            &self.decoders
+        };
+        let decoders = names
+            .iter()
+            .map(|n| create(config, plugins, n))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((decoders, self.seed.unwrap_or(config.decoding.seed)))
+    }
 }
 
 fn create(config: &Config, plugins: &Plugins, name: &str) -> anyhow::Result<DecoderInstance> {
     config
         .create_decoder(plugins, name)
-        .map_err(anyhow::Error::msg)
         .with_context(|| format!("decoder {name:?}"))
 }
 
 fn list_plugins(plugins: &Plugins, json: bool) {
     if json {
-        let decoders: Vec<_> = plugins
-            .decoders()
-            .iter()
-            .map(|d| {
-                let params: Vec<_> = d
-                    .params
-                    .iter()
-                    .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.name(), "default": p.default, "min": p.min, "max": p.max, "description": p.description}))
-                    .collect();
-                serde_json::json!({"name": d.name, "description": d.description, "plugin": d.plugin, "version": d.plugin_version, "abi": d.abi_version, "path": d.path, "params": params})
-            })
-            .collect();
-        let refused: Vec<_> = plugins
-            .refused()
-            .iter()
-            .map(|r| serde_json::json!({"path": r.path, "reason": r.reason}))
-            .collect();
-        println!("{}", serde_json::json!({"decoders": decoders, "refused": refused}));
+        println!("{}", serde_json::to_string(plugins).expect("plugins serialise"));
         return;
     }
     for d in plugins.decoders() {
@@ -523,7 +515,7 @@ fn list_plugins(plugins: &Plugins, json: bool) {
         }
     }
     for r in plugins.refused() {
-        println!("refused {}: {}", r.path.display(), r.reason);
+        println!("refused {r}");
     }
     if plugins.decoders().is_empty() {
         println!("no decoders found; check plugins.directories in the config");

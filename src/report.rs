@@ -197,7 +197,7 @@ fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinR
                 .map(|_| share(&mut (0..n).map(|_| outcomes[rng.random_range(0..n)])))
                 .collect();
             rates.sort_by(f64::total_cmp);
-            let at = |q: f64| crate::metrics::quantile(&rates, q).unwrap_or(f64::NAN);
+            let at = |q: f64| clipcap_core::metrics::quantile(&rates, q).unwrap_or(f64::NAN);
             let votes_a = outcomes.iter().filter(|&&x| x).count();
             out.push(WinRate {
                 a: a.clone(),

@@ -6,8 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use clipcap::bundle::Bundle;
-use clipcap::captioner::Captioner;
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
 use common::{runtime, tiny_bundle};
 
 /// A copy of the tiny bundle with `edit` applied to it.

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use clipcap::bundle::Bundle;
-use clipcap::captioner::Captioner;
-use clipcap::imageio;
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
+use clipcap_core::imageio;
 use common::{decoder, plugins, runtime, truth};
 use serde::Deserialize;
 

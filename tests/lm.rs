@@ -3,9 +3,9 @@
 
 mod common;
 
-use clipcap::bundle::{Bundle, TokenizerSpec};
-use clipcap::decoding::Generation;
-use clipcap::lm::LanguageModel;
+use clipcap_core::LanguageModel;
+use clipcap_core::bundle::{Bundle, TokenizerSpec};
+use clipcap_core::decoding::Generation;
 use common::{runtime, tiny_bundle};
 
 fn model() -> LanguageModel {

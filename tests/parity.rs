@@ -4,16 +4,16 @@
 
 mod common;
 
-use clipcap::bundle::Bundle;
-use clipcap::captioner::Captioner;
-use clipcap::imageio;
-use clipcap::vision::cosine;
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
+use clipcap_core::cosine;
+use clipcap_core::imageio;
 use common::{decoder, plugins, references, runtime, tiny_bundle};
 
 #[test]
 fn preprocessing_matches_openai_clip() {
     let bundle = Bundle::open(tiny_bundle()).unwrap();
-    let pre = clipcap::preprocess::Preprocessor::new(&bundle.manifest.preprocess);
+    let pre = clipcap_core::preprocess::Preprocessor::new(&bundle.manifest.preprocess);
     for r in references("greedy") {
         let image = imageio::load_file(&r.image_path()).unwrap();
         let got = pre.run(&image);

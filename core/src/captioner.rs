@@ -8,12 +8,12 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, MANIFEST, TokenizerSpec};
-use crate::clip_text::TextEncoder;
+use crate::clip_text::{TextEncoder, TextError};
 use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, Generation};
 use crate::lm::{LanguageModel, LmError};
 use crate::metrics::clipscore;
 use crate::preprocess::Preprocessor;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::Runtime;
 use crate::vision::{ImageEncoder, Mapper, VisionError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,15 +21,15 @@ pub enum CaptionError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(transparent)]
     Vision(#[from] VisionError),
+    #[error(transparent)]
+    Text(#[from] TextError),
     #[error(transparent)]
     Lm(#[from] LmError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    Tokenizer(tokenizers::Error),
 }
 
 /// Milliseconds spent in each stage of one caption. `decoder` is the decoder's own share of `decode`
@@ -97,10 +97,6 @@ impl Captioner {
             tokenizer: load_tokenizer(bundle)?,
             rules: m.tokenizer.clone(),
         })
-    }
-
-    pub fn preprocessor(&self) -> &Preprocessor {
-        &self.preprocessor
     }
 
     /// Whether the bundle has CLIP's text encoder, which CLIPScore needs.
@@ -207,10 +203,7 @@ impl Captioner {
 
     /// Caption text of `ids`: special tokens (end-of-text) dropped, surrounding spaces trimmed.
     pub fn detokenize(&self, ids: &[u32]) -> Result<String, CaptionError> {
-        let text = self
-            .tokenizer
-            .decode(ids, true)
-            .map_err(|e| CaptionError::Tokenizer(e.to_string()))?;
+        let text = self.tokenizer.decode(ids, true).map_err(CaptionError::Tokenizer)?;
         Ok(text.trim().to_string())
     }
 }

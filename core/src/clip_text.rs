@@ -8,8 +8,24 @@ use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec, check_graph};
+use crate::cosine;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::vision::{VisionError, cosine};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("CLIP tokenizer: {0}")]
+    Tokenizer(tokenizers::Error),
+}
+
+impl From<ort::Error> for TextError {
+    fn from(e: ort::Error) -> Self {
+        TextError::Runtime(RuntimeError::Ort(e))
+    }
+}
 
 pub struct TextEncoder {
     session: Session,
@@ -20,7 +36,7 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// The bundle's text encoder, or `None` when it has none.
-    pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Option<Self>, VisionError> {
+    pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Option<Self>, TextError> {
         let Some(spec) = bundle.manifest.text_encoder.clone() else {
             return Ok(None);
         };
@@ -61,12 +77,9 @@ impl TextEncoder {
     }
 
     /// Token ids of `text` as the graph takes them, [context_length].
-    pub fn ids(&self, text: &str) -> Result<Vec<i64>, VisionError> {
+    pub fn ids(&self, text: &str) -> Result<Vec<i64>, TextError> {
         let context = self.spec.context_length;
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| RuntimeError::Ort(format!("CLIP tokenizer: {e}")))?;
+        let encoding = self.tokenizer.encode(text, true).map_err(TextError::Tokenizer)?;
         let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i as i64).collect();
         if ids.len() > context {
             ids.truncate(context - 1);
@@ -77,7 +90,7 @@ impl TextEncoder {
     }
 
     /// Text embeddings, one row of `embedding_dim` per text.
-    pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, VisionError> {
+    pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, TextError> {
         if texts.is_empty() {
             return Ok(Vec::new()); // the graph's reshapes cannot take a batch of 0
         }
@@ -90,13 +103,22 @@ impl TextEncoder {
         let (shape, data) = outputs["text_embeds"].try_extract_tensor::<f32>()?;
         let dim = self.spec.embedding_dim;
         if data.len() != texts.len() * dim {
-            return Err(RuntimeError::Ort(format!("output `text_embeds` has shape {shape:?}")).into());
+            return Err(RuntimeError::Output {
+                tensor: "text_embeds".into(),
+                shape: shape.to_vec(),
+                expected: format!("[{}, {dim}]", texts.len()),
+            }
+            .into());
         }
         Ok(data.chunks_exact(dim).map(<[f32]>::to_vec).collect())
     }
 
     /// Cosine similarity of each text to an image embedding.
-    pub fn similarity(&mut self, texts: &[&str], image_embeds: &[f32]) -> Result<Vec<f32>, VisionError> {
-        Ok(self.embed(texts)?.iter().map(|t| cosine(t, image_embeds)).collect())
+    pub fn similarity(&mut self, texts: &[&str], image_embeds: &[f32]) -> Result<Vec<f32>, TextError> {
+        Ok(self
+            .embed(texts)?
+            .iter()
+            .map(|t| cosine(t, image_embeds) as f32)
+            .collect())
     }
 }

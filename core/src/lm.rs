@@ -21,12 +21,29 @@ pub enum LmError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("invalid step: {0}")]
-    Step(String),
+    Step(#[from] StepError),
+}
+
+/// A request the language model refuses; the state stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("prefix has {got} values, expected {positions} x {width}")]
+    Prefix { got: usize, positions: usize, width: usize },
+    #[error("{parents} parents for {tokens} tokens")]
+    Count { parents: usize, tokens: usize },
+    #[error("parent {parent} does not exist (batch of {batch})")]
+    Parent { parent: usize, batch: usize },
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    Token { token: u32, vocab: usize },
+    #[error("sequence would exceed {0} positions")]
+    Positions(usize),
+    #[error("step budget of {0} exhausted")]
+    Budget(usize),
 }
 
 impl From<ort::Error> for LmError {
     fn from(e: ort::Error) -> Self {
-        LmError::Runtime(e.into())
+        LmError::Runtime(RuntimeError::Ort(e))
     }
 }
 
@@ -132,10 +149,12 @@ impl LanguageModel {
     pub fn start(&mut self, prefix: &[f32]) -> Result<LmState, LmError> {
         let (k, d) = (self.prefix_length, self.spec.width);
         if prefix.len() != k * d {
-            return Err(LmError::Step(format!(
-                "prefix has {} values, expected {k} x {d}",
-                prefix.len()
-            )));
+            return Err(StepError::Prefix {
+                got: prefix.len(),
+                positions: k,
+                width: d,
+            }
+            .into());
         }
         let empty_past: Vec<f32> = Vec::new();
         let past_shape = [1, self.spec.heads, 0, self.spec.head_dim()];
@@ -157,25 +176,28 @@ impl LanguageModel {
     pub fn step(&mut self, state: &mut LmState, parents: &[usize], tokens: &[u32]) -> Result<(), LmError> {
         let n = parents.len();
         if n == 0 || n != tokens.len() {
-            return Err(LmError::Step(format!("{n} parents for {} tokens", tokens.len())));
+            return Err(StepError::Count {
+                parents: n,
+                tokens: tokens.len(),
+            }
+            .into());
         }
-        if let Some(p) = parents.iter().find(|&&p| p >= state.batch) {
-            return Err(LmError::Step(format!(
-                "parent {p} does not exist (batch of {})",
-                state.batch
-            )));
+        if let Some(&parent) = parents.iter().find(|&&p| p >= state.batch) {
+            return Err(StepError::Parent {
+                parent,
+                batch: state.batch,
+            }
+            .into());
         }
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
-            return Err(LmError::Step(format!(
-                "token {t} is outside the vocabulary of {}",
-                self.spec.vocab_size
-            )));
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
+            return Err(StepError::Token {
+                token,
+                vocab: self.spec.vocab_size,
+            }
+            .into());
         }
         if state.len + 1 > self.spec.max_positions {
-            return Err(LmError::Step(format!(
-                "sequence would exceed {} positions",
-                self.spec.max_positions
-            )));
+            return Err(StepError::Positions(self.spec.max_positions).into());
         }
         // The state is replaced only after a successful run, so a failed step leaves it usable.
         let identity = n == state.batch && parents.iter().enumerate().all(|(i, &p)| i == p);
@@ -227,7 +249,7 @@ impl LanguageModel {
         for name in &self.present_names {
             let value = out
                 .remove(name.as_str())
-                .ok_or_else(|| RuntimeError::Ort(format!("output `{name}` missing")))?;
+                .ok_or_else(|| RuntimeError::MissingOutput(name.clone()))?;
             extract(&value, &kv_shape, name)?;
             cache.push(value);
         }
@@ -247,7 +269,12 @@ impl LanguageModel {
 fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [f32], LmError> {
     let (got, data) = value.try_extract_tensor::<f32>()?;
     if got.len() != shape.len() || got.iter().zip(shape).any(|(&g, &s)| g as usize != s) {
-        return Err(RuntimeError::Ort(format!("output `{name}` has shape {got:?}, expected {shape:?}")).into());
+        return Err(RuntimeError::Output {
+            tensor: name.into(),
+            shape: got.to_vec(),
+            expected: format!("{shape:?}"),
+        }
+        .into());
     }
     Ok(data)
 }

@@ -36,10 +36,6 @@ impl Preprocessor {
         }
     }
 
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
     /// Number of f32 values of one preprocessed image: 3 x size x size.
     pub fn tensor_len(&self) -> usize {
         3 * (self.size as usize).pow(2)

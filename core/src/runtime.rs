@@ -13,8 +13,7 @@ use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
-
-use crate::config::{Provider, RuntimeConfig};
+use serde::Deserialize;
 
 /// The library file name the system loader is asked for when nothing else is configured.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
@@ -24,21 +23,78 @@ pub const PINNED_WHEEL: &str = "onnxruntime==1.23.2";
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
-        "cannot load ONNX Runtime from {path}: {reason}\n\
+        "cannot load ONNX Runtime from {path}: {source}\n\
          Install it with `pip install {PINNED_WHEEL}` (scripts/setup.sh does) and point \
          runtime.onnxruntime_library in the config, or ORT_DYLIB_PATH, at \
          <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>"
     )]
-    Library { path: PathBuf, reason: String },
+    Library {
+        path: PathBuf,
+        source: ort::LoadDynamicError,
+    },
     #[error("ONNX Runtime: {0}")]
-    Ort(String),
-    #[error("{path}: cannot load the ONNX graph: {reason}")]
-    Model { path: PathBuf, reason: String },
+    Ort(#[from] ort::Error),
+    #[error("{path}: cannot load the ONNX graph: {source}")]
+    Model { path: PathBuf, source: ort::Error },
+    /// A graph returned something other than its checked signature promised.
+    #[error("output `{tensor}` has shape {shape:?}; expected {expected}")]
+    Output {
+        tensor: String,
+        shape: Vec<i64>,
+        expected: String,
+    },
+    #[error("output `{0}` is missing")]
+    MissingOutput(String),
 }
 
-impl<R> From<ort::Error<R>> for RuntimeError {
-    fn from(e: ort::Error<R>) -> Self {
-        RuntimeError::Ort(e.to_string())
+impl From<ort::Error<SessionBuilder>> for RuntimeError {
+    fn from(e: ort::Error<SessionBuilder>) -> Self {
+        RuntimeError::Ort(e.into())
+    }
+}
+
+/// An execution provider, by its configuration name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+/// How ONNX Runtime is found and sessions are made (the daemon's `[runtime]` table).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeOptions {
+    /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the executable's folder, then the
+    /// system's library search path.
+    pub onnxruntime_library: PathBuf,
+    /// Execution providers in order of preference; unavailable ones are skipped with a warning.
+    pub providers: Vec<Provider>,
+    /// Threads inside one operator; 0 lets ONNX Runtime choose (one per core).
+    pub intra_threads: usize,
+    /// Threads across independent operators; 1 runs the graph sequentially.
+    pub inter_threads: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            onnxruntime_library: PathBuf::new(),
+            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+            intra_threads: 0,
+            inter_threads: 1,
+        }
     }
 }
 
@@ -46,30 +102,30 @@ pub struct Runtime {
     env: Environment,
     /// The configured providers that this ONNX Runtime build has, in order; CPU is implied last.
     providers: Vec<Provider>,
-    config: RuntimeConfig,
+    options: RuntimeOptions,
 }
 
 impl Runtime {
     /// Loads ONNX Runtime on first use; later calls share the process's one environment (ONNX Runtime
     /// allows one per process) and only apply their own session settings.
-    pub fn init(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+    pub fn init(options: &RuntimeOptions) -> Result<Runtime, RuntimeError> {
         static ENV: Mutex<Option<Environment>> = Mutex::new(None);
-        let path = library_path(config);
+        let path = library_path(options);
         let env = {
             let mut env = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match &*env {
                 Some(e) => e.clone(),
                 None => {
-                    let builder = ort::init_from(&path).map_err(|e| RuntimeError::Library {
+                    let builder = ort::init_from(&path).map_err(|source| RuntimeError::Library {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?;
                     env.insert(builder.with_name("clipcap").build()?).clone()
                 }
             }
         };
         let (mut providers, mut missing) = (Vec::new(), Vec::new());
-        for &p in &config.providers {
+        for &p in &options.providers {
             let available = match p {
                 Provider::Tensorrt => ep::TensorRT::is_available()?,
                 Provider::Cuda => ep::CUDA::is_available()?,
@@ -92,23 +148,14 @@ impl Runtime {
         Ok(Runtime {
             env,
             providers,
-            config: config.clone(),
+            options: options.clone(),
         })
     }
 
-    /// Providers that will be tried for each session, in order.
-    pub fn providers(&self) -> &[Provider] {
-        &self.providers
-    }
-
     pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
-        let model_err = |reason: String| RuntimeError::Model {
-            path: path.to_path_buf(),
-            reason,
-        };
         let mut builder = Session::builder(&self.env)?
-            .with_intra_threads(self.config.intra_threads)?
-            .with_inter_threads(self.config.inter_threads)?;
+            .with_intra_threads(self.options.intra_threads)?
+            .with_inter_threads(self.options.inter_threads)?;
         for &p in &self.providers {
             match register(p, &mut builder) {
                 Ok(()) => {
@@ -120,7 +167,10 @@ impl Runtime {
                 }
             }
         }
-        builder.commit_from_file(path).map_err(|e| model_err(e.to_string()))
+        builder.commit_from_file(path).map_err(|e| RuntimeError::Model {
+            path: path.to_path_buf(),
+            source: e,
+        })
     }
 }
 
@@ -134,9 +184,9 @@ fn register(p: Provider, builder: &mut SessionBuilder) -> ort::Result<()> {
 
 /// Configured path, else `ORT_DYLIB_PATH`, else the bare library name (which `ort` looks up next to the
 /// executable first, then through the system loader).
-fn library_path(config: &RuntimeConfig) -> PathBuf {
-    if !config.onnxruntime_library.as_os_str().is_empty() {
-        return config.onnxruntime_library.clone();
+fn library_path(options: &RuntimeOptions) -> PathBuf {
+    if !options.onnxruntime_library.as_os_str().is_empty() {
+        return options.onnxruntime_library.clone();
     }
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(p) if !p.is_empty() => PathBuf::from(p),

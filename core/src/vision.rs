@@ -16,7 +16,7 @@ pub enum VisionError {
 
 impl From<ort::Error> for VisionError {
     fn from(e: ort::Error) -> Self {
-        VisionError::Runtime(e.into())
+        VisionError::Runtime(RuntimeError::Ort(e))
     }
 }
 
@@ -105,21 +105,24 @@ pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
 }
 
 /// The values of a batch-of-one output, checked to have `len` of them.
-fn single_row(value: &ort::value::DynValue, len: usize, name: &str) -> Result<Vec<f32>, VisionError> {
+fn single_row(value: &ort::value::DynValue, len: usize, tensor: &str) -> Result<Vec<f32>, VisionError> {
     let (shape, data) = value.try_extract_tensor::<f32>()?;
     if shape.first() != Some(&1) || data.len() != len {
-        return Err(RuntimeError::Ort(format!(
-            "output `{name}` has shape {shape:?}, expected {len} values for one image"
-        ))
+        return Err(RuntimeError::Output {
+            tensor: tensor.into(),
+            shape: shape.to_vec(),
+            expected: format!("{len} values for one image"),
+        }
         .into());
     }
     Ok(data.to_vec())
 }
 
-/// Cosine similarity of two embeddings (1 = same direction).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
+/// Cosine similarity of two embeddings (1 = same direction), summed in f64; 0 when either is zero.
+/// The one cosine: scene change, CLIP-guided decoding and CLIPScore all use it.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FrameSlot, SourceStatus, nap};
 use crate::config::{FolderMode, SourceConfig};
-use crate::imageio;
+use clipcap_core::imageio;
 
 /// A file is read once it has not been modified for this long (it may still be being written).
 const SETTLE: Duration = Duration::from_millis(150);

@@ -15,7 +15,7 @@ use v4l::{Device, Format, FourCC};
 
 use super::{FrameSlot, SourceStatus, convert, nap};
 use crate::config::SourceConfig;
-use crate::imageio;
+use clipcap_core::imageio;
 
 pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStatus>, stop: &AtomicBool) {
     let (min, max) = (

@@ -122,7 +122,7 @@ impl CompareStats {
             .map(|(name, r)| {
                 let mut ms: Vec<f64> = r.ms.iter().copied().collect();
                 ms.sort_by(f64::total_cmp);
-                let at = |q: f64| crate::metrics::quantile(&ms, q).unwrap_or(0.0);
+                let at = |q: f64| clipcap_core::metrics::quantile(&ms, q).unwrap_or(0.0);
                 let clip_score = (r.clip_n > 0).then(|| {
                     let n = r.clip_n as f64;
                     let mean = r.clip_sum / n;

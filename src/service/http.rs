@@ -23,10 +23,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::pipeline::Upload;
 use super::ratelimit::RateLimit;
 use super::state::{CaptionEvent, Published, State, Vote};
-use crate::bundle::Manifest;
 use crate::config::Config;
-use crate::decoding::Plugins;
-use crate::imageio;
+use clipcap_core::bundle::Manifest;
+use clipcap_core::decoding::Plugins;
+use clipcap_core::imageio;
 
 pub struct Api {
     pub state: Arc<State>,
@@ -238,12 +238,12 @@ async fn caption_upload(
     let decoder = decoder
         .map(|name| api.config.create_decoder(&api.plugins, name))
         .transpose()
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let max_pixels = api.config.service.max_image_pixels;
     let image = tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels))
         .await
         .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed".to_string()))?
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let (reply, answer) = oneshot::channel();
     let job = Upload {
         image,
@@ -273,22 +273,9 @@ async fn caption_upload(
 }
 
 async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {
-    let list: Vec<Value> = api
-        .plugins
-        .decoders()
-        .iter()
-        .map(|d| {
-            let params: Vec<Value> = d
-                .params
-                .iter()
-                .map(|p| json!({"name": p.name, "kind": p.kind.name(), "default": p.default, "min": p.min, "max": p.max}))
-                .collect();
-            json!({"name": d.name, "description": d.description, "plugin": d.plugin, "version": d.plugin_version, "abi": d.abi_version, "params": params})
-        })
-        .collect();
     let c = &api.config;
     Json(json!({
-        "decoders": list,
+        "decoders": api.plugins.decoders(),
         "default": c.decoding.decoder,
         "fallback": c.decoding.fallback,
         "compare": c.captioning.compare,

@@ -6,7 +6,7 @@ use prometheus::{
 };
 
 use super::compare::DecoderSummary;
-use crate::captioner::Caption;
+use clipcap_core::captioner::Caption;
 
 /// Latency buckets from 1 ms to 30 s.
 const BUCKETS: &[f64] = &[

@@ -23,17 +23,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bundle::Bundle;
-use crate::captioner::Captioner;
 use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
-use crate::decoding::{DecoderInstance, Plugins};
-use crate::runtime::Runtime;
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::Captioner;
+use clipcap_core::decoding::{DecoderInstance, Plugins};
+use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
 pub use pipeline::Decoders;
 use pipeline::Pipeline;
 use state::State;
-pub use state::{Compared, Comparison, Vote};
+pub use state::{Comparison, Vote};
 
 /// Uploads waiting for the captioning thread before new ones get 503.
 const UPLOAD_QUEUE: usize = 8;
@@ -49,14 +49,10 @@ pub struct Loaded {
 /// decoder parameter is an error before anything starts.
 pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
     let bundle = Bundle::open(bundle)?;
-    let plugins = Arc::new(Plugins::load(
-        &config.plugins.resolved_directories(),
-        config.plugins.allow_insecure,
-    ));
+    let plugins = Arc::new(Plugins::load(&config.plugins.options()));
     let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
         config
             .create_decoder(&plugins, name)
-            .map_err(anyhow::Error::msg)
             .with_context(|| format!("{key} = {name:?}"))
     };
     let fallback = &config.decoding.fallback;

@@ -13,11 +13,11 @@ use image::RgbImage;
 use tokio::sync::oneshot;
 
 use super::state::{CaptionEvent, Compared, Comparison, State};
-use crate::captioner::{Captioner, Prepared};
 use crate::capture::Frame;
 use crate::config::{CaptioningConfig, FolderMode, SourceKind};
-use crate::decoding::DecoderInstance;
-use crate::vision::cosine;
+use clipcap_core::captioner::{Captioner, Prepared};
+use clipcap_core::cosine;
+use clipcap_core::decoding::DecoderInstance;
 
 /// An image posted to the API, with the decoder to use (already checked) and where to answer.
 pub struct Upload {
@@ -240,6 +240,6 @@ impl Pipeline {
         threshold > 0.0
             && last
                 .as_ref()
-                .is_some_and(|l| 1.0 - cosine(l, &prepared.image_embeds) < threshold)
+                .is_some_and(|l| 1.0 - cosine(l, &prepared.image_embeds) < threshold as f64)
     }
 }

@@ -13,9 +13,9 @@ use tokio::sync::broadcast;
 
 use super::compare::CompareStats;
 use super::metrics::Metrics;
-use crate::captioner::Caption;
 use crate::capture::{FrameSlot, SourceStatus};
 use crate::config::SourceKind;
+use clipcap_core::captioner::Caption;
 
 /// A caption of another decoder on the same frame (captioning.compare).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,13 +146,15 @@ impl State {
     /// Appends a line to the caption log (if any), counting a failed write.
     fn log<T: Serialize>(&self, event: &'static str, body: &T) {
         if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let line = serde_json::to_string(&LogLine {
+            let mut line = serde_json::to_string(&LogLine {
                 event,
                 run: self.run,
                 body,
             })
             .expect("log lines serialise");
-            if let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush()) {
+            line.push('\n');
+            // One write of the whole line, so a reader of the file never sees half of it.
+            if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.flush()) {
                 tracing::warn!("caption log: {e}");
                 self.metrics.error("log");
             }

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use clipcap::config::{Provider, RuntimeConfig};
-use clipcap::decoding::{DecoderInstance, DecoderRequest, Plugins};
-use clipcap::runtime::Runtime;
+use clipcap_core::decoding::{DecoderInstance, DecoderRequest, PluginOptions, Plugins};
+use clipcap_core::runtime::{Provider, Runtime, RuntimeOptions};
 use serde::Deserialize;
 
 pub fn fixtures() -> PathBuf {
@@ -18,12 +17,19 @@ pub fn tiny_bundle() -> PathBuf {
 
 /// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml after scripts/setup.sh).
 pub fn runtime() -> Runtime {
-    let config = RuntimeConfig {
+    let options = RuntimeOptions {
         providers: vec![Provider::Cpu],
         intra_threads: 1,
-        ..RuntimeConfig::default()
+        ..RuntimeOptions::default()
     };
-    Runtime::init(&config).unwrap_or_else(|e| panic!("{e}\n(run scripts/setup.sh first)"))
+    Runtime::init(&options).unwrap_or_else(|e| panic!("{e}\n(run scripts/setup.sh first)"))
+}
+
+pub fn options(directories: Vec<PathBuf>, allow_insecure: bool) -> PluginOptions {
+    PluginOptions {
+        directories,
+        allow_insecure,
+    }
 }
 
 /// Where cargo put the workspace's plugin libraries (target/<profile>, next to the test's deps/).
@@ -41,7 +47,7 @@ pub fn plugin_dir() -> PathBuf {
 /// The workspace's plugins. Ownership and mode checks are off here because the checkout may live in
 /// a world-writable folder such as /tmp; tests/plugins.rs tests those checks on purpose.
 pub fn plugins() -> Plugins {
-    Plugins::load(&[plugin_dir()], true)
+    Plugins::load(&options(vec![plugin_dir()], true))
 }
 
 pub fn decoder(plugins: &Plugins, spec: &str) -> DecoderInstance {
@@ -104,7 +110,7 @@ pub fn demo_image(name: &str) -> PathBuf {
 
 /// The true captions of a demo image, from demo/images/annotations.json (COCO format).
 pub fn truth(name: &str) -> Vec<String> {
-    clipcap::metrics::coco::read_annotations(&demo_image("annotations.json"))
+    clipcap_core::metrics::coco::read_annotations(&demo_image("annotations.json"))
         .unwrap()
         .into_iter()
         .find(|a| a.file_name.as_deref() == Some(name))
@@ -211,9 +217,11 @@ impl Daemon {
     }
 
     /// The caption log's records of one kind: `caption`, `comparison` or `vote`.
+    /// A line still being written (no newline yet) is not read: the daemon may be mid-write.
     pub fn log_records(&self, kind: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|l| l["event"] == kind)

@@ -11,8 +11,17 @@ use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::bundle::TokenizerSpec;
-use crate::clip_text::TextEncoder;
-use crate::lm::{LanguageModel, LmError, LmState};
+use crate::clip_text::{TextEncoder, TextError};
+use crate::lm::{LanguageModel, LmError, LmState, StepError};
+
+/// Why image-text similarity is not available to a decoder.
+#[derive(Debug, thiserror::Error)]
+pub enum SimilarityError {
+    #[error("this bundle has no CLIP text encoder")]
+    NoTextEncoder,
+    #[error(transparent)]
+    Text(#[from] TextError),
+}
 
 /// CLIP's text encoder and the embedding of the image being captioned.
 pub struct ClipGuide<'a> {
@@ -110,7 +119,7 @@ impl<'a> Generation<'a> {
     /// New sequence `i` continues `parents[i]` with `tokens[i]`; at most `max_tokens` steps a caption.
     pub fn step(&mut self, parents: &[u32], tokens: &[u32]) -> Result<(), LmError> {
         if self.steps >= self.max_tokens() {
-            return Err(LmError::Step(format!("step budget of {} exhausted", self.max_tokens())));
+            return Err(StepError::Budget(self.max_tokens()).into());
         }
         let parents_usize: Vec<usize> = parents.iter().map(|&p| p as usize).collect();
         let t = Instant::now();
@@ -158,20 +167,20 @@ impl<'a> Generation<'a> {
         self.rng.random::<f64>()
     }
 
-    pub fn detokenize(&self, ids: &[u32]) -> String {
-        self.tokenizer.decode(ids, true).unwrap_or_default()
+    pub fn detokenize(&self, ids: &[u32]) -> tokenizers::Result<String> {
+        self.tokenizer.decode(ids, true)
     }
 
     /// Cosine similarity of each text to the image, by CLIP's text encoder.
-    pub fn similarity(&mut self, texts: &[&str]) -> Result<Vec<f32>, String> {
+    pub fn similarity(&mut self, texts: &[&str]) -> Result<Vec<f32>, SimilarityError> {
         let Some(clip) = self.clip.as_mut() else {
-            return Err("this bundle has no CLIP text encoder".into());
+            return Err(SimilarityError::NoTextEncoder);
         };
         let t = Instant::now();
         let result = clip
             .encoder
             .similarity(texts, clip.image_embeds)
-            .map_err(|e| e.to_string());
+            .map_err(SimilarityError::from);
         self.model_time += t.elapsed();
         result
     }

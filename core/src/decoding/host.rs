@@ -170,7 +170,13 @@ unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: 
         } else {
             unsafe { std::slice::from_raw_parts(ids, n as usize) }
         };
-        let text = h.generation.detokenize(ids);
+        let text = match h.generation.detokenize(ids) {
+            Ok(text) => text,
+            Err(e) => {
+                h.fail(format!("detokenize: {e}"));
+                return 0;
+            }
+        };
         if !buf.is_null() {
             unsafe { std::ptr::copy_nonoverlapping(text.as_ptr().cast(), buf, text.len().min(cap)) };
         }
@@ -211,7 +217,7 @@ unsafe extern "C" fn image_text_similarity(
                 0
             }
             Err(e) => {
-                h.fail(e); // a capability question, not a violation: the decoder may do without
+                h.fail(e.to_string()); // a capability question, not a violation: the decoder may do without
                 1
             }
         }

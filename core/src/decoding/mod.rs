@@ -13,17 +13,99 @@ mod plugin;
 mod registry;
 mod security;
 
-pub use generation::{ClipGuide, Generation};
+use std::path::PathBuf;
+
+pub use generation::{ClipGuide, Generation, SimilarityError};
 pub use params::{DecoderRequest, ParamValue};
 pub use plugin::{DecoderInfo, ParamInfo, ParamKind};
-pub use registry::{DecoderInstance, Plugins, Refusal};
+pub use registry::{DecoderInstance, PluginOptions, Plugins};
 
 use crate::lm::LmError;
 
+/// A caption that a decoder did not produce.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error(transparent)]
     Lm(#[from] LmError),
-    #[error("decoder `{decoder}`: {message}")]
-    Decoder { decoder: String, message: String },
+    #[error("decoder `{decoder}`: {fault}")]
+    Decoder { decoder: String, fault: DecoderFault },
+}
+
+/// What a decoder did wrong in one caption.
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderFault {
+    /// A request through the host table that a correct decoder never makes (host.rs says which).
+    #[error("{0}")]
+    Violation(String),
+    /// The decoder reported failure; its own message.
+    #[error("{0}")]
+    Failed(String),
+    #[error("reported {len} tokens; at most {max} are allowed")]
+    TooManyTokens { len: usize, max: usize },
+    #[error("returned no tokens")]
+    NoTokens,
+    #[error("returned token {token}, outside the vocabulary of {vocab}")]
+    Token { token: u32, vocab: usize },
+}
+
+/// A plugin library (or plugin folder) that was not loaded, and why. `Plugins::refused` lists them.
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[error("{}: {reason}", path.display())]
+pub struct PluginError {
+    pub path: PathBuf,
+    #[serde(serialize_with = "as_text")]
+    pub reason: PluginFault,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginFault {
+    #[error("cannot read folder: {0}")]
+    Folder(std::io::Error),
+    /// The file or a folder above it could be replaced by others (security.rs).
+    #[error("{0}")]
+    Insecure(String),
+    #[error("cannot load: {0}")]
+    Load(libloading::Error),
+    /// The descriptor broke the ABI's rules (plugin.rs says which).
+    #[error("{0}")]
+    Descriptor(String),
+    #[error("decoder `{decoder}` is already provided by {}", other.display())]
+    Duplicate { decoder: String, other: PathBuf },
+}
+
+/// A decoder that cannot be created as asked: a bad spec or table, an unknown decoder or parameter,
+/// a bad value, or the plugin's own refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("decoder spec {spec:?}: {reason}")]
+    Spec { spec: String, reason: String },
+    #[error("decoders.{table}.decoder = {value} is not a decoder name")]
+    Table { table: String, value: ParamValue },
+    #[error("no decoder `{decoder}` (from {label:?}); available: {available}")]
+    Unknown {
+        decoder: String,
+        label: String,
+        available: String,
+    },
+    #[error("decoder `{decoder}` ({label}): unknown parameter `{param}`; {known}")]
+    UnknownParam {
+        decoder: String,
+        label: String,
+        param: String,
+        known: String,
+    },
+    #[error("decoder `{decoder}` ({label}): parameter `{param}` = {value}: {reason}")]
+    BadValue {
+        decoder: String,
+        label: String,
+        param: String,
+        value: ParamValue,
+        reason: String,
+    },
+    #[error("decoder `{decoder}` could not be created: {message}")]
+    Create { decoder: String, message: String },
+}
+
+fn as_text<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::RequestError;
 use super::plugin::{DecoderInfo, ParamKind};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,16 +40,20 @@ pub struct DecoderRequest {
 
 impl DecoderRequest {
     /// `beam` or `beam:num_beams=5,length_penalty=1.0`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, RequestError> {
+        let bad = |reason: String| RequestError::Spec {
+            spec: spec.into(),
+            reason,
+        };
         let (decoder, args) = spec.split_once(':').unwrap_or((spec, ""));
         if decoder.is_empty() {
-            return Err(format!("decoder spec {spec:?}: no decoder name"));
+            return Err(bad("no decoder name".into()));
         }
         let mut params = BTreeMap::new();
         for item in args.split(',').filter(|s| !s.is_empty()) {
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| format!("decoder spec {spec:?}: {item:?} is not key=value"))?;
+                .ok_or_else(|| bad(format!("{item:?} is not key=value")))?;
             params.insert(key.trim().to_string(), ParamValue::Text(value.trim().to_string()));
         }
         Ok(DecoderRequest {
@@ -59,12 +64,17 @@ impl DecoderRequest {
     }
 
     /// A `[decoders.NAME]` table; its `decoder` key names the plugin decoder (default: NAME).
-    pub fn from_table(name: &str, table: &BTreeMap<String, ParamValue>) -> Result<Self, String> {
+    pub fn from_table(name: &str, table: &BTreeMap<String, ParamValue>) -> Result<Self, RequestError> {
         let mut params = table.clone();
         let decoder = match params.remove("decoder") {
             None => name.to_string(),
             Some(ParamValue::Text(d)) => d,
-            Some(other) => return Err(format!("decoders.{name}.decoder = {other} is not a decoder name")),
+            Some(value) => {
+                return Err(RequestError::Table {
+                    table: name.into(),
+                    value,
+                });
+            }
         };
         Ok(DecoderRequest {
             label: name.to_string(),
@@ -75,8 +85,7 @@ impl DecoderRequest {
 
     /// Values for the plugin's `create`, in its parameter order; unknown names, wrong types and
     /// out-of-range values are refused with the parameter named.
-    pub fn values(&self, info: &DecoderInfo) -> Result<Vec<f64>, String> {
-        let who = format!("decoder `{}` ({})", self.decoder, self.label);
+    pub fn values(&self, info: &DecoderInfo) -> Result<Vec<f64>, RequestError> {
         for key in self.params.keys() {
             if !info.params.iter().any(|p| &p.name == key) {
                 let known: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
@@ -85,7 +94,12 @@ impl DecoderRequest {
                 } else {
                     format!("it takes {}", known.join(", "))
                 };
-                return Err(format!("{who}: unknown parameter `{key}`; {known}"));
+                return Err(RequestError::UnknownParam {
+                    decoder: self.decoder.clone(),
+                    label: self.label.clone(),
+                    param: key.clone(),
+                    known,
+                });
             }
         }
         info.params
@@ -94,7 +108,13 @@ impl DecoderRequest {
                 let Some(value) = self.params.get(&p.name) else {
                     return Ok(p.default);
                 };
-                let bad = |why: &str| format!("{who}: parameter `{}` = {value}: {why}", p.name);
+                let bad = |why: &str| RequestError::BadValue {
+                    decoder: self.decoder.clone(),
+                    label: self.label.clone(),
+                    param: p.name.clone(),
+                    value: value.clone(),
+                    reason: why.into(),
+                };
                 let number = match (p.kind, value) {
                     (ParamKind::Bool, ParamValue::Bool(b)) => *b as u8 as f64,
                     (ParamKind::Bool, ParamValue::Text(t)) => match t.as_str() {

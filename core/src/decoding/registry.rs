@@ -2,38 +2,39 @@
 //! checked by `security` and `plugin` before use), and instances created from requests.
 
 use std::ffi::{CStr, c_char, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::host::HostCtx;
 use super::params::DecoderRequest;
 use super::plugin::{self, DecoderInfo};
-use super::{DecodeError, Generation, security};
+use super::{DecodeError, DecoderFault, Generation, PluginError, PluginFault, RequestError, security};
 
-/// A library that was not loaded, and why.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub path: PathBuf,
-    pub reason: String,
+/// Where plugins are looked for, and whether files others could write are refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginOptions {
+    pub directories: Vec<PathBuf>,
+    /// Load plugins even from files or folders that others could write (development only).
+    pub allow_insecure: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize)]
 pub struct Plugins {
     decoders: Vec<DecoderInfo>,
-    refused: Vec<Refusal>,
+    refused: Vec<PluginError>,
 }
 
 impl Plugins {
-    /// Loads every `*.so` in `directories` (in order; a decoder name already taken is refused).
+    /// Loads every `*.so` in the directories (in order; a decoder name already taken is refused).
     /// A folder that cannot be read is reported as a refusal, not an error.
-    pub fn load(directories: &[PathBuf], allow_insecure: bool) -> Plugins {
+    pub fn load(options: &PluginOptions) -> Plugins {
         let mut plugins = Plugins::default();
-        for dir in directories {
+        for dir in &options.directories {
             let entries = match std::fs::read_dir(dir) {
                 Ok(entries) => entries,
                 Err(e) => {
-                    plugins.refused.push(Refusal {
+                    plugins.refused.push(PluginError {
                         path: dir.clone(),
-                        reason: format!("cannot read folder: {e}"),
+                        reason: PluginFault::Folder(e),
                     });
                     continue;
                 }
@@ -44,27 +45,29 @@ impl Plugins {
                 .collect();
             paths.sort();
             for path in paths {
-                if let Err(reason) = plugins.add(&path, allow_insecure) {
-                    tracing::warn!(plugin = %path.display(), "plugin refused: {reason}");
-                    plugins.refused.push(Refusal { path, reason });
+                if let Err(error) = plugins.add(&path, options.allow_insecure) {
+                    tracing::warn!("plugin refused: {error}");
+                    plugins.refused.push(error);
                 }
             }
         }
         plugins
     }
 
-    fn add(&mut self, path: &std::path::Path, allow_insecure: bool) -> Result<(), String> {
+    fn add(&mut self, path: &Path, allow_insecure: bool) -> Result<(), PluginError> {
         if !allow_insecure {
             security::check(path)?;
         }
         let found = plugin::load(path)?;
         for d in &found {
             if let Some(other) = self.decoders.iter().find(|o| o.name == d.name) {
-                return Err(format!(
-                    "decoder `{}` is already provided by {}",
-                    d.name,
-                    other.path.display()
-                ));
+                return Err(PluginError {
+                    path: path.to_path_buf(),
+                    reason: PluginFault::Duplicate {
+                        decoder: d.name.clone(),
+                        other: other.path.clone(),
+                    },
+                });
             }
         }
         self.decoders.extend(found);
@@ -75,38 +78,38 @@ impl Plugins {
         &self.decoders
     }
 
-    pub fn refused(&self) -> &[Refusal] {
+    pub fn refused(&self) -> &[PluginError] {
         &self.refused
     }
 
     /// An instance of the requested decoder with its parameters checked.
-    pub fn create(&self, request: &DecoderRequest) -> Result<DecoderInstance, String> {
+    pub fn create(&self, request: &DecoderRequest) -> Result<DecoderInstance, RequestError> {
         let info = self
             .decoders
             .iter()
             .find(|d| d.name == request.decoder)
             .ok_or_else(|| {
                 let known: Vec<&str> = self.decoders.iter().map(|d| d.name.as_str()).collect();
-                format!(
-                    "no decoder `{}` (from {:?}); available: {}",
-                    request.decoder,
-                    request.label,
-                    if known.is_empty() {
+                RequestError::Unknown {
+                    decoder: request.decoder.clone(),
+                    label: request.label.clone(),
+                    available: if known.is_empty() {
                         "none (no plugins loaded)".into()
                     } else {
                         known.join(", ")
-                    }
-                )
+                    },
+                }
             })?;
         let values = request.values(info)?;
         let mut err = [0 as c_char; 512];
+        // SAFETY: `create` passed the descriptor checks; `values` has one value per declared
+        // parameter, in order, and `err` is a writable buffer of the length passed.
         let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
         if instance.is_null() {
-            return Err(format!(
-                "decoder `{}` could not be created: {}",
-                info.name,
-                message(&err)
-            ));
+            return Err(RequestError::Create {
+                decoder: info.name.clone(),
+                message: message(&err),
+            });
         }
         Ok(DecoderInstance {
             info: info.clone(),
@@ -120,6 +123,7 @@ fn message(buf: &[c_char]) -> String {
     if !buf.contains(&0) {
         return "(no message)".into();
     }
+    // SAFETY: the buffer holds a NUL (checked above), so the string ends inside it.
     unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }
 
@@ -130,6 +134,8 @@ pub struct DecoderInstance {
     instance: *mut c_void,
 }
 
+// SAFETY: the ABI lets an instance move between threads as long as one thread uses it at a time,
+// which `&mut self` on `decode` guarantees.
 unsafe impl Send for DecoderInstance {}
 
 impl DecoderInstance {
@@ -138,15 +144,11 @@ impl DecoderInstance {
         &self.label
     }
 
-    pub fn info(&self) -> &DecoderInfo {
-        &self.info
-    }
-
     /// One caption's token ids, after checking everything the plugin did and returned.
     pub fn decode(&mut self, generation: &mut Generation) -> Result<Vec<u32>, DecodeError> {
-        let fail = |message: String| DecodeError::Decoder {
+        let fail = |fault: DecoderFault| DecodeError::Decoder {
             decoder: self.label.clone(),
-            message,
+            fault,
         };
         let (max_tokens, vocab) = (generation.max_tokens(), generation.vocab_size());
         let mut ctx = HostCtx::new(generation);
@@ -154,6 +156,9 @@ impl DecoderInstance {
         let mut out = vec![0u32; max_tokens];
         let mut len = 0usize;
         let mut err = [0 as c_char; 1024];
+        // SAFETY: `decode` passed the descriptor checks; `instance` is this decoder's live instance,
+        // `table` outlives the call and `ctx` does not move during it, and `out` and `err` are
+        // writable buffers of the lengths passed.
         let status = unsafe {
             (self.info.fns.decode)(
                 self.instance,
@@ -166,20 +171,20 @@ impl DecoderInstance {
             )
         };
         if let Some(violation) = ctx.violation {
-            return Err(fail(violation));
+            return Err(fail(DecoderFault::Violation(violation)));
         }
         if status != 0 {
-            return Err(fail(message(&err)));
+            return Err(fail(DecoderFault::Failed(message(&err))));
         }
         if len > max_tokens {
-            return Err(fail(format!("reported {len} tokens; at most {max_tokens} are allowed")));
+            return Err(fail(DecoderFault::TooManyTokens { len, max: max_tokens }));
         }
         out.truncate(len);
         if out.is_empty() {
-            return Err(fail("returned no tokens".into()));
+            return Err(fail(DecoderFault::NoTokens));
         }
-        if let Some(t) = out.iter().find(|&&t| t as usize >= vocab) {
-            return Err(fail(format!("returned token {t}, outside the vocabulary of {vocab}")));
+        if let Some(&token) = out.iter().find(|&&t| t as usize >= vocab) {
+            return Err(fail(DecoderFault::Token { token, vocab }));
         }
         Ok(out)
     }
@@ -187,6 +192,7 @@ impl DecoderInstance {
 
 impl Drop for DecoderInstance {
     fn drop(&mut self) {
+        // SAFETY: `instance` came from this decoder's `create` and is destroyed once, here.
         unsafe { (self.info.fns.destroy)(self.instance) };
     }
 }

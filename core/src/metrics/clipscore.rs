@@ -3,17 +3,12 @@
 //! "A photo depicts ", and, with references, the harmonic mean of that and the caption's best cosine
 //! with a reference (clipped at 0). The paper used fp16 on a GPU; fp32 on a CPU differs in the 4th digit.
 
+use crate::cosine;
+
 /// What the reference code puts before every caption and reference.
 pub const PREFIX: &str = "A photo depicts ";
 /// The reference code's weight `w`.
 const W: f64 = 2.5;
-
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
-}
 
 /// CLIP-S of a caption's text embedding (of `PREFIX` + caption) against the image embedding.
 pub fn clip_score(image: &[f32], caption: &[f32]) -> f64 {
