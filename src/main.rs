@@ -13,6 +13,7 @@ mod config;
 mod eval;
 mod report;
 mod service;
+mod shutdown;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -13,14 +13,14 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FrameSlot, SourceStatus, nap};
+use super::{FrameSlot, Pixels, SourceStatus};
 use crate::config::{FolderMode, SourceConfig};
+use crate::shutdown::Shutdown;
 use clipcap_core::imageio;
 
 /// A file is read once it has not been modified for this long (it may still be being written).
@@ -60,13 +60,13 @@ impl Watcher {
         })
     }
 
-    pub fn run(mut self, slot: &FrameSlot, status: &SourceStatus, stop: &AtomicBool) {
+    pub fn run(mut self, slot: &FrameSlot, status: &SourceStatus, shutdown: &Shutdown) {
         let dir = self.config.folder.clone();
         let poll = Duration::from_millis(self.config.poll_ms);
         let mut listed = false;
         let mut first = true;
         // The first scan is at once: a queue left from the last run starts without waiting.
-        while first || nap(poll, stop) {
+        while first || shutdown.nap(poll) {
             first = false;
             let entries = match list(&dir) {
                 Ok(entries) => entries,
@@ -98,7 +98,8 @@ impl Watcher {
                 let path = dir.join(&entry.file);
                 let image = std::fs::read(&path)
                     .map_err(|e| e.to_string())
-                    .and_then(|b| imageio::decode_limited(&b, self.max_pixels));
+                    .and_then(|b| imageio::decode_limited(&b, self.max_pixels).map_err(|e| e.to_string()))
+                    .map(Pixels::Rgb);
                 let ticket = self.queue.as_ref().map(|q| Ticket {
                     queue: q.clone(),
                     entry,
@@ -119,7 +120,7 @@ impl Watcher {
                 match ticket {
                     None => status.frame(slot.put(image, origin)),
                     Some(ticket) => {
-                        if !slot.put_queued(image, origin, ticket, stop) {
+                        if !slot.put_queued(image, origin, ticket, shutdown) {
                             return; // stopping: the file stays unfinished and is read after a restart
                         }
                         status.frame(false);

@@ -8,16 +8,65 @@ mod v4l2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use clipcap_core::imageio;
+use image::RgbImage;
 use prometheus::IntCounter;
 
 use crate::config::{SourceConfig, SourceKind};
+use crate::shutdown::{Shutdown, Worker};
 pub use folder::Ticket;
 
+/// A frame's pixels as the source delivered them. A camera's buffer is kept as it came and converted
+/// only when the frame is captioned or shown: at 15 fps and one caption a second, most frames are
+/// replaced in the slot before anyone looks at them.
+pub enum Pixels {
+    /// Decoded already (a folder's files are decoded as they are read, to refuse bad ones early).
+    Rgb(RgbImage),
+    /// A camera's JPEG (MJPEG), as it sent it.
+    Jpeg(Vec<u8>),
+    /// Packed YUV 4:2:2 rows, `stride` bytes apart.
+    Yuyv {
+        data: Vec<u8>,
+        width: u32,
+        height: u32,
+        stride: u32,
+    },
+    /// Packed RGB24 rows, `stride` bytes apart.
+    Rgb24 {
+        data: Vec<u8>,
+        width: u32,
+        height: u32,
+        stride: u32,
+    },
+}
+
+impl Pixels {
+    /// The frame as RGB8: converted (or decoded) now, unless it already is.
+    pub fn to_rgb(&self) -> Result<std::borrow::Cow<'_, RgbImage>, String> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        Ok(match self {
+            Pixels::Rgb(image) => Borrowed(image),
+            Pixels::Jpeg(bytes) => Owned(imageio::decode(bytes).map_err(|e| e.to_string())?),
+            &Pixels::Yuyv {
+                ref data,
+                width,
+                height,
+                stride,
+            } => Owned(convert::yuyv_to_rgb(data, width, height, stride)?),
+            &Pixels::Rgb24 {
+                ref data,
+                width,
+                height,
+                stride,
+            } => Owned(convert::rgb24_to_rgb(data, width, height, stride)?),
+        })
+    }
+}
+
 pub struct Frame {
-    pub image: image::RgbImage,
+    pub pixels: Pixels,
     pub seq: u64,
     pub captured: SystemTime,
     /// Where it came from: the device path, or the file.
@@ -43,7 +92,7 @@ struct SlotState {
 
 impl FrameSlot {
     /// Makes `image` the newest frame; true when it replaced one that was never taken (a dropped frame).
-    pub fn put(&self, image: image::RgbImage, origin: String) -> bool {
+    pub fn put(&self, image: Pixels, origin: String) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let dropped = s.waiting();
         s.store(image, origin, None);
@@ -52,13 +101,13 @@ impl FrameSlot {
 
     /// Makes `image` the newest frame once the one waiting (if any) was taken, so that none is
     /// dropped; false (and nothing stored) if `stop` is set first.
-    pub fn put_queued(&self, image: image::RgbImage, origin: String, ticket: Ticket, stop: &AtomicBool) -> bool {
+    pub fn put_queued(&self, image: Pixels, origin: String, ticket: Ticket, shutdown: &Shutdown) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while s.waiting() {
-            if stop.load(Ordering::Relaxed) {
+            if shutdown.is_set() {
                 return false;
             }
-            // Woken by `take_new`; the timeout only bounds how late `stop` is noticed.
+            // Woken by `take_new`; the timeout only bounds how late the shutdown is noticed.
             s = self
                 .taken
                 .wait_timeout(s, Duration::from_millis(50))
@@ -95,10 +144,10 @@ impl SlotState {
         self.latest.as_ref().is_some_and(|f| f.seq > self.taken)
     }
 
-    fn store(&mut self, image: image::RgbImage, origin: String, ticket: Option<Ticket>) {
+    fn store(&mut self, pixels: Pixels, origin: String, ticket: Option<Ticket>) {
         self.next_seq += 1;
         self.latest = Some(Arc::new(Frame {
-            image,
+            pixels,
             seq: self.next_seq,
             captured: SystemTime::now(),
             origin,
@@ -172,18 +221,6 @@ impl SourceStatus {
     }
 }
 
-/// Sleeps `total` in short naps, returning early (false) once `stop` is set.
-pub(crate) fn nap(total: Duration, stop: &AtomicBool) -> bool {
-    let end = Instant::now() + total;
-    while Instant::now() < end {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
-    }
-    !stop.load(Ordering::Relaxed)
-}
-
 /// The configured source, created before anything slow happens at start (so that a folder's
 /// "already there" means there when the daemon started), and started later with [`Source::spawn`].
 pub enum Source {
@@ -208,24 +245,24 @@ impl Source {
         self,
         slot: Arc<FrameSlot>,
         status: Arc<SourceStatus>,
-        stop: Arc<AtomicBool>,
-    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        shutdown: Shutdown,
+    ) -> std::io::Result<Option<Worker>> {
         let name = match self {
             Source::None => return Ok(None),
             Source::V4l2(_) => "capture-v4l2",
             Source::Folder(_) => "capture-folder",
         };
-        let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let worker = Worker::spawn(name, move || {
             // The camera library panics on some device errors; a source must not take the daemon down.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self {
-                Source::V4l2(config) => v4l2::run(&config, &slot, &status, &stop),
-                Source::Folder(watcher) => watcher.run(&slot, &status, &stop),
+                Source::V4l2(config) => v4l2::run(&config, &slot, &status, &shutdown),
+                Source::Folder(watcher) => watcher.run(&slot, &status, &shutdown),
                 Source::None => {}
             }));
             if result.is_err() {
                 status.fail("the capture thread panicked; restart the service to capture again".into());
             }
         })?;
-        Ok(Some(handle))
+        Ok(Some(worker))
     }
 }

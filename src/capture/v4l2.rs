@@ -3,7 +3,6 @@
 //! camera yet, unplugged, driver error) a reconnect with exponential backoff while the daemon goes on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use v4l::buffer::Type;
@@ -13,19 +12,19 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
-use super::{FrameSlot, SourceStatus, convert, nap};
+use super::{FrameSlot, Pixels, SourceStatus};
 use crate::config::SourceConfig;
-use clipcap_core::imageio;
+use crate::shutdown::Shutdown;
 
-pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStatus>, stop: &AtomicBool) {
+pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStatus>, shutdown: &Shutdown) {
     let (min, max) = (
         Duration::from_millis(config.reconnect_min_ms),
         Duration::from_millis(config.reconnect_max_ms),
     );
     let mut backoff = min;
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_set() {
         let mut delivered = false;
-        let error = match stream(config, slot, status, stop, &mut delivered) {
+        let error = match stream(config, slot, status, shutdown, &mut delivered) {
             Ok(()) => return, // asked to stop
             Err(e) => e,
         };
@@ -37,7 +36,7 @@ pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStat
             config.device.display(),
             backoff.as_secs_f64()
         ));
-        if !nap(backoff, stop) {
+        if !shutdown.nap(backoff) {
             return;
         }
         backoff = (backoff * 2).min(max);
@@ -49,7 +48,7 @@ fn stream(
     config: &SourceConfig,
     slot: &FrameSlot,
     status: &SourceStatus,
-    stop: &AtomicBool,
+    shutdown: &Shutdown,
     delivered: &mut bool,
 ) -> Result<(), String> {
     let dev = Device::with_path(&config.device).map_err(|e| format!("cannot open: {e}"))?;
@@ -73,25 +72,17 @@ fn stream(
         format.fourcc
     );
     status.set_up();
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.is_set() {
         let (data, meta) = match stream.next() {
             Ok(frame) => frame,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("no frame for a second".into()),
             Err(e) => return Err(format!("capture failed: {e}")),
         };
         let used = (meta.bytesused as usize).min(data.len());
-        match to_rgb(&format, &data[..used]) {
-            Ok(image) => {
-                let dropped = slot.put(image, config.device.display().to_string());
-                status.frame(dropped);
-                *delivered = true;
-            }
-            // A bad frame (a corrupt MJPEG, say) is counted and skipped; the camera goes on.
-            Err(e) => {
-                status.counters.errors.inc();
-                tracing::debug!("camera {}: frame skipped: {e}", config.device.display());
-            }
-        }
+        // Copied out of the driver's buffer as it is; converted only if it is captioned or shown.
+        let dropped = slot.put(pixels(&format, &data[..used]), config.device.display().to_string());
+        status.frame(dropped);
+        *delivered = true;
     }
     Ok(())
 }
@@ -121,14 +112,22 @@ fn fourcc_bytes(name: &str) -> Result<[u8; 4], String> {
         .map_err(|_| format!("pixel format {name:?} is not a four-character code"))
 }
 
-fn to_rgb(format: &Format, data: &[u8]) -> Result<image::RgbImage, String> {
+/// The frame in the negotiated format: MJPG, YUYV or RGB3, the only ones `source.formats` may name.
+fn pixels(format: &Format, data: &[u8]) -> Pixels {
+    let (data, width, height, stride) = (data.to_vec(), format.width, format.height, format.stride);
     match &format.fourcc.repr {
-        b"YUYV" => convert::yuyv_to_rgb(data, format.width, format.height, format.stride),
-        b"RGB3" => convert::rgb24_to_rgb(data, format.width, format.height, format.stride),
-        b"MJPG" | b"JPEG" => imageio::decode(data),
-        other => Err(format!(
-            "pixel format {} cannot be converted",
-            String::from_utf8_lossy(other)
-        )),
+        b"YUYV" => Pixels::Yuyv {
+            data,
+            width,
+            height,
+            stride,
+        },
+        b"RGB3" => Pixels::Rgb24 {
+            data,
+            width,
+            height,
+            stride,
+        },
+        _ => Pixels::Jpeg(data),
     }
 }

@@ -23,7 +23,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::pipeline::Upload;
 use super::ratelimit::RateLimit;
 use super::state::{CaptionEvent, Published, State, Vote};
+use crate::capture::Pixels;
 use crate::config::Config;
+use crate::shutdown::Shutdown;
 use clipcap_core::bundle::Manifest;
 use clipcap_core::decoding::Plugins;
 use clipcap_core::imageio;
@@ -37,8 +39,8 @@ pub struct Api {
     pub uploads: SyncSender<Upload>,
     /// Per-client budget of votes.
     pub votes: RateLimit,
-    /// Becomes true on SIGTERM/SIGINT; ends the event streams so that the server can drain.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Ends the event streams, so that the server can drain.
+    pub shutdown: Shutdown,
 }
 
 type Shared = Arc<Api>;
@@ -155,10 +157,8 @@ async fn stream(
             };
             Some(Ok(event.ok()?))
         });
-    let mut stopping = api.stopping.clone();
-    let stop = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    };
+    let shutdown = api.shutdown.clone();
+    let stop = async move { shutdown.wait().await };
     Sse::new(events.take_until(stop)).keep_alive(KeepAlive::default())
 }
 
@@ -166,11 +166,17 @@ async fn frame(Extract(api): Extract<Shared>) -> Response {
     let Some(frame) = api.state.frames.latest() else {
         return error(StatusCode::NOT_FOUND, "no frame yet");
     };
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut out = std::io::Cursor::new(Vec::new());
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-            .encode_image(&frame.image)
-            .map(|_| out.into_inner())
+    // The camera's own JPEG when it sent one; anything else is converted and encoded here.
+    let encoded = tokio::task::spawn_blocking(move || match &frame.pixels {
+        Pixels::Jpeg(jpeg) => Ok(jpeg.clone()),
+        pixels => {
+            let image = pixels.to_rgb()?;
+            let mut out = std::io::Cursor::new(Vec::new());
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+                .encode_image(&*image)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(out.into_inner())
+        }
     })
     .await;
     match encoded {

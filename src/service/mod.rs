@@ -13,25 +13,24 @@ mod metrics;
 mod notify;
 mod pipeline;
 mod ratelimit;
+mod server;
 mod state;
 
-use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
+use crate::shutdown::Shutdown;
 use clipcap_core::bundle::Bundle;
-use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::{DecoderInstance, Plugins};
 use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
 pub use pipeline::Decoders;
-use pipeline::Pipeline;
+use server::{Server, Stop};
 use state::State;
 pub use state::{Comparison, Vote};
 
@@ -89,6 +88,7 @@ fn caption_log(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + S
     })
 }
 
+/// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
     let source = capture::Source::new(&config.source, config.service.max_image_pixels).map_err(anyhow::Error::msg)?;
@@ -98,176 +98,66 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         decoders,
     } = load(&config, bundle)?;
     let runtime = Runtime::init(&config.runtime)?;
-    let listener = std::net::TcpListener::bind(&config.service.listen)
-        .with_context(|| format!("cannot listen on {}", config.service.listen))?;
-    listener.set_nonblocking(true)?;
+    let server = Server::bind(&config.service.listen)?;
+    let shutdown = Shutdown::new();
 
     let metrics = Metrics::new();
-    let counters = SourceCounters {
+    let source_status = Arc::new(SourceStatus::new(SourceCounters {
         frames: metrics.frames_captured.clone(),
         dropped: metrics.frames_dropped.clone(),
         errors: metrics.errors.with_label_values(&["source"]),
         reconnects: metrics.source_reconnects.clone(),
-    };
-    let source_status = Arc::new(SourceStatus::new(counters));
+    }));
     let frames = Arc::new(FrameSlot::default());
-    let log = caption_log(&config.service.caption_log)?;
     let state = Arc::new(State::new(
         config.service.history,
-        log,
+        caption_log(&config.service.caption_log)?,
         metrics,
         source_status.clone(),
         config.source.kind,
         frames.clone(),
         decoders.default.label(),
     ));
-    let stop = Arc::new(AtomicBool::new(false));
 
-    let capture = source.spawn(frames, source_status, stop.clone())?;
-    // The API serves (health, readiness "loading the model") while the captioning thread loads the
-    // models, which takes minutes on a Jetson building TensorRT engines; READY follows the load.
+    let capture = source.spawn(frames, source_status, shutdown.clone())?;
     let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
-    let (loaded, model) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let (manifest, bundle_dir) = (bundle.manifest.clone(), bundle.dir.display().to_string());
-    let captioning = {
-        let (cadence, seed, folder_mode) = (
-            config.captioning.clone(),
-            config.decoding.seed,
-            config.source.folder_mode,
-        );
-        let (state, stop) = (state.clone(), stop.clone());
-        std::thread::Builder::new().name("captioning".into()).spawn(move || {
-            tracing::info!("loading {}", bundle.dir.display());
-            let captioner = match Captioner::load(&bundle, &runtime) {
-                Ok(c) => c,
-                Err(e) => return drop(loaded.send(Err(e.to_string()))),
-            };
-            state.model_ready.store(true, Ordering::Relaxed);
-            let _ = loaded.send(Ok(()));
-            Pipeline {
-                captioner,
-                decoders,
-                config: cadence,
-                folder_mode,
-                seed,
-                state,
-                uploads: queue,
-                stop,
-                compare_count: 0,
-                compared_at: Default::default(),
-            }
-            .run()
-        })?
-    };
-
-    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let api = http::Api {
-        stopping: stopping_rx.clone(),
         state: state.clone(),
-        manifest,
-        bundle_dir,
+        manifest: bundle.manifest.clone(),
+        bundle_dir: bundle.dir.display().to_string(),
         plugins,
         uploads,
         votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
+        shutdown: shutdown.clone(),
         config: config.clone(),
     };
-    let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
-    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!("serving on http://{}", config.service.listen);
-        let app = http::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let (listen, state, failure) = (config.service.listen.clone(), state.clone(), failure.clone());
-        let started = async move {
-            match model.await {
-                Ok(Ok(())) => {
-                    notify::ready(&format!("serving on {listen}"));
-                    if let Some(period) = notify::watchdog_period() {
-                        tokio::spawn(watchdog(state, period));
-                    }
-                    std::future::pending().await
-                }
-                Ok(Err(e)) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
-                Err(_) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some("captioning thread ended".into()),
-            }
-        };
-        let signalled = async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = started => {}
-            }
-            notify::stopping();
-            let _ = stopping.send(true);
-        };
-        let server = axum::serve(listener, app).with_graceful_shutdown(signalled).into_future();
-        // Requests in progress get the shutdown bound to finish; then their connections are dropped.
-        let mut stopped = stopping_rx;
-        tokio::select! {
-            served = server => served,
-            _ = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(bound).await;
-            } => {
-                tracing::warn!("HTTP requests still open {} ms after the stop signal; dropping them", bound.as_millis());
-                Ok(())
-            }
-        }
-    });
+    let setup = pipeline::Setup {
+        decoders,
+        config: config.captioning.clone(),
+        folder_mode: config.source.folder_mode,
+        seed: config.decoding.seed,
+        state: state.clone(),
+        uploads: queue,
+        shutdown: shutdown.clone(),
+    };
+    let (captioning, model) = pipeline::spawn(bundle, runtime, setup)?;
 
-    // Stop: no new work, finish (or abandon, past the bound) the caption in flight, flush the log.
-    stop.store(true, Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + bound;
-    while !captioning.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !captioning.is_finished() {
-        tracing::warn!(
-            "the caption in flight did not finish within {} ms; leaving it",
-            bound.as_millis()
-        );
-    }
-    if let Some(capture) = capture
-        && !capture.is_finished()
-    {
-        std::thread::sleep(Duration::from_millis(100)); // it polls `stop` at least every 50 ms
+    let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
+    let served = server.serve(api, model, &shutdown, bound);
+    // Stopping: no new work; the caption in flight and accepted uploads finish within the bound.
+    shutdown.trigger();
+    let deadline = Instant::now() + bound;
+    captioning.join_by(deadline);
+    if let Some(capture) = capture {
+        capture.join_by(deadline);
     }
     state.flush_log();
-    rt.shutdown_timeout(Duration::from_millis(200));
-    served.context("HTTP server")?;
-    if let Some(error) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        anyhow::bail!("cannot load the models: {error}");
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Pings systemd's watchdog at half its period while the captioning thread keeps looping; a hung
-/// pipeline stops the pings and systemd restarts the service.
-async fn watchdog(state: Arc<State>, period: Duration) {
-    let mut tick = tokio::time::interval(period / 2);
-    loop {
-        tick.tick().await;
-        if state.pipeline_alive(period / 2) {
-            notify::watchdog();
-        } else {
-            tracing::error!(
-                "captioning thread has not looped for {:?}; withholding the watchdog ping",
-                period / 2
-            );
+    match served? {
+        Stop::Signal => {
+            tracing::info!("stopped");
+            Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        Stop::LoadFailed(e) => Err(anyhow::Error::new(e).context("cannot load the models")),
+        Stop::CaptioningGone => anyhow::bail!("the captioning thread ended before loading the models"),
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,9 +15,12 @@ use tokio::sync::oneshot;
 use super::state::{CaptionEvent, Compared, Comparison, State};
 use crate::capture::Frame;
 use crate::config::{CaptioningConfig, FolderMode, SourceKind};
-use clipcap_core::captioner::{Captioner, Prepared};
+use crate::shutdown::{Shutdown, Worker};
+use clipcap_core::bundle::Bundle;
+use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
 use clipcap_core::decoding::DecoderInstance;
+use clipcap_core::runtime::Runtime;
 
 /// An image posted to the API, with the decoder to use (already checked) and where to answer.
 pub struct Upload {
@@ -35,18 +38,51 @@ pub struct Decoders {
     pub compare: Vec<DecoderInstance>,
 }
 
-pub struct Pipeline {
-    pub captioner: Captioner,
+/// What the captioning thread works with, besides the models it loads itself.
+pub struct Setup {
     pub decoders: Decoders,
     pub config: CaptioningConfig,
     pub folder_mode: FolderMode,
     pub seed: u64,
     pub state: Arc<State>,
     pub uploads: Receiver<Upload>,
-    pub stop: Arc<AtomicBool>,
+    pub shutdown: Shutdown,
+}
+
+/// Starts the captioning thread. It loads the models first, reporting on the returned channel
+/// whether they loaded (the API serves meanwhile: on a Jetson, building TensorRT engines takes
+/// minutes), then captions until the shutdown.
+pub fn spawn(
+    bundle: Bundle,
+    runtime: Runtime,
+    setup: Setup,
+) -> std::io::Result<(Worker, oneshot::Receiver<Result<(), CaptionError>>)> {
+    let (loaded, model) = oneshot::channel();
+    let worker = Worker::spawn("captioning", move || {
+        tracing::info!("loading {}", bundle.dir.display());
+        let captioner = match Captioner::load(&bundle, &runtime) {
+            Ok(c) => c,
+            Err(e) => return drop(loaded.send(Err(e))),
+        };
+        setup.state.model_ready.store(true, Ordering::Relaxed);
+        let _ = loaded.send(Ok(()));
+        Pipeline {
+            captioner,
+            s: setup,
+            compare_count: 0,
+            compared_at: VecDeque::new(),
+        }
+        .run()
+    })?;
+    Ok((worker, model))
+}
+
+struct Pipeline {
+    captioner: Captioner,
+    s: Setup,
     /// Source captions so far and the times of the comparisons of the last minute (sampling).
-    pub compare_count: u64,
-    pub compared_at: VecDeque<Instant>,
+    compare_count: u64,
+    compared_at: VecDeque<Instant>,
 }
 
 /// How long the thread waits at most before looking again (keeps the heartbeat fresh).
@@ -55,24 +91,24 @@ const TICK: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_millis(20);
 
 impl Pipeline {
-    pub fn run(mut self) {
-        let interval = Duration::from_millis(self.config.interval_ms);
+    fn run(mut self) {
+        let interval = Duration::from_millis(self.s.config.interval_ms);
         let queue = self.queue();
         let mut next_due = Instant::now();
         let mut last_scene: Option<Vec<f32>> = None;
-        while !self.stop.load(Ordering::Relaxed) {
-            self.state.beat();
+        while !self.s.shutdown.is_set() {
+            self.s.state.beat();
             let until_due = next_due.saturating_duration_since(Instant::now());
             let wait = if until_due.is_zero() { POLL } else { until_due.min(TICK) };
-            match self.uploads.recv_timeout(wait) {
+            match self.s.uploads.recv_timeout(wait) {
                 Ok(upload) => {
-                    self.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.s.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
                     self.upload(upload)
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
                 // A queue's files are captioned as they come: no cadence.
                 Err(RecvTimeoutError::Timeout) if queue || Instant::now() >= next_due => {
-                    if let Some(frame) = self.state.frames.take_new() {
+                    if let Some(frame) = self.s.state.frames.take_new() {
                         next_due = Instant::now() + interval;
                         let outcome = self.camera(&frame, &mut last_scene);
                         if let Some(ticket) = &frame.ticket {
@@ -83,69 +119,87 @@ impl Pipeline {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
+        // Uploads already accepted still get their captions: their clients are waiting.
+        while let Ok(upload) = self.s.uploads.try_recv() {
+            self.s.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
+            self.upload(upload);
+        }
     }
 
     fn upload(&mut self, upload: Upload) {
         let result = match self.captioner.prepare(&upload.image) {
             Err(e) => Err(e.to_string()),
             Ok(prepared) => {
-                let Decoders { default, fallback, .. } = &mut self.decoders;
+                let Decoders { default, fallback, .. } = &mut self.s.decoders;
                 let mut chosen = upload.decoder;
                 let decoder = chosen.as_mut().unwrap_or(default);
                 self.captioner
-                    .decode(&prepared, decoder, fallback.as_mut(), self.seed)
+                    .decode(&prepared, decoder, fallback.as_mut(), self.s.seed)
                     .map_err(|e| e.to_string())
             }
         };
         let result = result
-            .map(|caption| self.state.publish("upload", upload.origin, upload.received, caption))
-            .inspect_err(|_| self.state.metrics.error("caption"));
+            .map(|caption| self.s.state.publish("upload", upload.origin, upload.received, caption))
+            .inspect_err(|_| self.s.state.metrics.error("caption"));
         if let Ok(since) = upload.received.elapsed() {
-            self.state.metrics.upload_seconds.observe(since.as_secs_f64());
+            self.s.state.metrics.upload_seconds.observe(since.as_secs_f64());
         }
         let _ = upload.reply.send(result); // the client may have gone
     }
 
     /// Whether the source is a folder in queue mode: every frame captioned, none skipped.
     fn queue(&self) -> bool {
-        self.state.source_kind == SourceKind::Folder && self.folder_mode == FolderMode::Queue
+        self.s.state.source_kind == SourceKind::Folder && self.s.folder_mode == FolderMode::Queue
     }
 
     /// Captions a source frame: the published caption's id, or why there is none.
     fn camera(&mut self, frame: &Frame, last_scene: &mut Option<Vec<f32>>) -> Result<u64, String> {
-        let source = if self.state.source_kind == SourceKind::Folder {
+        let source = if self.s.state.source_kind == SourceKind::Folder {
             "folder"
         } else {
             "camera"
         };
-        let prepared = match self.captioner.prepare(&frame.image) {
+        let image = match frame.pixels.to_rgb() {
+            Ok(image) => image,
+            // A bad frame (a corrupt MJPEG, say) is the source's error; the camera goes on.
+            Err(e) => {
+                tracing::warn!("{source} frame {}: {e}", frame.seq);
+                self.s.state.source.counters.errors.inc();
+                return Err(e);
+            }
+        };
+        let prepared = match self.captioner.prepare(&image) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("{source} frame: {e}");
-                self.state.metrics.error("caption");
+                self.s.state.metrics.error("caption");
                 return Err(e.to_string());
             }
         };
         if !self.queue() && self.unchanged(&prepared, last_scene) {
-            self.state.metrics.frames_skipped.inc();
+            self.s.state.metrics.frames_skipped.inc();
             return Err("unchanged scene".into());
         }
-        let Decoders { default, fallback, .. } = &mut self.decoders;
-        match self.captioner.decode(&prepared, default, fallback.as_mut(), self.seed) {
+        let Decoders { default, fallback, .. } = &mut self.s.decoders;
+        match self
+            .captioner
+            .decode(&prepared, default, fallback.as_mut(), self.s.seed)
+        {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
                 let event = self
+                    .s
                     .state
                     .publish(source, frame.origin.clone(), frame.captured, caption);
                 // Published first: comparing never delays the caption.
-                if !self.decoders.compare.is_empty() && self.compare_due() {
+                if !self.s.decoders.compare.is_empty() && self.compare_due() {
                     self.compare(&prepared, &event);
                 }
                 Ok(event.id)
             }
             Err(e) => {
                 tracing::warn!("{source} caption failed: {e}");
-                self.state.metrics.error("caption");
+                self.s.state.metrics.error("caption");
                 Err(e.to_string())
             }
         }
@@ -154,11 +208,11 @@ impl Pipeline {
     /// Whether this caption's frame gets a comparison: every `compare_every`th source caption, at
     /// most `compare_per_minute` a minute, and not while a frame or an upload waits. Skips are counted.
     fn compare_due(&mut self) -> bool {
-        let c = &self.config;
+        let c = &self.s.config;
         self.compare_count += 1;
         let skip = if !(self.compare_count - 1).is_multiple_of(c.compare_every) {
             Some("sampled")
-        } else if self.state.frames.waiting() || self.state.uploads_waiting.load(Ordering::Relaxed) > 0 {
+        } else if self.s.state.frames.waiting() || self.s.state.uploads_waiting.load(Ordering::Relaxed) > 0 {
             Some("busy")
         } else {
             let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
@@ -167,7 +221,7 @@ impl Pipeline {
         };
         match skip {
             Some(reason) => {
-                self.state.metrics.compare_skipped(reason);
+                self.s.state.metrics.compare_skipped(reason);
                 false
             }
             None => {
@@ -180,11 +234,11 @@ impl Pipeline {
     /// Runs the comparison decoders on the frame of `event`, scores every caption with CLIP (when the
     /// bundle has its text encoder), and publishes the comparison.
     fn compare(&mut self, prepared: &Prepared, event: &CaptionEvent) {
-        let metrics = &self.state.metrics;
-        let mut compared: Vec<Compared> = Vec::with_capacity(self.decoders.compare.len());
-        for d in self.decoders.compare.iter_mut() {
+        let metrics = &self.s.state.metrics;
+        let mut compared: Vec<Compared> = Vec::with_capacity(self.s.decoders.compare.len());
+        for d in self.s.decoders.compare.iter_mut() {
             let start = Instant::now();
-            compared.push(match self.captioner.decode(prepared, d, None, self.seed) {
+            compared.push(match self.captioner.decode(prepared, d, None, self.s.seed) {
                 Ok(c) => {
                     metrics.decoded(&c.decoder, c.ms.decode);
                     Compared {
@@ -230,13 +284,13 @@ impl Pipeline {
             ms: event.caption.ms.decode,
             compare: compared,
         };
-        self.state.compare.record(&comparison, metrics);
-        self.state.publish_comparison(comparison);
+        self.s.state.compare.record(&comparison, metrics);
+        self.s.state.publish_comparison(comparison);
     }
 
     /// Whether the scene is within `scene_change` cosine distance of the last captioned one.
     fn unchanged(&self, prepared: &Prepared, last: &Option<Vec<f32>>) -> bool {
-        let threshold = self.config.scene_change;
+        let threshold = self.s.config.scene_change;
         threshold > 0.0
             && last
                 .as_ref()
