@@ -1,7 +1,8 @@
 //! The ONNX Runtime environment: loading the library, choosing execution providers, making sessions.
 //!
 //! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic`) and the API version requested is the
-//! oldest that serves (api-17, ONNX Runtime 1.17+), so the same binary runs on the runtime builds that
+//! oldest that serves (api-17: ONNX Runtime 1.17 or newer; tested with 1.19.2, tests/cli.rs, and the
+//! pinned 1.23.2, [`PINNED_WHEEL`]), so the same binary runs on the runtime builds that
 //! Jetson images ship as well as on the pinned wheel used here. Execution providers are tried in the
 //! configured order; one that this build of ONNX Runtime lacks, or that fails to start (no GPU, missing
 //! CUDA libraries), is skipped with a warning, and CPU is always the last resort.

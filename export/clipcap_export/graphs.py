@@ -1,4 +1,5 @@
-"""The three ONNX graphs of a bundle, exported from PyTorch and checked against it.
+"""The four ONNX graphs of a bundle (image encoder, mapper, language model, CLIP text encoder),
+exported from PyTorch and checked against it.
 
 Tensor names and shapes are those of docs/bundle.md. Every graph is run with ONNX Runtime right after
 export and compared with the PyTorch model it came from; a difference above the bound stops the export.

@@ -26,7 +26,7 @@ CHECKPOINT_FORMAT = "clipcap-export-checkpoint-1"
 # Random-init architectures, all with the real vocabularies (GPT-2's 50257 tokens, CLIP's 49408).
 # `tiny`'s initializer range is wider than the usual 0.02 so that its random logits have clear winners:
 # with 0.02 the top two logits of a 32-wide model differ by ~1e-3, and ONNX-vs-PyTorch token parity
-# would hinge on rounding. `demo` is trained (export/clipcap_export/demo.py), so it keeps 0.02; its
+# would hinge on rounding. `demo` is trained (`clipcap-export demo`, pipeline.py), so it keeps 0.02; its
 # images are 64 x 64 so that training fits in minutes on two CPU cores.
 RANDOM_CONFIGS = {
     "tiny": dict(

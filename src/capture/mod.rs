@@ -266,3 +266,41 @@ impl Source {
         Ok(Some(worker))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_camera_buffers_convert_when_asked() {
+        let yuyv = Pixels::Yuyv {
+            data: vec![16, 128, 235, 128, 99, 99],
+            width: 2,
+            height: 1,
+            stride: 6,
+        };
+        assert_eq!(yuyv.to_rgb().unwrap().as_raw(), &[0, 0, 0, 255, 255, 255]);
+        let rgb24 = Pixels::Rgb24 {
+            data: vec![1, 2, 3, 4, 5, 6],
+            width: 1,
+            height: 2,
+            stride: 3,
+        };
+        assert_eq!(rgb24.to_rgb().unwrap().as_raw(), &[1, 2, 3, 4, 5, 6]);
+
+        let image = RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 16) as u8, (y * 32) as u8, 128]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&image)
+            .unwrap();
+        let frame = Pixels::Jpeg(jpeg.clone());
+        assert_eq!(*frame.to_rgb().unwrap(), imageio::decode(&jpeg).unwrap());
+        // A frame the camera garbled fails when it is used, naming why; it is not a panic.
+        let truncated = Pixels::Jpeg(jpeg[..jpeg.len() / 2].to_vec()).to_rgb().unwrap_err();
+        assert!(truncated.to_lowercase().contains("jpeg"), "{truncated}");
+        assert!(matches!(
+            Pixels::Rgb(image.clone()).to_rgb().unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

@@ -3,11 +3,12 @@
 # busybox, the vivid virtual camera module and its dependencies, clipcap with its shared libraries,
 # the greedy decoder plugin, a bundle, and v4l2-ctl. The VM's init (tests/vivid/init) reports on the
 # serial console, which is this script's standard output. scripts/setup.sh fetches the kernel.
-# usage: run.sh WORKDIR CLIPCAP PLUGIN_DIR BUNDLE_DIR LIBONNXRUNTIME
+# usage: run.sh WORKDIR CLIPCAP PLUGIN_DIR BUNDLE_DIR LIBONNXRUNTIME [MEASURE_SECONDS]
+# With MEASURE_SECONDS, the VM measures the daemon's CPU time instead (scripts/capture_cpu.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 vm=$here/../../.cache/vm
-work=$1 clipcap=$2 plugins=$3 bundle=$4 ort=$5
+work=$1 clipcap=$2 plugins=$3 bundle=$4 ort=$5 measure=${6:+clipcap_measure=$6}
 [ -f "$vm/vmlinuz" ] || { echo "no kernel in $vm: run scripts/setup.sh" >&2; exit 2; }
 for tool in qemu-system-x86_64 busybox objcopy strings ldd v4l2-ctl; do
     command -v $tool >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 2; }
@@ -53,4 +54,4 @@ printf '%s\n' "${order[@]}" | grep -vx vivid > "$root/modules/order"
 (cd "$root" && find . | busybox cpio -o -H newc -R 0:0 2>/dev/null) > "$work/initramfs.cpio"
 exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -no-reboot -nodefaults -display none \
     -monitor none -serial stdio -kernel "$vm/vmlinuz" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init"
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init $measure"

@@ -69,6 +69,8 @@ impl<'g, 'a> HostCtx<'g, 'a> {
 
 /// Runs `f` on the context behind `ctx`, turning a panic into `on_panic` and a message.
 fn with<T>(ctx: *mut c_void, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -> T {
+    // SAFETY: `ctx` is the HostCtx that `table()` put in the table; it outlives the decode call and does not
+    // move during it, and the ABI allows one call at a time per table.
     let host = unsafe { &mut *ctx.cast::<HostCtx>() };
     match catch_unwind(AssertUnwindSafe(|| f(&mut *host))) {
         Ok(value) => value,
@@ -102,6 +104,7 @@ unsafe extern "C" fn step(ctx: *mut c_void, parents: *const u32, tokens: *const 
         let (parents, tokens) = if n == 0 {
             (&[][..], &[][..])
         } else {
+            // SAFETY: both are non-null (checked above) and the ABI makes them arrays of `n` entries.
             unsafe {
                 (
                     std::slice::from_raw_parts(parents, n as usize),
@@ -145,6 +148,7 @@ unsafe extern "C" fn context(ctx: *mut c_void, seq: u32, len: *mut u32) -> *cons
         Some(states) => {
             h.context = states;
             if !len.is_null() {
+                // SAFETY: `len` is non-null (checked) and points to the decoder's u32 (ABI).
                 unsafe { *len = (h.context.len() / h.generation.hidden_size()) as u32 };
             }
             h.context.as_ptr()
@@ -168,6 +172,7 @@ unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: 
         let ids = if n == 0 || ids.is_null() {
             &[][..]
         } else {
+            // SAFETY: `ids` is non-null (checked) and the ABI makes it an array of `n` ids.
             unsafe { std::slice::from_raw_parts(ids, n as usize) }
         };
         let text = match h.generation.detokenize(ids) {
@@ -178,6 +183,8 @@ unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: 
             }
         };
         if !buf.is_null() {
+            // SAFETY: `buf` is non-null (checked) and has room for `cap` bytes (ABI); at most `cap` are
+            // written.
             unsafe { std::ptr::copy_nonoverlapping(text.as_ptr().cast(), buf, text.len().min(cap)) };
         }
         text.len()
@@ -198,6 +205,7 @@ unsafe extern "C" fn image_text_similarity(
         let ptrs = if n == 0 {
             &[][..]
         } else {
+            // SAFETY: `texts` is non-null (checked) and the ABI makes it an array of `n` pointers.
             unsafe { std::slice::from_raw_parts(texts, n as usize) }
         };
         let owned: Vec<String> = ptrs
@@ -206,6 +214,7 @@ unsafe extern "C" fn image_text_similarity(
                 if p.is_null() {
                     String::new()
                 } else {
+                    // SAFETY: non-null (checked); the ABI makes each text NUL-terminated.
                     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
                 }
             })
@@ -213,6 +222,8 @@ unsafe extern "C" fn image_text_similarity(
         let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
         match h.generation.similarity(&refs) {
             Ok(sims) => {
+                // SAFETY: `out` is non-null (checked) with room for `n` floats (ABI), and `sims` has one per
+                // text, `n`.
                 unsafe { std::ptr::copy_nonoverlapping(sims.as_ptr(), out, sims.len()) };
                 0
             }
@@ -225,6 +236,7 @@ unsafe extern "C" fn image_text_similarity(
 }
 
 unsafe extern "C" fn last_error(ctx: *mut c_void) -> *const c_char {
+    // SAFETY: as in `with`: `ctx` is the live HostCtx of this decode call.
     let host = unsafe { &*ctx.cast::<HostCtx>() };
     host.error.as_ptr()
 }

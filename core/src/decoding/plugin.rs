@@ -129,8 +129,9 @@ fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
     size_check("clipcap_decoder", d.decoder_size, size_of::<ffi::DecoderSpec>())?;
     size_check("clipcap_param", d.param_size, size_of::<ffi::Param>())?;
     size_check("clipcap_host", d.host_size, size_of::<ffi::Host>())?;
-    // SAFETY (every `text` below): the ABI makes these NUL-terminated static strings or null.
+    // SAFETY: the ABI makes the descriptor's strings NUL-terminated statics, or null.
     let plugin = unsafe { text(d.name, "plugin name") }?;
+    // SAFETY: as above.
     let plugin_version = unsafe { text(d.version, "plugin version") }?;
     if d.num_decoders == 0 || d.decoders.is_null() {
         return refuse("the plugin provides no decoders".into());
@@ -139,6 +140,7 @@ fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
     let specs = unsafe { std::slice::from_raw_parts(d.decoders, d.num_decoders as usize) };
     let mut out: Vec<DecoderInfo> = Vec::with_capacity(specs.len());
     for (i, s) in specs.iter().enumerate() {
+        // SAFETY: as above, for the decoder specs.
         let name = unsafe { text(s.name, &format!("decoder {i}'s name")) }?;
         let (Some(create), Some(decode), Some(destroy)) = (s.create, s.decode, s.destroy) else {
             return refuse(format!("decoder `{name}` lacks create, decode or destroy"));
@@ -157,6 +159,7 @@ fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
         };
         let mut params: Vec<ParamInfo> = Vec::with_capacity(raw.len());
         for p in raw {
+            // SAFETY: as above, for the parameters.
             let pname = unsafe { text(p.name, &format!("a parameter name of `{name}`")) }?;
             let kind = match p.kind {
                 ffi::PARAM_INT => ParamKind::Int,
@@ -176,6 +179,7 @@ fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
                 ));
             }
             params.push(ParamInfo {
+                // SAFETY: as above.
                 description: unsafe { text(p.description, &format!("description of `{pname}`")) }?,
                 name: pname,
                 kind,
@@ -185,6 +189,7 @@ fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
             });
         }
         out.push(DecoderInfo {
+            // SAFETY: as above.
             description: unsafe { text(s.description, &format!("description of `{name}`")) }?,
             name,
             params,

@@ -53,6 +53,9 @@ fn search(host: &mut Host, k: usize, alpha: f32, beta: f32) -> Result<Vec<u32>, 
     }
 }
 
+const TOP_K: Param = Param::int(c"top_k", c"candidates considered at each step", 4, 1, 64);
+const PENALTY_ALPHA: Param = Param::float(c"penalty_alpha", c"weight of the degeneration penalty", 0.6, 0.0, 1.0);
+
 pub struct Contrastive {
     top_k: usize,
     alpha: f32,
@@ -61,10 +64,7 @@ pub struct Contrastive {
 impl Decoder for Contrastive {
     const NAME: &'static CStr = c"contrastive";
     const DESCRIPTION: &'static CStr = c"contrastive search: likelihood minus a degeneration penalty on hidden states";
-    const PARAMS: &'static [Param] = &[
-        Param::int(c"top_k", c"candidates considered at each step", 4, 1, 64),
-        Param::float(c"penalty_alpha", c"weight of the degeneration penalty", 0.6, 0.0, 1.0),
-    ];
+    const PARAMS: &'static [Param] = &[TOP_K, PENALTY_ALPHA];
 
     fn new(p: &Params) -> Result<Self, String> {
         Ok(Contrastive {
@@ -78,9 +78,9 @@ impl Decoder for Contrastive {
     }
 }
 
+/// Contrastive search plus the CLIP term.
 pub struct Magic {
-    top_k: usize,
-    alpha: f32,
+    contrastive: Contrastive,
     beta: f32,
 }
 
@@ -89,21 +89,21 @@ impl Decoder for Magic {
     const DESCRIPTION: &'static CStr =
         c"CLIP-guided contrastive search (MAGIC): adds beta x the image-text match of each candidate";
     const PARAMS: &'static [Param] = &[
-        Param::int(c"top_k", c"candidates considered at each step", 4, 1, 64),
-        Param::float(c"penalty_alpha", c"weight of the degeneration penalty", 0.6, 0.0, 1.0),
+        TOP_K,
+        PENALTY_ALPHA,
         Param::float(c"beta", c"weight of the CLIP image-text score", 2.0, 0.0, 100.0),
     ];
 
     fn new(p: &Params) -> Result<Self, String> {
         Ok(Magic {
-            top_k: p.usize("top_k"),
-            alpha: p.float("penalty_alpha") as f32,
+            contrastive: Contrastive::new(p)?,
             beta: p.float("beta") as f32,
         })
     }
 
     fn decode(&mut self, host: &mut Host) -> Result<Vec<u32>, String> {
-        search(host, self.top_k, self.alpha, self.beta)
+        let Contrastive { top_k, alpha } = self.contrastive;
+        search(host, top_k, alpha, self.beta)
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Param {
     pub max: f64,
 }
 
-// Descriptors are immutable statics pointing at static strings.
+// SAFETY: descriptors are immutable statics pointing at static strings; nothing writes through them.
 unsafe impl Sync for Param {}
 
 impl Param {
@@ -108,6 +108,7 @@ pub struct DecoderSpec {
     pub destroy: Option<DestroyFn>,
 }
 
+// SAFETY: as for Param.
 unsafe impl Sync for DecoderSpec {}
 
 #[repr(C)]
@@ -123,6 +124,7 @@ pub struct Plugin {
     pub num_decoders: u32,
 }
 
+// SAFETY: as for Param.
 unsafe impl Sync for Plugin {}
 
 impl Plugin {

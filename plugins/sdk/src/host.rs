@@ -16,6 +16,8 @@ impl<'a> Host<'a> {
     }
 
     fn error(&self) -> String {
+        // SAFETY: the table is valid for this decode call (ABI), and last_error
+        // returns a NUL-terminated string valid until the next host call.
         let message = unsafe { CStr::from_ptr((self.raw.last_error)(self.raw.ctx)) };
         message.to_string_lossy().into_owned()
     }
@@ -41,6 +43,7 @@ impl<'a> Host<'a> {
         if self.raw.num_stop_tokens == 0 {
             return &[];
         }
+        // SAFETY: not null (checked); the host gives `num_stop_tokens` ids, valid for the call.
         unsafe { std::slice::from_raw_parts(self.raw.stop_tokens, self.raw.num_stop_tokens as usize) }
     }
 
@@ -55,6 +58,7 @@ impl<'a> Host<'a> {
 
     /// Back to one sequence holding just the image prefix.
     pub fn start(&mut self) -> Result<(), String> {
+        // SAFETY: the table is valid for this decode call (ABI).
         match unsafe { (self.raw.start)(self.raw.ctx) } {
             0 => Ok(()),
             _ => Err(self.error()),
@@ -63,6 +67,7 @@ impl<'a> Host<'a> {
 
     /// Number of live sequences.
     pub fn batch(&self) -> usize {
+        // SAFETY: the table is valid for this decode call (ABI).
         unsafe { (self.raw.batch)(self.raw.ctx) as usize }
     }
 
@@ -71,6 +76,8 @@ impl<'a> Host<'a> {
         if parents.len() != tokens.len() {
             return Err(format!("{} parents for {} tokens", parents.len(), tokens.len()));
         }
+        // SAFETY: the table is valid for this decode call (ABI); both slices have
+        // `parents.len()` entries (checked).
         let status = unsafe { (self.raw.step)(self.raw.ctx, parents.as_ptr(), tokens.as_ptr(), parents.len() as u32) };
         if status == 0 { Ok(()) } else { Err(self.error()) }
     }
@@ -78,6 +85,7 @@ impl<'a> Host<'a> {
     /// Next-token logits of sequence `seq`.
     pub fn logits(&self, seq: usize) -> Result<&[f32], String> {
         self.row(
+            // SAFETY: the table is valid for this decode call (ABI).
             unsafe { (self.raw.logits)(self.raw.ctx, seq as u32) },
             self.vocab_size(),
         )
@@ -86,6 +94,7 @@ impl<'a> Host<'a> {
     /// Last-layer hidden state of the last position of sequence `seq`.
     pub fn hidden(&self, seq: usize) -> Result<&[f32], String> {
         self.row(
+            // SAFETY: the table is valid for this decode call (ABI).
             unsafe { (self.raw.hidden)(self.raw.ctx, seq as u32) },
             self.hidden_size(),
         )
@@ -94,6 +103,7 @@ impl<'a> Host<'a> {
     /// Hidden states of every position of sequence `seq` (prefix included), row after row.
     pub fn context(&self, seq: usize) -> Result<&[f32], String> {
         let mut len = 0u32;
+        // SAFETY: the table is valid for this decode call (ABI); `len` is a u32 to write.
         let ptr = unsafe { (self.raw.context)(self.raw.ctx, seq as u32, &mut len) };
         self.row(ptr, len as usize * self.hidden_size())
     }
@@ -102,11 +112,14 @@ impl<'a> Host<'a> {
         if ptr.is_null() {
             return Err(self.error());
         }
+        // SAFETY: not null (checked); the host returns `len` floats, valid until its next call, which `&self`
+        // borrowing the result prevents.
         Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
     }
 
     /// The caption's seeded random stream: uniform in [0, 1).
     pub fn random(&mut self) -> f64 {
+        // SAFETY: the table is valid for this decode call (ABI).
         unsafe { (self.raw.random)(self.raw.ctx) }
     }
 
@@ -114,6 +127,8 @@ impl<'a> Host<'a> {
     pub fn detokenize(&self, ids: &[u32]) -> String {
         let mut buf = vec![0u8; 256];
         loop {
+            // SAFETY: the table is valid for this decode call (ABI); `ids` and `buf`
+            // are valid for the lengths passed.
             let n = unsafe {
                 (self.raw.detokenize)(
                     self.raw.ctx,
@@ -139,6 +154,8 @@ impl<'a> Host<'a> {
             .collect();
         let ptrs: Vec<_> = c.iter().map(|s| s.as_ptr()).collect();
         let mut out = vec![0f32; texts.len()];
+        // SAFETY: the table is valid for this decode call (ABI); `ptrs` holds
+        // NUL-terminated strings alive in `c`, and `out` has room for one float per text.
         let status = unsafe {
             (self.raw.image_text_similarity)(self.raw.ctx, ptrs.as_ptr(), ptrs.len() as u32, out.as_mut_ptr())
         };

@@ -66,6 +66,7 @@ impl Params<'_> {
         let i = self
             .specs
             .iter()
+            // SAFETY: parameter names are NUL-terminated statics (decoder_spec builds them from CStr).
             .position(|p| unsafe { CStr::from_ptr(p.name) }.to_str() == Ok(name))
             .unwrap_or_else(|| panic!("parameter `{name}` is not declared in PARAMS"));
         self.values[i]
@@ -136,6 +137,8 @@ unsafe fn write_error(err: *mut c_char, err_len: usize, message: &str) {
         return;
     }
     let n = message.len().min(err_len - 1);
+    // SAFETY: the caller passes `err` with room for `err_len` bytes (ABI); not null and n < err_len, checked
+    // above.
     unsafe {
         std::ptr::copy_nonoverlapping(message.as_ptr().cast(), err, n);
         *err.add(n) = 0;
@@ -146,6 +149,7 @@ unsafe extern "C" fn create<D: Decoder>(values: *const f64, err: *mut c_char, er
     let values: Vec<f64> = if D::PARAMS.is_empty() {
         Vec::new()
     } else {
+        // SAFETY: the host passes one value per declared parameter (ABI).
         unsafe { std::slice::from_raw_parts(values, D::PARAMS.len()) }.to_vec()
     };
     match catch_unwind(|| {
@@ -160,10 +164,12 @@ unsafe extern "C" fn create<D: Decoder>(values: *const f64, err: *mut c_char, er
         }))
         .cast(),
         Ok(Err(message)) => {
+            // SAFETY: `err` and `err_len` are the host's buffer, as the ABI passes them.
             unsafe { write_error(err, err_len, &message) };
             std::ptr::null_mut()
         }
         Err(panic) => {
+            // SAFETY: as above.
             unsafe { write_error(err, err_len, &panic_message(panic)) };
             std::ptr::null_mut()
         }
@@ -179,7 +185,9 @@ unsafe extern "C" fn decode<D: Decoder>(
     err: *mut c_char,
     err_len: usize,
 ) -> i32 {
+    // SAFETY: `instance` came from `create` (a boxed Instance<D>) and the ABI gives one thread at a time.
     let instance = unsafe { &mut *instance.cast::<Instance<D>>() };
+    // SAFETY: the host's table, valid for this call (ABI).
     let raw = unsafe { &*host };
     let result = catch_unwind(AssertUnwindSafe(|| {
         if instance.decoder.is_none() {
@@ -193,6 +201,8 @@ unsafe extern "C" fn decode<D: Decoder>(
     }));
     let message = match result {
         Ok(Ok(tokens)) if tokens.len() <= out_cap => {
+            // SAFETY: `out` has room for `out_cap` ids (ABI), and tokens.len() <= out_cap (matched);
+            // `out_len` is the host's.
             unsafe {
                 std::ptr::copy_nonoverlapping(tokens.as_ptr(), out, tokens.len());
                 *out_len = tokens.len();
@@ -209,6 +219,7 @@ unsafe extern "C" fn decode<D: Decoder>(
             panic_message(panic)
         }
     };
+    // SAFETY: `err` and `err_len` are the host's buffer, as the ABI passes them.
     unsafe { write_error(err, err_len, &message) };
     1
 }
@@ -217,6 +228,7 @@ unsafe extern "C" fn destroy<D: Decoder>(instance: *mut c_void) {
     if !instance.is_null() {
         // A panicking destructor must not unwind into the host.
         let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: not null (checked); it came from `create`'s Box and the host destroys it once.
             drop(unsafe { Box::from_raw(instance.cast::<Instance<D>>()) })
         }));
     }
