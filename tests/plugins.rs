@@ -243,7 +243,18 @@ fn libraries_that_break_the_abi_are_refused_with_the_reason() {
         .collect();
     let garbage = tmp.path().join("libgarbage.so");
     std::fs::write(&garbage, "not a shared library").unwrap();
-    expected.push((garbage, "cannot load"));
+    expected.push((garbage, "not an ELF shared library"));
+    // A library built for another machine: a real plugin with its ELF header's e_machine set to
+    // aarch64 (183), as a cross-build for a Jetson has it.
+    let mut elf = std::fs::read(plugin_dir().join("libclipcap_search.so")).unwrap();
+    elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+    let foreign = tmp.path().join("libforeign.so");
+    std::fs::write(&foreign, elf).unwrap();
+    expected.push((foreign, "built for aarch64; this clipcap runs on x86_64"));
+    // A symbolic link: what it points to was not what the folder listed.
+    let link = tmp.path().join("liblink.so");
+    std::os::unix::fs::symlink(plugin_dir().join("libclipcap_search.so"), &link).unwrap();
+    expected.push((link, "is a symbolic link"));
     let plugins = Plugins::load(&options(vec![tmp.path().to_path_buf()], true));
     assert!(plugins.decoders().is_empty());
     for (path, why) in expected {

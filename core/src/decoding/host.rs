@@ -67,11 +67,19 @@ impl<'g, 'a> HostCtx<'g, 'a> {
     }
 }
 
-/// Runs `f` on the context behind `ctx`, turning a panic into `on_panic` and a message.
-fn with<T>(ctx: *mut c_void, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -> T {
-    // SAFETY: `ctx` is the HostCtx that `table()` put in the table; it outlives the decode call and does not
-    // move during it, and the ABI allows one call at a time per table.
-    let host = unsafe { &mut *ctx.cast::<HostCtx>() };
+/// The context behind a table's `ctx`.
+///
+/// # Safety
+/// `ctx` is the `ctx` of a table made by [`HostCtx::table`] whose `HostCtx` is alive and has not
+/// moved, and nothing else uses that `HostCtx` while the reference lives: what the ABI promises of a
+/// decoder's calls (one at a time, during `decode`). The lifetimes are the caller's to keep short.
+unsafe fn host<'h>(ctx: *mut c_void) -> &'h mut HostCtx<'h, 'h> {
+    // SAFETY: the caller's contract above.
+    unsafe { &mut *ctx.cast::<HostCtx>() }
+}
+
+/// Runs `f` on `host`, turning a panic into `on_panic` and a message.
+fn with<T>(host: &mut HostCtx, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -> T {
     match catch_unwind(AssertUnwindSafe(|| f(&mut *host))) {
         Ok(value) => value,
         Err(_) => {
@@ -82,7 +90,8 @@ fn with<T>(ctx: *mut c_void, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -> 
 }
 
 unsafe extern "C" fn start(ctx: *mut c_void) -> i32 {
-    with(ctx, 1, |h| match h.generation.start() {
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 1, |h| match h.generation.start() {
         Ok(()) => 0,
         Err(e) => {
             h.violate(format!("start failed: {e}"));
@@ -92,11 +101,13 @@ unsafe extern "C" fn start(ctx: *mut c_void) -> i32 {
 }
 
 unsafe extern "C" fn batch(ctx: *mut c_void) -> u32 {
-    with(ctx, 0, |h| h.generation.batch() as u32)
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 0, |h| h.generation.batch() as u32)
 }
 
 unsafe extern "C" fn step(ctx: *mut c_void, parents: *const u32, tokens: *const u32, n: u32) -> i32 {
-    with(ctx, 1, |h| {
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 1, |h| {
         if n > 0 && (parents.is_null() || tokens.is_null()) {
             h.violate("step: null parents or tokens".into());
             return 1;
@@ -122,8 +133,8 @@ unsafe extern "C" fn step(ctx: *mut c_void, parents: *const u32, tokens: *const 
     })
 }
 
-fn row(ctx: *mut c_void, seq: u32, what: &str, get: fn(&Generation, usize) -> Option<*const f32>) -> *const f32 {
-    with(ctx, std::ptr::null(), |h| match get(h.generation, seq as usize) {
+fn row(host: &mut HostCtx, seq: u32, what: &str, get: fn(&Generation, usize) -> Option<*const f32>) -> *const f32 {
+    with(host, std::ptr::null(), |h| match get(h.generation, seq as usize) {
         Some(ptr) => ptr,
         None => {
             h.violate(format!(
@@ -136,39 +147,50 @@ fn row(ctx: *mut c_void, seq: u32, what: &str, get: fn(&Generation, usize) -> Op
 }
 
 unsafe extern "C" fn logits(ctx: *mut c_void, seq: u32) -> *const f32 {
-    row(ctx, seq, "logits", |g, s| g.logits(s).map(<[f32]>::as_ptr))
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    row(unsafe { host(ctx) }, seq, "logits", |g, s| {
+        g.logits(s).map(<[f32]>::as_ptr)
+    })
 }
 
 unsafe extern "C" fn hidden(ctx: *mut c_void, seq: u32) -> *const f32 {
-    row(ctx, seq, "hidden state", |g, s| g.hidden(s).map(<[f32]>::as_ptr))
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    row(unsafe { host(ctx) }, seq, "hidden state", |g, s| {
+        g.hidden(s).map(<[f32]>::as_ptr)
+    })
 }
 
 unsafe extern "C" fn context(ctx: *mut c_void, seq: u32, len: *mut u32) -> *const f32 {
-    with(ctx, std::ptr::null(), |h| match h.generation.context(seq as usize) {
-        Some(states) => {
-            h.context = states;
-            if !len.is_null() {
-                // SAFETY: `len` is non-null (checked) and points to the decoder's u32 (ABI).
-                unsafe { *len = (h.context.len() / h.generation.hidden_size()) as u32 };
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, std::ptr::null(), |h| {
+        match h.generation.context(seq as usize) {
+            Some(states) => {
+                h.context = states;
+                if !len.is_null() {
+                    // SAFETY: `len` is non-null (checked) and points to the decoder's u32 (ABI).
+                    unsafe { *len = (h.context.len() / h.generation.hidden_size()) as u32 };
+                }
+                h.context.as_ptr()
             }
-            h.context.as_ptr()
-        }
-        None => {
-            h.violate(format!(
-                "context of sequence {seq} requested; the batch has {}",
-                h.generation.batch()
-            ));
-            std::ptr::null()
+            None => {
+                h.violate(format!(
+                    "context of sequence {seq} requested; the batch has {}",
+                    h.generation.batch()
+                ));
+                std::ptr::null()
+            }
         }
     })
 }
 
 unsafe extern "C" fn random(ctx: *mut c_void) -> f64 {
-    with(ctx, 0.0, |h| h.generation.random())
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 0.0, |h| h.generation.random())
 }
 
 unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: *mut c_char, cap: usize) -> usize {
-    with(ctx, 0, |h| {
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 0, |h| {
         let ids = if n == 0 || ids.is_null() {
             &[][..]
         } else {
@@ -197,7 +219,8 @@ unsafe extern "C" fn image_text_similarity(
     n: u32,
     out: *mut f32,
 ) -> i32 {
-    with(ctx, 1, |h| {
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, 1, |h| {
         if n > 0 && (texts.is_null() || out.is_null()) {
             h.violate("image_text_similarity: null texts or output".into());
             return 1;
@@ -236,7 +259,6 @@ unsafe extern "C" fn image_text_similarity(
 }
 
 unsafe extern "C" fn last_error(ctx: *mut c_void) -> *const c_char {
-    // SAFETY: as in `with`: `ctx` is the live HostCtx of this decode call.
-    let host = unsafe { &*ctx.cast::<HostCtx>() };
-    host.error.as_ptr()
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    unsafe { host(ctx) }.error.as_ptr()
 }

@@ -64,6 +64,10 @@ pub enum PluginFault {
     /// The file or a folder above it could be replaced by others (security.rs).
     #[error("{0}")]
     Insecure(String),
+    #[error("cannot open: {0}")]
+    Open(std::io::Error),
+    #[error("built for {plugin}; this clipcap runs on {host}")]
+    Architecture { plugin: String, host: String },
     #[error("cannot load: {0}")]
     Load(libloading::Error),
     /// The descriptor broke the ABI's rules (plugin.rs says which).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clipcap_plugin_sdk::ffi;
 use libloading::Library;
 
+use super::security::CheckedFile;
 use super::{PluginError, PluginFault};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -92,17 +93,21 @@ fn size_check(what: &str, plugin: u32, host: usize) -> Result<(), PluginFault> {
 }
 
 /// Loads `path` and returns the decoders it provides, or why it is refused.
-pub fn load(path: &Path) -> Result<Vec<DecoderInfo>, PluginError> {
-    decoders(path).map_err(|reason| PluginError {
+/// Loads the library `file` (opened and checked from `path`) and returns the decoders it provides,
+/// or why it is refused.
+pub fn load(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginError> {
+    decoders(path, file).map_err(|reason| PluginError {
         path: path.to_path_buf(),
         reason,
     })
 }
 
-fn decoders(path: &Path) -> Result<Vec<DecoderInfo>, PluginFault> {
-    // SAFETY: loading runs the library's initialisers; security::check has vetted who could have
-    // written the file (or the user allowed insecure plugins), which is all a host can know.
-    let library = Arc::new(unsafe { Library::new(path) }.map_err(PluginFault::Load)?);
+fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFault> {
+    // SAFETY: loading runs the library's initialisers; security::open has vetted who could have
+    // written this very file (or the user allowed insecure plugins) and that it is an ELF file for
+    // this machine, which is all a host can know before running it.
+    let library = Arc::new(unsafe { Library::new(file.loader_path()) }.map_err(PluginFault::Load)?);
+    file.keep_open();
     // SAFETY: the symbol's type is the ABI's entry point; a library that exports another thing under
     // this name is outside what any host can check.
     let entry: ffi::EntryFn = *unsafe { library.get::<ffi::EntryFn>(ffi::ENTRY_SYMBOL) }

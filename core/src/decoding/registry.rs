@@ -55,10 +55,8 @@ impl Plugins {
     }
 
     fn add(&mut self, path: &Path, allow_insecure: bool) -> Result<(), PluginError> {
-        if !allow_insecure {
-            security::check(path)?;
-        }
-        let found = plugin::load(path)?;
+        let file = security::open(path, allow_insecure)?;
+        let found = plugin::load(path, file)?;
         for d in &found {
             if let Some(other) = self.decoders.iter().find(|o| o.name == d.name) {
                 return Err(PluginError {

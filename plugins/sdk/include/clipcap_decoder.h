@@ -65,11 +65,14 @@ typedef struct clipcap_host {
     uint32_t (*batch)(void *ctx);
     /* One model step: new sequence i continues old sequence parents[i] with tokens[i]. */
     int32_t (*step)(void *ctx, const uint32_t *parents, const uint32_t *tokens, uint32_t n);
-    /* Next-token logits of sequence `seq` (vocab_size floats), or NULL. */
+    /* Next-token logits of sequence `seq` (vocab_size floats), or NULL. Valid until the next `start` or
+       `step`. */
     const float *(*logits)(void *ctx, uint32_t seq);
-    /* Last-layer hidden state of the last position of `seq` (hidden_size floats), or NULL. */
+    /* Last-layer hidden state of the last position of `seq` (hidden_size floats), or NULL. Valid until
+       the next `start` or `step`. */
     const float *(*hidden)(void *ctx, uint32_t seq);
-    /* Hidden states of every position of `seq`, prefix included ([*len x hidden_size]), or NULL. */
+    /* Hidden states of every position of `seq`, prefix included ([*len x hidden_size]), or NULL. One
+       buffer serves every call: valid until the next `context`, `start` or `step`. */
     const float *(*context)(void *ctx, uint32_t seq, uint32_t *len);
     /* The caption's seeded random stream: uniform in [0, 1). */
     double (*random)(void *ctx);

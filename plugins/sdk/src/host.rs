@@ -4,8 +4,11 @@ use std::ffi::{CStr, CString};
 
 use crate::ffi;
 
-/// What a decoder may see and do during one caption. Slices borrowed from it (logits, hidden
-/// states) are valid until the next `start` or `step`, which the borrow checker enforces.
+/// What a decoder may see and do during one caption. The borrow checker holds the header's validity
+/// rules: `logits` and `hidden` borrow `self` (valid until the next `start` or `step`, which need
+/// `&mut self`); `context` borrows it mutably, since the host reuses one buffer for every `context`
+/// call, so no other host call can be made while its slice is alive (tests/ui shows the misuse
+/// that no longer compiles).
 pub struct Host<'a> {
     raw: &'a ffi::Host,
 }
@@ -100,8 +103,9 @@ impl<'a> Host<'a> {
         )
     }
 
-    /// Hidden states of every position of sequence `seq` (prefix included), row after row.
-    pub fn context(&self, seq: usize) -> Result<&[f32], String> {
+    /// Hidden states of every position of sequence `seq` (prefix included), row after row. The
+    /// slice lives in a buffer the next `context` call replaces: copy it to keep it.
+    pub fn context(&mut self, seq: usize) -> Result<&[f32], String> {
         let mut len = 0u32;
         // SAFETY: the table is valid for this decode call (ABI); `len` is a u32 to write.
         let ptr = unsafe { (self.raw.context)(self.raw.ctx, seq as u32, &mut len) };
