@@ -309,8 +309,8 @@ fn plugins_list_shows_decoders_parameters_and_refusals() {
         .find(|d| d["name"] == "beam")
         .unwrap();
     assert_eq!(
-        (beam["plugin"].as_str(), beam["abi"].as_u64()),
-        (Some("search"), Some(1))
+        (beam["plugin"].as_str(), beam["abi"].as_str()),
+        (Some("search"), Some("2.1"))
     );
     assert_eq!(beam["params"][0]["name"], "num_beams");
     assert_eq!(beam["params"][0]["default"], 5.0);
@@ -348,4 +348,27 @@ fn plugins_list_shows_decoders_parameters_and_refusals() {
         plain.contains("num_beams (int, default 5, range [1, 64])") && plain.contains("refused "),
         "{plain}"
     );
+}
+
+#[test]
+fn a_plugin_logs_through_the_hosts_extension() {
+    let bundle = tiny_bundle();
+    let image = references("greedy")[0].image_path();
+    let out = command()
+        .env("RUST_LOG", "info")
+        .args(["caption", "--json", "--decoder", "logs", "--bundle"])
+        .arg(&bundle)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The message reaches the daemon's log, attributed to the decoder instance.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("logs: hello from the SDK"))
+        .unwrap_or_else(|| panic!("no plugin log line in: {stderr}"));
+    assert!(line.contains("INFO") && line.contains("decoder=\"logs\""), "{line}");
+    let caption: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(caption["token_ids"], serde_json::json!([50256]));
 }

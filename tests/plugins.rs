@@ -197,23 +197,46 @@ fn a_plugin_written_in_c_captions_like_the_rust_one() {
     assert!(plugins.refused().is_empty(), "{:?}", plugins.refused());
     let info = plugins.decoders().iter().find(|d| d.name == "c_greedy").unwrap();
     assert_eq!(
-        (info.plugin.as_str(), info.plugin_version.as_str(), info.abi_version),
-        ("c-example", "1.0.0", 1)
+        (
+            info.plugin.as_str(),
+            info.plugin_version.as_str(),
+            info.abi_version.as_str()
+        ),
+        ("c-example", "1.0.0", "2.1")
     );
+    // The same source built against the older minor (2.0: no extensions, smaller structs) loads in
+    // this host and captions alike; its minor-1 decoder is not there.
+    let older = tempfile::tempdir_in(plugin_dir()).unwrap();
+    build_c_plugin(older.path(), "c_older", Some("CLIPCAP_DECODER_ABI_TARGET_MINOR=0"));
+    let older = Plugins::load(&options(vec![older.path().to_path_buf()], true));
+    assert!(older.refused().is_empty(), "{:?}", older.refused());
+    let names: Vec<(&str, &str)> = older
+        .decoders()
+        .iter()
+        .map(|d| (d.name.as_str(), d.abi_version.as_str()))
+        .collect();
+    assert_eq!(names, [("c_greedy", "2.0"), ("c_overflow", "2.0")]);
     let mut captioner = captioner(&tiny_bundle());
-    let mut c_greedy = decoder(&plugins, "c_greedy");
-    for r in references("greedy").iter().take(3) {
-        let prepared = captioner
-            .prepare(&imageio::load_file(&r.image_path()).unwrap())
-            .unwrap();
-        assert_eq!(
-            captioner.decode(&prepared, &mut c_greedy, None, 0).unwrap().token_ids,
-            r.token_ids
-        );
+    for plugins in [&plugins, &older] {
+        let mut c_greedy = decoder(plugins, "c_greedy");
+        for r in references("greedy").iter().take(3) {
+            let prepared = captioner
+                .prepare(&imageio::load_file(&r.image_path()).unwrap())
+                .unwrap();
+            assert_eq!(
+                captioner.decode(&prepared, &mut c_greedy, None, 0).unwrap().token_ids,
+                r.token_ids
+            );
+        }
     }
     let prepared = captioner
         .prepare(&imageio::load_file(&references("greedy")[0].image_path()).unwrap())
         .unwrap();
+    // Minor 1's extensions: "clipcap.log" is offered, an unknown id is not (the decoder checks both).
+    let caption = captioner
+        .decode(&prepared, &mut decoder(&plugins, "c_extensions"), None, 0)
+        .unwrap();
+    assert_eq!(caption.token_ids, [50256]);
     let err = captioner
         .decode(&prepared, &mut decoder(&plugins, "c_overflow"), None, 0)
         .unwrap_err()
@@ -227,9 +250,16 @@ fn libraries_that_break_the_abi_are_refused_with_the_reason() {
     let cases = [
         (
             Some("CLIPCAP_TEST_WRONG_ABI"),
-            "built for decoder ABI version 99, this clipcap speaks version 1",
+            "built for decoder ABI 3.0, this clipcap speaks 2.1: a different major version",
         ),
-        (Some("CLIPCAP_TEST_WRONG_SIZE"), "struct clipcap_host is"),
+        (
+            Some("CLIPCAP_TEST_WRONG_SIZE"),
+            "struct clipcap_decoder is 16 bytes in the plugin, less than ABI 2.0's",
+        ),
+        (
+            Some("CLIPCAP_TEST_NEEDS_EXTENSION"),
+            "needs extension `clipcap.test.absent`, which this clipcap does not offer (it offers clipcap.log)",
+        ),
         (Some("CLIPCAP_TEST_NO_ENTRY"), "no `clipcap_plugin_entry` symbol"),
         (
             Some("CLIPCAP_TEST_NULL_DECODE"),

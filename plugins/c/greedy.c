@@ -1,11 +1,14 @@
 /*
  * A decoder plugin written in C against include/clipcap_decoder.h, to prove the ABI is really C.
- * `c_greedy` is greedy decoding; `c_overflow` lies about how many tokens it wrote. The tests build
- * this file several times with macros that break the ABI on purpose:
- *   CLIPCAP_TEST_WRONG_ABI   descriptor claims ABI version 99
- *   CLIPCAP_TEST_WRONG_SIZE  descriptor claims a larger clipcap_host
- *   CLIPCAP_TEST_NO_ENTRY    the entry point has another name
- *   CLIPCAP_TEST_NULL_DECODE decode function pointer is NULL
+ * `c_greedy` is greedy decoding; `c_overflow` lies about how many tokens it wrote; `c_extensions`
+ * (ABI minor 1) looks up the host's extensions and logs through "clipcap.log". The tests build this
+ * file several times: with CLIPCAP_DECODER_ABI_TARGET_MINOR=0, as a plugin of the older minor, and
+ * with macros that break the ABI on purpose:
+ *   CLIPCAP_TEST_WRONG_ABI        descriptor claims ABI major 3
+ *   CLIPCAP_TEST_WRONG_SIZE       descriptor claims a clipcap_decoder smaller than ABI 2.0's
+ *   CLIPCAP_TEST_NO_ENTRY         the entry point has another name
+ *   CLIPCAP_TEST_NULL_DECODE      decode function pointer is NULL
+ *   CLIPCAP_TEST_NEEDS_EXTENSION  requires an extension no host offers
  */
 #include <stdio.h>
 #include <string.h>
@@ -60,6 +63,28 @@ static int32_t overflow(void *instance, const clipcap_host *host, uint32_t *out,
     return 0;
 }
 
+#if CLIPCAP_DECODER_ABI_TARGET_MINOR >= 1
+/* One token (the end of text) if the host offers "clipcap.log" and nothing for an unknown id. */
+static int32_t extensions(void *instance, const clipcap_host *host, uint32_t *out, size_t out_cap,
+                          size_t *out_len, char *err, size_t err_len) {
+    (void)instance;
+    (void)out_cap;
+    if (host->size < offsetof(clipcap_host, get_extension) + sizeof host->get_extension) {
+        snprintf(err, err_len, "the host's ABI minor has no extensions");
+        return 1;
+    }
+    const clipcap_log_extension *log = host->get_extension(host->ctx, CLIPCAP_EXTENSION_LOG);
+    if (!log || host->get_extension(host->ctx, "clipcap.no-such-extension") != NULL) {
+        snprintf(err, err_len, "extension lookup: log %p", (const void *)log);
+        return 1;
+    }
+    log->log(host->ctx, CLIPCAP_LOG_INFO, "c_extensions: the log extension works");
+    out[0] = host->eos_token;
+    *out_len = 1;
+    return 0;
+}
+#endif
+
 static const clipcap_decoder decoders[] = {
     {"c_greedy", "greedy decoding, written in C", NULL, 0, create,
 #ifdef CLIPCAP_TEST_NULL_DECODE
@@ -69,26 +94,42 @@ static const clipcap_decoder decoders[] = {
 #endif
      destroy},
     {"c_overflow", "claims more tokens than the buffer holds", NULL, 0, create, overflow, destroy},
+#if CLIPCAP_DECODER_ABI_TARGET_MINOR >= 1
+    {"c_extensions", "looks up the host's extensions", NULL, 0, create, extensions, destroy},
+#endif
 };
+
+#ifdef CLIPCAP_TEST_NEEDS_EXTENSION
+static const char *const required[] = {"clipcap.test.absent"};
+#endif
 
 static const clipcap_plugin plugin = {
 #ifdef CLIPCAP_TEST_WRONG_ABI
-    99u,
+    (3u << 16) | 0u,
 #else
     CLIPCAP_DECODER_ABI_VERSION,
 #endif
     sizeof(clipcap_plugin),
-    sizeof(clipcap_decoder),
-    sizeof(clipcap_param),
 #ifdef CLIPCAP_TEST_WRONG_SIZE
-    sizeof(clipcap_host) + 8,
+    16,
 #else
-    sizeof(clipcap_host),
+    sizeof(clipcap_decoder),
 #endif
+    sizeof(clipcap_param),
+    sizeof(clipcap_host),
     "c-example",
     "1.0.0",
     decoders,
     sizeof decoders / sizeof decoders[0],
+#if CLIPCAP_DECODER_ABI_TARGET_MINOR >= 1
+#ifdef CLIPCAP_TEST_NEEDS_EXTENSION
+    required,
+    1,
+#else
+    NULL,
+    0,
+#endif
+#endif
 };
 
 #ifdef CLIPCAP_TEST_NO_ENTRY

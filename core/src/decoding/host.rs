@@ -14,15 +14,18 @@ use super::Generation;
 
 pub(crate) struct HostCtx<'g, 'a> {
     pub generation: &'g mut Generation<'a>,
+    /// The decoder instance's label, for what it logs.
+    decoder: &'g str,
     pub violation: Option<String>,
     error: CString,
     context: Vec<f32>,
 }
 
 impl<'g, 'a> HostCtx<'g, 'a> {
-    pub fn new(generation: &'g mut Generation<'a>) -> Self {
+    pub fn new(generation: &'g mut Generation<'a>, decoder: &'g str) -> Self {
         HostCtx {
             generation,
+            decoder,
             violation: None,
             error: CString::default(),
             context: Vec::new(),
@@ -63,8 +66,46 @@ impl<'g, 'a> HostCtx<'g, 'a> {
             detokenize,
             image_text_similarity,
             last_error,
+            get_extension,
         }
     }
+}
+
+/// Extension "clipcap.log": static, so valid for every decode call.
+static LOG: ffi::LogExtension = ffi::LogExtension {
+    size: size_of::<ffi::LogExtension>() as u32,
+    log,
+};
+
+unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *const c_void {
+    if id.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: not null; the ABI makes `id` NUL-terminated.
+    let id = unsafe { CStr::from_ptr(id) };
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, std::ptr::null(), |_| {
+        if id == ffi::EXTENSION_LOG {
+            (&raw const LOG).cast()
+        } else {
+            std::ptr::null()
+        }
+    })
+}
+
+unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: *const c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: not null; the ABI makes `message` NUL-terminated.
+    let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
+    with(unsafe { host(ctx) }, (), |h| match level {
+        ffi::LOG_ERROR => tracing::error!(decoder = h.decoder, "{message}"),
+        ffi::LOG_WARN => tracing::warn!(decoder = h.decoder, "{message}"),
+        ffi::LOG_INFO => tracing::info!(decoder = h.decoder, "{message}"),
+        _ => tracing::debug!(decoder = h.decoder, "{message}"),
+    })
 }
 
 /// The context behind a table's `ctx`.

@@ -56,8 +56,9 @@ pub struct DecoderInfo {
     pub plugin: String,
     #[serde(rename = "version")]
     pub plugin_version: String,
+    /// The ABI the plugin was built for, "major.minor".
     #[serde(rename = "abi")]
-    pub abi_version: u32,
+    pub abi_version: String,
     pub path: PathBuf,
     #[serde(skip)]
     pub(crate) fns: DecoderFns,
@@ -83,16 +84,38 @@ unsafe fn text(ptr: *const c_char, what: &str) -> Result<String, PluginFault> {
         .or_else(|_| refuse(format!("{what} is not UTF-8")))
 }
 
-fn size_check(what: &str, plugin: u32, host: usize) -> Result<(), PluginFault> {
-    if plugin as usize != host {
-        return refuse(format!(
-            "struct {what} is {plugin} bytes in the plugin, {host} in clipcap: built against another clipcap_decoder.h"
-        ));
-    }
-    Ok(())
+/// The extensions this host offers (`get_extension` in host.rs serves them).
+pub(crate) const EXTENSIONS: &[&CStr] = &[ffi::EXTENSION_LOG];
+
+/// A struct of the plugin's, `len` bytes long by its own account, read as this host's version of it:
+/// the fields both know, and zero (the ABI's "absent") for fields the plugin's minor lacks.
+///
+/// # Safety
+/// `src` points to at least `len` readable bytes, and `T` is valid when all zero (pointers, integers,
+/// floats, `Option`s of function pointers).
+unsafe fn read_grown<T>(src: *const u8, len: usize) -> T {
+    let mut out = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `src` has `len` bytes (caller), `out` has size_of::<T>(); the copy takes the smaller.
+    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().cast::<u8>(), len.min(size_of::<T>())) };
+    // SAFETY: all-zero is a valid T (caller), and the copied bytes are the plugin's fields of T.
+    unsafe { out.assume_init() }
 }
 
-/// Loads `path` and returns the decoders it provides, or why it is refused.
+/// Refuses a struct smaller than ABI 2.0's: such a plugin was not built against clipcap_decoder.h.
+fn at_least(what: &str, plugin: u32, minimum: usize) -> Result<usize, PluginFault> {
+    if (plugin as usize) < minimum {
+        return refuse(format!(
+            "struct {what} is {plugin} bytes in the plugin, less than ABI {}.0's {minimum}: not built against clipcap_decoder.h",
+            ffi::ABI_MAJOR
+        ));
+    }
+    Ok(plugin as usize)
+}
+
+fn version(v: u32) -> String {
+    format!("{}.{}", ffi::abi_major(v), ffi::abi_minor(v))
+}
+
 /// Loads the library `file` (opened and checked from `path`) and returns the decoders it provides,
 /// or why it is refused.
 pub fn load(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginError> {
@@ -116,24 +139,41 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
     let descriptor = unsafe { entry(ffi::ABI_VERSION) };
     if descriptor.is_null() {
         return refuse(format!(
-            "the plugin does not support decoder ABI version {}",
-            ffi::ABI_VERSION
+            "the plugin does not support decoder ABI {}",
+            version(ffi::ABI_VERSION)
         ));
     }
-    // SAFETY: not null; the descriptor is static data of the library, which `library` keeps loaded. Its
-    // fields are read only after the version and sizes below say the layout is ours.
-    let d = unsafe { &*descriptor };
-    if d.abi_version != ffi::ABI_VERSION {
+    // SAFETY: not null; every version of the descriptor starts with its ABI version and its size,
+    // static data of the library, which `library` keeps loaded.
+    let (abi, plugin_size) = unsafe { (*descriptor.cast::<u32>(), *descriptor.cast::<u32>().add(1)) };
+    if ffi::abi_major(abi) != ffi::ABI_MAJOR {
         return refuse(format!(
-            "built for decoder ABI version {}, this clipcap speaks version {}",
-            d.abi_version,
-            ffi::ABI_VERSION
+            "built for decoder ABI {}, this clipcap speaks {}: a different major version",
+            version(abi),
+            version(ffi::ABI_VERSION)
         ));
     }
-    size_check("clipcap_plugin", d.plugin_size, size_of::<ffi::Plugin>())?;
-    size_check("clipcap_decoder", d.decoder_size, size_of::<ffi::DecoderSpec>())?;
-    size_check("clipcap_param", d.param_size, size_of::<ffi::Param>())?;
-    size_check("clipcap_host", d.host_size, size_of::<ffi::Host>())?;
+    let plugin_size = at_least("clipcap_plugin", plugin_size, ffi::PLUGIN_SIZE_2_0)?;
+    // SAFETY: the descriptor is `plugin_size` bytes by its own account (at least ABI 2.0's), and a
+    // zeroed ffi::Plugin is valid.
+    let d: ffi::Plugin = unsafe { read_grown(descriptor.cast(), plugin_size) };
+    let decoder_size = at_least("clipcap_decoder", d.decoder_size, ffi::DECODER_SIZE_2_0)?;
+    let param_size = at_least("clipcap_param", d.param_size, ffi::PARAM_SIZE_2_0)?;
+    at_least("clipcap_host", d.host_size, ffi::HOST_SIZE_2_0)?;
+    for i in 0..d.num_required_extensions as usize {
+        if d.required_extensions.is_null() {
+            return refuse("required extensions are null".into());
+        }
+        // SAFETY: not null; the ABI makes it an array of `num_required_extensions` strings.
+        let id = unsafe { text(*d.required_extensions.add(i), "a required extension") }?;
+        if !EXTENSIONS.iter().any(|e| e.to_str() == Ok(id.as_str())) {
+            let offered: Vec<&str> = EXTENSIONS.iter().filter_map(|e| e.to_str().ok()).collect();
+            return refuse(format!(
+                "needs extension `{id}`, which this clipcap does not offer (it offers {})",
+                offered.join(", ")
+            ));
+        }
+    }
     // SAFETY: the ABI makes the descriptor's strings NUL-terminated statics, or null.
     let plugin = unsafe { text(d.name, "plugin name") }?;
     // SAFETY: as above.
@@ -141,10 +181,13 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
     if d.num_decoders == 0 || d.decoders.is_null() {
         return refuse("the plugin provides no decoders".into());
     }
-    // SAFETY: not null, and the ABI makes it an array of `num_decoders` specs of the checked size.
-    let specs = unsafe { std::slice::from_raw_parts(d.decoders, d.num_decoders as usize) };
+    let specs = (0..d.num_decoders as usize).map(|i| {
+        // SAFETY: `decoders` is an array of `num_decoders` specs, `decoder_size` bytes apart (ABI;
+        // at least ABI 2.0's size), and a zeroed DecoderSpec is valid.
+        unsafe { read_grown::<ffi::DecoderSpec>(d.decoders.cast::<u8>().add(i * decoder_size), decoder_size) }
+    });
     let mut out: Vec<DecoderInfo> = Vec::with_capacity(specs.len());
-    for (i, s) in specs.iter().enumerate() {
+    for (i, s) in specs.enumerate() {
         // SAFETY: as above, for the decoder specs.
         let name = unsafe { text(s.name, &format!("decoder {i}'s name")) }?;
         let (Some(create), Some(decode), Some(destroy)) = (s.create, s.decode, s.destroy) else {
@@ -156,13 +199,12 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
         if s.num_params > 0 && s.params.is_null() {
             return refuse(format!("decoder `{name}`: parameters are null"));
         }
-        let raw = if s.num_params == 0 {
-            &[][..]
-        } else {
-            // SAFETY: not null, and the ABI makes it an array of `num_params` params of the checked size.
-            unsafe { std::slice::from_raw_parts(s.params, s.num_params as usize) }
-        };
-        let mut params: Vec<ParamInfo> = Vec::with_capacity(raw.len());
+        let raw = (0..s.num_params as usize).map(|j| {
+            // SAFETY: `params` is not null (checked) and an array of `num_params` params,
+            // `param_size` bytes apart (ABI; at least ABI 2.0's size); a zeroed Param is valid.
+            unsafe { read_grown::<ffi::Param>(s.params.cast::<u8>().add(j * param_size), param_size) }
+        });
+        let mut params: Vec<ParamInfo> = Vec::with_capacity(s.num_params as usize);
         for p in raw {
             // SAFETY: as above, for the parameters.
             let pname = unsafe { text(p.name, &format!("a parameter name of `{name}`")) }?;
@@ -200,7 +242,7 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
             params,
             plugin: plugin.clone(),
             plugin_version: plugin_version.clone(),
-            abi_version: d.abi_version,
+            abi_version: version(abi),
             path: path.to_path_buf(),
             fns: DecoderFns {
                 create,

@@ -149,7 +149,7 @@ impl DecoderInstance {
             fault,
         };
         let (max_tokens, vocab) = (generation.max_tokens(), generation.vocab_size());
-        let mut ctx = HostCtx::new(generation);
+        let mut ctx = HostCtx::new(generation, &self.label);
         let table = ctx.table();
         let mut out = vec![0u32; max_tokens];
         let mut len = 0usize;

@@ -1,5 +1,6 @@
 //! Decoders that break the plugin rules on purpose, so the host's tests can show each violation is
-//! caught, reported, and survived. Built with the workspace, never installed.
+//! caught, reported, and survived, and one that uses the host's extensions through the SDK. Built
+//! with the workspace, never installed.
 
 use std::ffi::CStr;
 
@@ -84,4 +85,25 @@ impl Decoder for Picky {
     }
 }
 
-export_plugin!(name: c"misbehave", decoders: [Panic, BadToken, BadParent, StepFlood, Picky]);
+/// Writes to the host's log through the "clipcap.log" extension, then ends the caption at once;
+/// fails when the host offers no log.
+pub struct Logs;
+impl Decoder for Logs {
+    const NAME: &'static CStr = c"logs";
+    const DESCRIPTION: &'static CStr = c"logs through the host's clipcap.log extension";
+    const PARAMS: &'static [Param] = &[];
+    fn new(_: &Params) -> Result<Self, String> {
+        Ok(Logs)
+    }
+    fn decode(&mut self, host: &mut Host) -> Result<Vec<u32>, String> {
+        if host.extension(c"clipcap.no-such-extension").is_some() {
+            return Err("the host offered an extension that does not exist".into());
+        }
+        if !host.log(clipcap_plugin_sdk::ffi::LOG_INFO, "logs: hello from the SDK") {
+            return Err("the host has no clipcap.log extension".into());
+        }
+        Ok(vec![host.eos_token()])
+    }
+}
+
+export_plugin!(name: c"misbehave", decoders: [Panic, BadToken, BadParent, StepFlood, Picky, Logs]);

@@ -1,9 +1,9 @@
 /*
- * clipcap decoder plugin ABI, version 1.
+ * clipcap decoder plugin ABI, version 2.1 (major.minor).
  *
  * A plugin is a shared library exporting one symbol, `clipcap_plugin_entry`. The host calls it with
  * its ABI version; the plugin returns a descriptor of the decoders it provides (or NULL if it cannot
- * serve that version). The host checks the descriptor's ABI version and struct sizes before it calls
+ * serve that major version). The host checks the descriptor's ABI version and struct sizes before it calls
  * anything else, then creates decoder instances from parameter values and, per caption, calls
  * `decode` with a table of host functions (`clipcap_host`).
  *
@@ -13,7 +13,22 @@
  * - The host range-checks parameter values before `create`; ints and bools travel as doubles
  *   (bools as 0 or 1).
  * - An instance is used by one thread at a time; different instances may run on different threads.
- * - Pointers returned by host functions stay valid until the next `start` or `step` call.
+ * - Pointers returned by host functions stay valid as each function below says.
+ *
+ * Versions (as SQLite's extension API and CLAP do it):
+ * - CLIPCAP_DECODER_ABI_VERSION is (major << 16) | minor. Host and plugin must have the same major;
+ *   any minors work together.
+ * - Within a major, structs only grow at the end, and every field added in a later minor means
+ *   "absent" when zero or NULL. Each side says how large its structs are (`size`, `plugin_size`,
+ *   `decoder_size`, `param_size`); the reader reads what both know and treats the rest as zero, and
+ *   steps through the `decoders` and `params` arrays by the plugin's sizes. So a plugin built for an
+ *   older minor loads in a newer host, and a newer plugin runs in an older host as long as it checks
+ *   `clipcap_host.size` before using a field that host may not have (the Rust SDK does).
+ * - Optional host features are extensions, looked up by string id with `get_extension` (minor 1). A
+ *   plugin that cannot work without one lists it in `required_extensions`, and a host that lacks it
+ *   refuses the plugin, naming the extension.
+ * - Removing or changing a field, or changing what a function means, is a new major. Define
+ *   CLIPCAP_DECODER_ABI_TARGET_MINOR before including this header to build against an older minor.
  * - A failing call returns non-zero (or NULL) and leaves a message in `err` (plugin to host) or behind
  *   `last_error` (host to plugin). Nothing may unwind across this boundary.
  * - The host validates everything a plugin asks and returns: sequence indices, token ids, the step
@@ -29,8 +44,21 @@
 extern "C" {
 #endif
 
-#define CLIPCAP_DECODER_ABI_VERSION 1u
+#define CLIPCAP_DECODER_ABI_MAJOR 2u
+#define CLIPCAP_DECODER_ABI_MINOR 1u
+#ifndef CLIPCAP_DECODER_ABI_TARGET_MINOR
+#define CLIPCAP_DECODER_ABI_TARGET_MINOR CLIPCAP_DECODER_ABI_MINOR
+#endif
+#define CLIPCAP_DECODER_ABI_VERSION ((CLIPCAP_DECODER_ABI_MAJOR << 16) | CLIPCAP_DECODER_ABI_TARGET_MINOR)
 #define CLIPCAP_PLUGIN_ENTRY_SYMBOL "clipcap_plugin_entry"
+
+/* Extension "clipcap.log" (minor 1): messages into the host's log, attributed to the decoder. */
+#define CLIPCAP_EXTENSION_LOG "clipcap.log"
+enum clipcap_log_level { CLIPCAP_LOG_ERROR = 0, CLIPCAP_LOG_WARN = 1, CLIPCAP_LOG_INFO = 2, CLIPCAP_LOG_DEBUG = 3 };
+typedef struct clipcap_log_extension {
+    uint32_t size; /* sizeof(clipcap_log_extension) of the host */
+    void (*log)(void *ctx, uint32_t level, const char *message);
+} clipcap_log_extension;
 
 enum clipcap_param_kind { CLIPCAP_PARAM_INT = 0, CLIPCAP_PARAM_FLOAT = 1, CLIPCAP_PARAM_BOOL = 2 };
 
@@ -46,8 +74,8 @@ typedef struct clipcap_param {
 
 /* Functions the host offers a decoder during one caption. `ctx` is the first argument of each. */
 typedef struct clipcap_host {
-    uint32_t abi_version; /* CLIPCAP_DECODER_ABI_VERSION */
-    uint32_t size;        /* sizeof(clipcap_host) of the host */
+    uint32_t abi_version; /* the host's CLIPCAP_DECODER_ABI_VERSION */
+    uint32_t size;        /* sizeof(clipcap_host) of the host: fields beyond it are absent */
     void *ctx;
 
     uint32_t vocab_size;
@@ -80,8 +108,13 @@ typedef struct clipcap_host {
     size_t (*detokenize)(void *ctx, const uint32_t *ids, uint32_t n, char *buf, size_t cap);
     /* Cosine similarity of each text to the image, by CLIP's text encoder; non-zero without one. */
     int32_t (*image_text_similarity)(void *ctx, const char *const *texts, uint32_t n, float *out);
-    /* Message of the last failed host call (never NULL). */
+    /* Message of the last failed host call (never NULL). Valid until the next host call. */
     const char *(*last_error)(void *ctx);
+#if CLIPCAP_DECODER_ABI_TARGET_MINOR >= 1
+    /* Minor 1. The table of extension `id` (e.g. CLIPCAP_EXTENSION_LOG), valid for this `decode`
+       call, or NULL when the host does not offer it. */
+    const void *(*get_extension)(void *ctx, const char *id);
+#endif
 } clipcap_host;
 
 /* One decoding strategy. */
@@ -100,17 +133,23 @@ typedef struct clipcap_decoder {
 
 typedef struct clipcap_plugin {
     uint32_t abi_version;     /* CLIPCAP_DECODER_ABI_VERSION */
-    uint32_t plugin_size;     /* sizeof(clipcap_plugin) */
-    uint32_t decoder_size;    /* sizeof(clipcap_decoder) */
-    uint32_t param_size;      /* sizeof(clipcap_param) */
+    uint32_t plugin_size;     /* sizeof(clipcap_plugin): the host reads no further */
+    uint32_t decoder_size;    /* sizeof(clipcap_decoder): the stride of `decoders` */
+    uint32_t param_size;      /* sizeof(clipcap_param): the stride of every `params` */
     uint32_t host_size;       /* sizeof(clipcap_host) the plugin was compiled against */
     const char *name;         /* plugin (library) name */
     const char *version;      /* plugin version, e.g. "0.1.0" */
     const clipcap_decoder *decoders;
     uint32_t num_decoders;
+#if CLIPCAP_DECODER_ABI_TARGET_MINOR >= 1
+    /* Minor 1. Extensions the plugin cannot work without; the host refuses it if it lacks one. */
+    const char *const *required_extensions;
+    uint32_t num_required_extensions;
+#endif
 } clipcap_plugin;
 
-/* The entry point: the descriptor for `host_abi_version`, or NULL if the plugin does not support it. */
+/* The entry point: the descriptor for `host_abi_version`, or NULL if the plugin does not support that
+   major version. */
 const clipcap_plugin *clipcap_plugin_entry(uint32_t host_abi_version);
 
 #ifdef __cplusplus

@@ -1,12 +1,46 @@
 //! The C ABI of include/clipcap_decoder.h, field for field. The host and every Rust plugin use these
 //! types, so the ABI has one Rust definition; the host's tests load a plugin compiled from C against
 //! the header (plugins/c/greedy.c): the struct sizes are compared at load and the plugin calls the
-//! host through the C layout.
+//! host through the C layout. The header states the rules for changing the ABI (major.minor, structs
+//! that only grow at the end, extensions by id); docs/plugins.md explains them.
 
 use std::ffi::{CStr, c_char, c_void};
+use std::mem::offset_of;
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_MAJOR: u32 = 2;
+pub const ABI_MINOR: u32 = 1;
+/// `(major << 16) | minor`, as `CLIPCAP_DECODER_ABI_VERSION`.
+pub const ABI_VERSION: u32 = (ABI_MAJOR << 16) | ABI_MINOR;
 pub const ENTRY_SYMBOL: &[u8] = b"clipcap_plugin_entry\0";
+
+pub const fn abi_major(version: u32) -> u32 {
+    version >> 16
+}
+
+pub const fn abi_minor(version: u32) -> u32 {
+    version & 0xffff
+}
+
+/// The sizes of the structs in ABI 2.0, the smallest a plugin of this major may declare.
+pub const PLUGIN_SIZE_2_0: usize = offset_of!(Plugin, required_extensions);
+pub const HOST_SIZE_2_0: usize = offset_of!(Host, get_extension);
+pub const DECODER_SIZE_2_0: usize = size_of::<DecoderSpec>();
+pub const PARAM_SIZE_2_0: usize = size_of::<Param>();
+
+/// Extension "clipcap.log" (minor 1): messages into the host's log.
+pub const EXTENSION_LOG: &CStr = c"clipcap.log";
+pub const LOG_ERROR: u32 = 0;
+pub const LOG_WARN: u32 = 1;
+pub const LOG_INFO: u32 = 2;
+pub const LOG_DEBUG: u32 = 3;
+
+pub type LogFn = unsafe extern "C" fn(ctx: *mut c_void, level: u32, message: *const c_char);
+
+#[repr(C)]
+pub struct LogExtension {
+    pub size: u32,
+    pub log: LogFn,
+}
 
 pub const PARAM_INT: u32 = 0;
 pub const PARAM_FLOAT: u32 = 1;
@@ -59,6 +93,7 @@ pub type DetokenizeFn =
 pub type SimilarityFn =
     unsafe extern "C" fn(ctx: *mut c_void, texts: *const *const c_char, n: u32, out: *mut f32) -> i32;
 pub type LastErrorFn = unsafe extern "C" fn(ctx: *mut c_void) -> *const c_char;
+pub type GetExtensionFn = unsafe extern "C" fn(ctx: *mut c_void, id: *const c_char) -> *const c_void;
 
 #[repr(C)]
 pub struct Host {
@@ -82,6 +117,8 @@ pub struct Host {
     pub detokenize: DetokenizeFn,
     pub image_text_similarity: SimilarityFn,
     pub last_error: LastErrorFn,
+    /// Minor 1: read it only when `size` says the host has it.
+    pub get_extension: GetExtensionFn,
 }
 
 pub type CreateFn = unsafe extern "C" fn(values: *const f64, err: *mut c_char, err_len: usize) -> *mut c_void;
@@ -122,6 +159,9 @@ pub struct Plugin {
     pub version: *const c_char,
     pub decoders: *const DecoderSpec,
     pub num_decoders: u32,
+    /// Minor 1.
+    pub required_extensions: *const *const c_char,
+    pub num_required_extensions: u32,
 }
 
 // SAFETY: as for Param.
@@ -139,6 +179,8 @@ impl Plugin {
             version: version.as_ptr(),
             decoders: decoders.as_ptr(),
             num_decoders: decoders.len() as u32,
+            required_extensions: std::ptr::null(),
+            num_required_extensions: 0,
         }
     }
 }

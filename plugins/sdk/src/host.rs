@@ -1,6 +1,7 @@
 //! The safe face of the host's function table.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, c_void};
+use std::mem::offset_of;
 
 use crate::ffi;
 
@@ -148,6 +149,36 @@ impl<'a> Host<'a> {
             }
             buf.resize(n, 0);
         }
+    }
+
+    /// The table of the host's extension `id`, or None when the host does not offer it (or is of a
+    /// minor without extensions).
+    pub fn extension(&self, id: &CStr) -> Option<*const c_void> {
+        // The field exists only in hosts of minor 1 and later; `size` says whether this one has it.
+        if (self.raw.size as usize) < offset_of!(ffi::Host, get_extension) + size_of::<ffi::GetExtensionFn>() {
+            return None;
+        }
+        // SAFETY: the table is valid for this decode call (ABI) and holds `get_extension` (size
+        // checked above); `id` is NUL-terminated.
+        let table = unsafe { (self.raw.get_extension)(self.raw.ctx, id.as_ptr()) };
+        (!table.is_null()).then_some(table)
+    }
+
+    /// Writes `message` to the host's log (`ffi::LOG_*` level); false when the host has no log.
+    pub fn log(&self, level: u32, message: &str) -> bool {
+        let Some(table) = self.extension(ffi::EXTENSION_LOG) else {
+            return false;
+        };
+        let log = table.cast::<ffi::LogExtension>();
+        // SAFETY: the host returned this table for "clipcap.log", so it is a LogExtension whose
+        // `size` field comes first; it is valid for this decode call.
+        if (unsafe { (*log).size } as usize) < size_of::<ffi::LogExtension>() {
+            return false;
+        }
+        let text = CString::new(message.replace('\0', " ")).expect("NULs replaced");
+        // SAFETY: a whole LogExtension (size checked); `text` is NUL-terminated and outlives the call.
+        unsafe { ((*log).log)(self.raw.ctx, level, text.as_ptr()) };
+        true
     }
 
     /// Cosine similarity of each text to the image (CLIP); an error when the bundle has no text encoder.

@@ -111,7 +111,12 @@ macro_rules! export_plugin {
         /// The plugin's entry point (include/clipcap_decoder.h).
         #[unsafe(no_mangle)]
         pub extern "C" fn clipcap_plugin_entry(host_abi_version: u32) -> *const $crate::ffi::Plugin {
-            if host_abi_version == $crate::ffi::ABI_VERSION { &__CLIPCAP_PLUGIN } else { ::std::ptr::null() }
+            // Any minor of this major: the descriptor says which minor it was built for.
+            if $crate::ffi::abi_major(host_abi_version) == $crate::ffi::ABI_MAJOR {
+                &__CLIPCAP_PLUGIN
+            } else {
+                ::std::ptr::null()
+            }
         }
     };
 }
