@@ -137,6 +137,9 @@ fn panic_message(panic: Box<dyn Any + Send>) -> String {
 }
 
 /// Copies `message` into the host's buffer, truncated, NUL-terminated.
+///
+/// # Safety
+/// `err` is null or points to `err_len` writable bytes.
 unsafe fn write_error(err: *mut c_char, err_len: usize, message: &str) {
     if err.is_null() || err_len == 0 {
         return;
