@@ -77,6 +77,11 @@ static LOG: ffi::LogExtension = ffi::LogExtension {
     log,
 };
 
+/// The extensions this host offers: each id with the table `get_extension` returns for it.
+pub(crate) fn offered() -> [(&'static CStr, *const c_void); 1] {
+    [(ffi::EXTENSION_LOG, (&raw const LOG).cast())]
+}
+
 unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *const c_void {
     if id.is_null() {
         return std::ptr::null();
@@ -85,11 +90,8 @@ unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *cons
     let id = unsafe { CStr::from_ptr(id) };
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
     with(unsafe { host(ctx) }, std::ptr::null(), |_| {
-        if id == ffi::EXTENSION_LOG {
-            (&raw const LOG).cast()
-        } else {
-            std::ptr::null()
-        }
+        let found = offered().into_iter().find(|(offered, _)| *offered == id);
+        found.map_or(std::ptr::null(), |(_, table)| table)
     })
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clipcap_plugin_sdk::ffi;
 use libloading::Library;
 
+use super::host;
 use super::security::CheckedFile;
 use super::{PluginError, PluginFault};
 
@@ -83,9 +84,6 @@ unsafe fn text(ptr: *const c_char, what: &str) -> Result<String, PluginFault> {
         .map(str::to_string)
         .or_else(|_| refuse(format!("{what} is not UTF-8")))
 }
-
-/// The extensions this host offers (`get_extension` in host.rs serves them).
-pub(crate) const EXTENSIONS: &[&CStr] = &[ffi::EXTENSION_LOG];
 
 /// A struct of the plugin's, `len` bytes long by its own account, read as this host's version of it:
 /// the fields both know, and zero (the ABI's "absent") for fields the plugin's minor lacks.
@@ -166,8 +164,8 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
         }
         // SAFETY: not null; the ABI makes it an array of `num_required_extensions` strings.
         let id = unsafe { text(*d.required_extensions.add(i), "a required extension") }?;
-        if !EXTENSIONS.iter().any(|e| e.to_str() == Ok(id.as_str())) {
-            let offered: Vec<&str> = EXTENSIONS.iter().filter_map(|e| e.to_str().ok()).collect();
+        let offered: Vec<&str> = host::offered().iter().filter_map(|(e, _)| e.to_str().ok()).collect();
+        if !offered.contains(&id.as_str()) {
             return refuse(format!(
                 "needs extension `{id}`, which this clipcap does not offer (it offers {})",
                 offered.join(", ")
