@@ -197,3 +197,100 @@ impl<'a> Host<'a> {
         if status == 0 { Ok(out) } else { Err(self.error()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_char;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+    static LOGGED: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn log(_: *mut c_void, _: u32, _: *const c_char) {
+        LOGGED.fetch_add(1, Ordering::SeqCst);
+    }
+    static LOG: ffi::LogExtension = ffi::LogExtension {
+        size: size_of::<ffi::LogExtension>() as u32,
+        log,
+    };
+    unsafe extern "C" fn get_extension(_: *mut c_void, id: *const c_char) -> *const c_void {
+        LOOKUPS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the SDK passes a NUL-terminated id.
+        match unsafe { CStr::from_ptr(id) } == ffi::EXTENSION_LOG {
+            true => (&raw const LOG).cast(),
+            false => std::ptr::null(),
+        }
+    }
+    unsafe extern "C" fn start(_: *mut c_void) -> i32 {
+        0
+    }
+    unsafe extern "C" fn batch(_: *mut c_void) -> u32 {
+        1
+    }
+    unsafe extern "C" fn step(_: *mut c_void, _: *const u32, _: *const u32, _: u32) -> i32 {
+        0
+    }
+    unsafe extern "C" fn row(_: *mut c_void, _: u32) -> *const f32 {
+        std::ptr::null()
+    }
+    unsafe extern "C" fn context(_: *mut c_void, _: u32, _: *mut u32) -> *const f32 {
+        std::ptr::null()
+    }
+    unsafe extern "C" fn random(_: *mut c_void) -> f64 {
+        0.5
+    }
+    unsafe extern "C" fn detokenize(_: *mut c_void, _: *const u32, _: u32, _: *mut c_char, _: usize) -> usize {
+        0
+    }
+    unsafe extern "C" fn similarity(_: *mut c_void, _: *const *const c_char, _: u32, _: *mut f32) -> i32 {
+        1
+    }
+    unsafe extern "C" fn last_error(_: *mut c_void) -> *const c_char {
+        c"".as_ptr()
+    }
+
+    fn table(size: usize) -> ffi::Host {
+        ffi::Host {
+            abi_version: ffi::ABI_VERSION,
+            size: size as u32,
+            ctx: std::ptr::null_mut(),
+            vocab_size: 2,
+            hidden_size: 2,
+            eos_token: 1,
+            max_tokens: 4,
+            stop_tokens: std::ptr::null(),
+            num_stop_tokens: 0,
+            clip_logit_scale: 0.0,
+            start,
+            batch,
+            step,
+            logits: row,
+            hidden: row,
+            context,
+            random,
+            detokenize,
+            image_text_similarity: similarity,
+            last_error,
+            get_extension,
+        }
+    }
+
+    #[test]
+    fn extensions_are_looked_up_only_in_hosts_that_have_them() {
+        // A host of minor 0 states a table without `get_extension`: the SDK never reads that field
+        // (here it exists, and counts calls), so a plugin of minor 1 runs in the older host.
+        let older = table(ffi::HOST_SIZE_2_0);
+        let host = Host::new(&older);
+        assert!(host.extension(ffi::EXTENSION_LOG).is_none());
+        assert!(!host.log(ffi::LOG_INFO, "dropped"));
+        assert_eq!(LOOKUPS.load(Ordering::SeqCst), 0);
+
+        let current = table(size_of::<ffi::Host>());
+        let host = Host::new(&current);
+        assert!(host.extension(c"clipcap.no-such-extension").is_none());
+        assert!(host.log(ffi::LOG_INFO, "kept"));
+        assert_eq!((LOOKUPS.load(Ordering::SeqCst), LOGGED.load(Ordering::SeqCst)), (2, 1));
+    }
+}
