@@ -6,10 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use clipcap_core::decoding::{DecoderInstance, DecoderRequest, ParamValue, PluginOptions, Plugins, RequestError};
+use clipcap_core::decoding::{
+    DecoderInstance, DecoderRequest, IsolationOptions, ParamValue, PluginOptions, Plugins, RequestError,
+};
 use clipcap_core::runtime::RuntimeOptions;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -164,6 +167,14 @@ pub struct PluginsConfig {
     pub directories: Vec<PathBuf>,
     /// Load plugins even from files or folders that others could write (development only).
     pub allow_insecure: bool,
+    /// Run decoders in their own process unless a decoder's `isolate` says otherwise.
+    pub isolate: bool,
+    /// The same for the decoders of captioning.compare.
+    pub isolate_compare: bool,
+    pub isolate_memory_mb: u64,
+    pub isolate_cpu_seconds: u64,
+    pub isolate_wait_ms: u64,
+    pub isolate_restart_ms: u64,
 }
 
 impl Default for PluginsConfig {
@@ -171,6 +182,12 @@ impl Default for PluginsConfig {
         PluginsConfig {
             directories: vec![PathBuf::from("plugins")],
             allow_insecure: false,
+            isolate: false,
+            isolate_compare: true,
+            isolate_memory_mb: 1024,
+            isolate_cpu_seconds: 10,
+            isolate_wait_ms: 10000,
+            isolate_restart_ms: 500,
         }
     }
 }
@@ -189,6 +206,13 @@ impl PluginsConfig {
                 .map(|d| if d.is_absolute() { d.clone() } else { exe_dir.join(d) })
                 .collect(),
             allow_insecure: self.allow_insecure,
+            isolation: IsolationOptions {
+                program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("clipcap")),
+                memory_mb: self.isolate_memory_mb,
+                cpu_seconds: self.isolate_cpu_seconds,
+                wait: Duration::from_millis(self.isolate_wait_ms),
+                restart: Duration::from_millis(self.isolate_restart_ms),
+            },
         }
     }
 }
@@ -254,9 +278,15 @@ impl Config {
         Ok(config)
     }
 
-    /// The decoder `name` stands for (see `decoder_request`), created from `plugins`.
+    /// The decoder `name` stands for (see `decoder_request`), created from `plugins`; in its own
+    /// process if it says `isolate = true`, or says nothing and plugins.isolate is true.
     pub fn create_decoder(&self, plugins: &Plugins, name: &str) -> Result<DecoderInstance, RequestError> {
-        plugins.create(&self.decoder_request(name)?)
+        plugins.create(&self.decoder_request(name)?, self.plugins.isolate)
+    }
+
+    /// As `create_decoder`, for captioning.compare: isolated by default (plugins.isolate_compare).
+    pub fn create_compared(&self, plugins: &Plugins, name: &str) -> Result<DecoderInstance, RequestError> {
+        plugins.create(&self.decoder_request(name)?, self.plugins.isolate_compare)
     }
 
     /// The request `name` stands for: a `[decoders.NAME]` table, else a `name:key=value,...` spec.
@@ -268,6 +298,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let p = &self.plugins;
+        if p.isolate_memory_mb == 0 || p.isolate_cpu_seconds == 0 || p.isolate_wait_ms == 0 {
+            return Err("plugins.isolate_memory_mb, isolate_cpu_seconds and isolate_wait_ms must be > 0".into());
+        }
         for (name, table) in &self.decoders {
             DecoderRequest::from_table(name, table).map_err(|e| e.to_string())?;
         }

@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
-use clipcap_core::decoding::{DecoderInstance, Plugins};
+use clipcap_core::decoding::{DecoderInstance, HostArgs, Plugins, decoder_host};
 use clipcap_core::imageio;
 use clipcap_core::runtime::Runtime;
 
@@ -154,6 +154,19 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// The process an isolated decoder runs in (plugins.isolate); clipcap starts it itself, with its
+    /// socket and shared memory on descriptors 3 and 4.
+    #[command(hide = true)]
+    DecoderHost {
+        plugin: PathBuf,
+        decoder: String,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        memory_mb: u64,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +209,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let plugins = || Plugins::load(&config.plugins.options());
     match cli.command {
+        Command::DecoderHost {
+            plugin,
+            decoder,
+            label,
+            memory_mb,
+            allow_insecure,
+        } => {
+            let args = HostArgs {
+                plugin,
+                decoder,
+                label,
+                allow_insecure,
+                memory_mb,
+            };
+            decoder_host(&args).map_err(|e| anyhow::anyhow!("decoder-host {}: {e}", args.label))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { bundle } => {
             service::run(config.clone(), &bundle_path(&config, bundle)?)?;
             Ok(ExitCode::SUCCESS)

@@ -654,3 +654,69 @@ fn comparisons_are_sampled_and_rate_limited_and_counted() {
     assert_eq!(daemon.log_records("comparison").len(), 1);
     assert_eq!(decided(&daemon.metrics()), (2.0, 1.0, 0.0));
 }
+
+#[test]
+fn an_isolated_decoder_that_crashes_costs_one_caption_and_is_counted() {
+    // `segv` crashes on every caption, in its own process (isolate = true); the comparison decoder is
+    // isolated by default (plugins.isolate_compare) and crashes on the second caption of its process.
+    let daemon = Daemon::start(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"crash:kind=0,after=2\"]\n\
+         [decoding]\nfallback = \"greedy\"\n\
+         [decoders.segv]\ndecoder = \"crash\"\nisolate = true\nkind = 0",
+        &[("CLIPCAP__PLUGINS__ISOLATE_RESTART_MS", "0")],
+    );
+    daemon.wait_until(
+        || ureq::get(&format!("{}/readyz", daemon.url)).call().is_ok(),
+        "readiness",
+    );
+    let (status, uploaded) = post(
+        &daemon,
+        "?decoder=segv",
+        std::fs::read(demo_image("08207.png")).unwrap(),
+    );
+    assert_eq!(status, 200, "{uploaded}");
+    assert_eq!(uploaded["decoder"], "greedy", "the fallback captions: {uploaded}");
+    assert!(truth("08207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()));
+    let failed = &uploaded["fallback_from"];
+    assert_eq!(
+        (failed["decoder"].as_str(), failed["fault"].as_str()),
+        (Some("segv"), Some("crashed"))
+    );
+    assert!(failed["error"].as_str().unwrap().contains("SIGSEGV"), "{failed}");
+
+    for (n, name) in ["08200.png", "08203.png", "08208.png"].iter().enumerate() {
+        daemon.drop_image(name);
+        daemon.wait_until(|| daemon.log_records("comparison").len() == n + 1, "the comparison");
+    }
+    let compared: Vec<Value> = daemon
+        .log_records("comparison")
+        .iter()
+        .map(|c| c["compare"][0].clone())
+        .collect();
+    assert!(
+        compared[0]["error"].is_null(),
+        "first caption of the process: {}",
+        compared[0]
+    );
+    let error = compared[1]["error"].as_str().unwrap();
+    assert!(
+        error.contains("decoder `crash:kind=0,after=2`: its process crashed: killed by signal 11"),
+        "{error}"
+    );
+    assert!(compared[2]["error"].is_null(), "restarted: {}", compared[2]);
+    // Every source frame still got its caption, and the failures are counted by decoder and fault.
+    assert_eq!(daemon.log_records("caption").len(), 4);
+    let m = daemon.metrics();
+    assert_eq!(
+        metric(&m, "clipcap_decoder_failures_total{decoder=\"segv\",fault=\"crashed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "clipcap_decoder_failures_total{decoder=\"crash:kind=0,after=2\",fault=\"crashed\"}"
+        ),
+        1.0
+    );
+    assert!(ureq::get(&format!("{}/readyz", daemon.url)).call().is_ok());
+}

@@ -146,13 +146,13 @@ fn decoder_parameters_are_checked_by_name() {
         ("beam:num_beams", "is not key=value"),
     ] {
         let err = DecoderRequest::parse(spec)
-            .and_then(|r| plugins.create(&r).map(|_| ()))
+            .and_then(|r| plugins.create(&r, false).map(|_| ()))
             .unwrap_err()
             .to_string();
         assert!(err.contains(why), "{spec}: {err}");
     }
     let err = plugins
-        .create(&DecoderRequest::parse("nucleus").unwrap())
+        .create(&DecoderRequest::parse("nucleus").unwrap(), false)
         .err()
         .unwrap()
         .to_string();

@@ -32,6 +32,17 @@ pub enum CaptionError {
     Tokenizer(tokenizers::Error),
 }
 
+impl CaptionError {
+    /// The kind of a decoder's failure (`DecoderFault::kind`: "crashed", "timeout", "violation",
+    /// ...), or "model" when the model path failed rather than the decoder.
+    pub fn fault(&self) -> &'static str {
+        match self {
+            CaptionError::Decode(DecodeError::Decoder { fault, .. }) => fault.kind(),
+            _ => "model",
+        }
+    }
+}
+
 /// Milliseconds spent in each stage of one caption. `decoder` is the decoder's own share of `decode`
 /// (`decode` minus the model steps it asked for).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,6 +66,8 @@ pub struct Prepared {
 pub struct FailedDecoder {
     pub decoder: String,
     pub error: String,
+    /// The kind of failure ([`CaptionError::fault`]).
+    pub fault: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,6 +179,7 @@ impl Captioner {
                 caption.fallback_from = Some(FailedDecoder {
                     decoder: decoder.label().into(),
                     error: e.to_string(),
+                    fault: e.fault(),
                 });
                 Ok(caption)
             }

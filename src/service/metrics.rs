@@ -6,7 +6,8 @@ use prometheus::{
 };
 
 use super::compare::DecoderSummary;
-use clipcap_core::captioner::Caption;
+use clipcap_core::captioner::{Caption, CaptionError};
+use clipcap_core::decoding::DecodeError;
 
 /// Latency buckets from 1 ms to 30 s.
 const BUCKETS: &[f64] = &[
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub source_up: IntGauge,
     pub captions: IntCounterVec,
     pub errors: IntCounterVec,
+    decoder_failures: IntCounterVec,
     stage_seconds: HistogramVec,
     decoder_seconds: HistogramVec,
     pub upload_seconds: Histogram,
@@ -102,6 +104,16 @@ impl Metrics {
             source_up,
             captions: counter_vec("clipcap_captions_total", "captions published, by source", "source"),
             errors: counter_vec("clipcap_errors_total", "errors, by kind", "kind"),
+            decoder_failures: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "clipcap_decoder_failures_total",
+                        "captions a decoder failed (the fallback's or a comparison's included), by decoder and fault: crashed, timeout, protocol, unavailable (isolated decoders), violation, failed, output",
+                    ),
+                    &["decoder", "fault"],
+                ),
+            ),
             stage_seconds: histogram_vec("clipcap_stage_seconds", "time per caption stage", "stage"),
             decoder_seconds: histogram_vec("clipcap_decoder_seconds", "decoding time per decoder", "decoder"),
             upload_seconds,
@@ -153,6 +165,21 @@ impl Metrics {
 
     pub fn vote(&self, decoder: &str) {
         self.votes.with_label_values(&[decoder]).inc();
+    }
+
+    /// Counts the decoder failure in a caption's outcome: the failed decoder behind a fallback's
+    /// caption, or the decoder whose failure is the error.
+    pub fn decoder_failures(&self, outcome: &Result<Caption, CaptionError>) {
+        let failed = match outcome {
+            Ok(caption) => caption.fallback_from.as_ref().map(|f| (f.decoder.as_str(), f.fault)),
+            Err(CaptionError::Decode(DecodeError::Decoder { decoder, fault })) => {
+                Some((decoder.as_str(), fault.kind()))
+            }
+            Err(_) => None,
+        };
+        if let Some((decoder, fault)) = failed {
+            self.decoder_failures.with_label_values(&[decoder, fault]).inc();
+        }
     }
 
     pub fn error(&self, kind: &str) {

@@ -64,7 +64,11 @@ pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
             .captioning
             .compare
             .iter()
-            .map(|n| create("captioning.compare", n))
+            .map(|n| {
+                config
+                    .create_compared(&plugins, n)
+                    .with_context(|| format!("captioning.compare = {n:?}"))
+            })
             .collect::<anyhow::Result<_>>()?,
     };
     Ok(Loaded {

@@ -133,9 +133,11 @@ impl Pipeline {
                 let Decoders { default, fallback, .. } = &mut self.s.decoders;
                 let mut chosen = upload.decoder;
                 let decoder = chosen.as_mut().unwrap_or(default);
-                self.captioner
-                    .decode(&prepared, decoder, fallback.as_mut(), self.s.seed)
-                    .map_err(|e| e.to_string())
+                let outcome = self
+                    .captioner
+                    .decode(&prepared, decoder, fallback.as_mut(), self.s.seed);
+                self.s.state.metrics.decoder_failures(&outcome);
+                outcome.map_err(|e| e.to_string())
             }
         };
         let result = result
@@ -181,10 +183,11 @@ impl Pipeline {
             return Err("unchanged scene".into());
         }
         let Decoders { default, fallback, .. } = &mut self.s.decoders;
-        match self
+        let outcome = self
             .captioner
-            .decode(&prepared, default, fallback.as_mut(), self.s.seed)
-        {
+            .decode(&prepared, default, fallback.as_mut(), self.s.seed);
+        self.s.state.metrics.decoder_failures(&outcome);
+        match outcome {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
                 let event = self
@@ -238,7 +241,9 @@ impl Pipeline {
         let mut compared: Vec<Compared> = Vec::with_capacity(self.s.decoders.compare.len());
         for d in self.s.decoders.compare.iter_mut() {
             let start = Instant::now();
-            compared.push(match self.captioner.decode(prepared, d, None, self.s.seed) {
+            let outcome = self.captioner.decode(prepared, d, None, self.s.seed);
+            metrics.decoder_failures(&outcome);
+            compared.push(match outcome {
                 Ok(c) => {
                     metrics.decoded(&c.decoder, c.ms.decode);
                     Compared {

@@ -2,8 +2,9 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clipcap_core::decoding::{DecoderInstance, DecoderRequest, PluginOptions, Plugins};
+use clipcap_core::decoding::{DecoderInstance, DecoderRequest, IsolationOptions, PluginOptions, Plugins};
 use clipcap_core::runtime::{Provider, Runtime, RuntimeOptions};
 use serde::Deserialize;
 
@@ -29,6 +30,18 @@ pub fn options(directories: Vec<PathBuf>, allow_insecure: bool) -> PluginOptions
     PluginOptions {
         directories,
         allow_insecure,
+        isolation: isolation(),
+    }
+}
+
+/// Isolated decoders as the daemon runs them by default (config.toml), restarted without delay.
+pub fn isolation() -> IsolationOptions {
+    IsolationOptions {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_clipcap")),
+        memory_mb: 1024,
+        cpu_seconds: 10,
+        wait: Duration::from_secs(10),
+        restart: Duration::ZERO,
     }
 }
 
@@ -50,9 +63,10 @@ pub fn plugins() -> Plugins {
     Plugins::load(&options(vec![plugin_dir()], true))
 }
 
+/// The decoder `spec` in this process (unless it says `isolate=true`).
 pub fn decoder(plugins: &Plugins, spec: &str) -> DecoderInstance {
     plugins
-        .create(&DecoderRequest::parse(spec).unwrap())
+        .create(&DecoderRequest::parse(spec).unwrap(), false)
         .unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 

@@ -92,6 +92,10 @@ impl<'a> Generation<'a> {
     pub fn max_tokens(&self) -> usize {
         self.rules.max_tokens
     }
+    /// The most positions a sequence can have: the prefix and a full caption.
+    pub fn max_positions(&self) -> usize {
+        self.prefix_hidden.len() / self.hidden_size() + self.max_tokens()
+    }
     pub fn batch(&self) -> usize {
         self.state.batch()
     }

@@ -21,6 +21,17 @@ pub(crate) struct HostCtx<'g, 'a> {
     context: Vec<f32>,
 }
 
+/// The per-sequence rows a decoder can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Row {
+    Logits,
+    Hidden,
+    /// Every position's hidden state, prefix first.
+    Context,
+}
+
+/// What the host functions do, whichever side of a process boundary the decoder runs on: the
+/// in-process table below and the isolated decoder's server (isolation/server.rs) both call these.
 impl<'g, 'a> HostCtx<'g, 'a> {
     pub fn new(generation: &'g mut Generation<'a>, decoder: &'g str) -> Self {
         HostCtx {
@@ -32,13 +43,102 @@ impl<'g, 'a> HostCtx<'g, 'a> {
         }
     }
 
-    fn fail(&mut self, message: String) {
+    /// A failed call's message, for `last_error`.
+    pub fn fail(&mut self, message: String) {
         self.error = CString::new(message.replace('\0', " ")).expect("NULs replaced");
     }
 
-    fn violate(&mut self, message: String) {
+    pub fn last_error(&self) -> &CStr {
+        &self.error
+    }
+
+    pub fn violate(&mut self, message: String) {
         self.violation.get_or_insert_with(|| message.clone());
         self.fail(message);
+    }
+
+    pub fn start(&mut self) -> bool {
+        match self.generation.start() {
+            Ok(()) => true,
+            Err(e) => {
+                self.violate(format!("start failed: {e}"));
+                false
+            }
+        }
+    }
+
+    pub fn step(&mut self, parents: &[u32], tokens: &[u32]) -> bool {
+        if parents.len() != tokens.len() {
+            self.violate(format!("step: {} parents for {} tokens", parents.len(), tokens.len()));
+            return false;
+        }
+        match self.generation.step(parents, tokens) {
+            Ok(()) => true,
+            Err(e) => {
+                self.violate(format!("step refused: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Row `what` of sequence `seq`; asking for a sequence that does not exist is a violation.
+    pub fn row(&mut self, what: Row, seq: u32) -> Option<&[f32]> {
+        let s = seq as usize;
+        let found = match what {
+            Row::Logits => self.generation.logits(s).is_some(),
+            Row::Hidden => self.generation.hidden(s).is_some(),
+            Row::Context => match self.generation.context(s) {
+                Some(states) => {
+                    self.context = states;
+                    true
+                }
+                None => false,
+            },
+        };
+        if !found {
+            let name = match what {
+                Row::Logits => "logits",
+                Row::Hidden => "hidden state",
+                Row::Context => "context",
+            };
+            self.violate(format!(
+                "{name} of sequence {seq} requested; the batch has {}",
+                self.generation.batch()
+            ));
+            return None;
+        }
+        match what {
+            Row::Logits => self.generation.logits(s),
+            Row::Hidden => self.generation.hidden(s),
+            Row::Context => Some(&self.context),
+        }
+    }
+
+    pub fn detokenize(&mut self, ids: &[u32]) -> Option<String> {
+        self.generation
+            .detokenize(ids)
+            .map_err(|e| self.fail(format!("detokenize: {e}")))
+            .ok()
+    }
+
+    pub fn similarity(&mut self, texts: &[String]) -> Option<Vec<f32>> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // A capability question, not a violation: the decoder may do without.
+        self.generation
+            .similarity(&refs)
+            .map_err(|e| self.fail(e.to_string()))
+            .ok()
+    }
+
+    /// A message of the decoder's (extension "clipcap.log") into the log, attributed to it.
+    pub fn log(&self, level: u32, message: &str) {
+        let decoder = self.decoder;
+        match level {
+            ffi::LOG_ERROR => tracing::error!(decoder, "{message}"),
+            ffi::LOG_WARN => tracing::warn!(decoder, "{message}"),
+            ffi::LOG_INFO => tracing::info!(decoder, "{message}"),
+            _ => tracing::debug!(decoder, "{message}"),
+        }
     }
 
     /// The table for one `decode` call; `self` must outlive it and not move while it is used.
@@ -77,10 +177,8 @@ static LOG: ffi::LogExtension = ffi::LogExtension {
     log,
 };
 
-/// The extensions this host offers: each id with the table `get_extension` returns for it.
-pub(crate) fn offered() -> [(&'static CStr, *const c_void); 1] {
-    [(ffi::EXTENSION_LOG, (&raw const LOG).cast())]
-}
+/// The ids of the extensions every host offers (in process and in an isolated decoder's process).
+pub(crate) const OFFERED: [&CStr; 1] = [ffi::EXTENSION_LOG];
 
 unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *const c_void {
     if id.is_null() {
@@ -90,8 +188,11 @@ unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *cons
     let id = unsafe { CStr::from_ptr(id) };
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
     with(unsafe { host(ctx) }, std::ptr::null(), |_| {
-        let found = offered().into_iter().find(|(offered, _)| *offered == id);
-        found.map_or(std::ptr::null(), |(_, table)| table)
+        if id == ffi::EXTENSION_LOG {
+            (&raw const LOG).cast()
+        } else {
+            std::ptr::null()
+        }
     })
 }
 
@@ -102,12 +203,7 @@ unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: *const c_char) {
     // SAFETY: not null; the ABI makes `message` NUL-terminated.
     let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    with(unsafe { host(ctx) }, (), |h| match level {
-        ffi::LOG_ERROR => tracing::error!(decoder = h.decoder, "{message}"),
-        ffi::LOG_WARN => tracing::warn!(decoder = h.decoder, "{message}"),
-        ffi::LOG_INFO => tracing::info!(decoder = h.decoder, "{message}"),
-        _ => tracing::debug!(decoder = h.decoder, "{message}"),
-    })
+    with(unsafe { host(ctx) }, (), |h| h.log(level, &message))
 }
 
 /// The context behind a table's `ctx`.
@@ -134,13 +230,7 @@ fn with<T>(host: &mut HostCtx, on_panic: T, f: impl FnOnce(&mut HostCtx) -> T) -
 
 unsafe extern "C" fn start(ctx: *mut c_void) -> i32 {
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    with(unsafe { host(ctx) }, 1, |h| match h.generation.start() {
-        Ok(()) => 0,
-        Err(e) => {
-            h.violate(format!("start failed: {e}"));
-            1
-        }
-    })
+    with(unsafe { host(ctx) }, 1, |h| status(h.start()))
 }
 
 unsafe extern "C" fn batch(ctx: *mut c_void) -> u32 {
@@ -166,63 +256,44 @@ unsafe extern "C" fn step(ctx: *mut c_void, parents: *const u32, tokens: *const 
                 )
             }
         };
-        match h.generation.step(parents, tokens) {
-            Ok(()) => 0,
-            Err(e) => {
-                h.violate(format!("step refused: {e}"));
-                1
-            }
-        }
+        status(h.step(parents, tokens))
     })
 }
 
-fn row(host: &mut HostCtx, seq: u32, what: &str, get: fn(&Generation, usize) -> Option<*const f32>) -> *const f32 {
-    with(host, std::ptr::null(), |h| match get(h.generation, seq as usize) {
-        Some(ptr) => ptr,
-        None => {
-            h.violate(format!(
-                "{what} of sequence {seq} requested; the batch has {}",
-                h.generation.batch()
-            ));
-            std::ptr::null()
-        }
-    })
+fn status(ok: bool) -> i32 {
+    if ok { 0 } else { 1 }
+}
+
+fn pointer(row: Option<&[f32]>) -> *const f32 {
+    row.map_or(std::ptr::null(), <[f32]>::as_ptr)
 }
 
 unsafe extern "C" fn logits(ctx: *mut c_void, seq: u32) -> *const f32 {
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    row(unsafe { host(ctx) }, seq, "logits", |g, s| {
-        g.logits(s).map(<[f32]>::as_ptr)
+    with(unsafe { host(ctx) }, std::ptr::null(), |h| {
+        pointer(h.row(Row::Logits, seq))
     })
 }
 
 unsafe extern "C" fn hidden(ctx: *mut c_void, seq: u32) -> *const f32 {
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    row(unsafe { host(ctx) }, seq, "hidden state", |g, s| {
-        g.hidden(s).map(<[f32]>::as_ptr)
+    with(unsafe { host(ctx) }, std::ptr::null(), |h| {
+        pointer(h.row(Row::Hidden, seq))
     })
 }
 
 unsafe extern "C" fn context(ctx: *mut c_void, seq: u32, len: *mut u32) -> *const f32 {
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
     with(unsafe { host(ctx) }, std::ptr::null(), |h| {
-        match h.generation.context(seq as usize) {
-            Some(states) => {
-                h.context = states;
-                if !len.is_null() {
-                    // SAFETY: `len` is non-null (checked) and points to the decoder's u32 (ABI).
-                    unsafe { *len = (h.context.len() / h.generation.hidden_size()) as u32 };
-                }
-                h.context.as_ptr()
-            }
-            None => {
-                h.violate(format!(
-                    "context of sequence {seq} requested; the batch has {}",
-                    h.generation.batch()
-                ));
-                std::ptr::null()
-            }
+        let width = h.generation.hidden_size();
+        let states = h.row(Row::Context, seq);
+        if let Some(states) = states
+            && !len.is_null()
+        {
+            // SAFETY: `len` is non-null (checked) and points to the decoder's u32 (ABI).
+            unsafe { *len = (states.len() / width) as u32 };
         }
+        pointer(states)
     })
 }
 
@@ -240,13 +311,7 @@ unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: 
             // SAFETY: `ids` is non-null (checked) and the ABI makes it an array of `n` ids.
             unsafe { std::slice::from_raw_parts(ids, n as usize) }
         };
-        let text = match h.generation.detokenize(ids) {
-            Ok(text) => text,
-            Err(e) => {
-                h.fail(format!("detokenize: {e}"));
-                return 0;
-            }
-        };
+        let Some(text) = h.detokenize(ids) else { return 0 };
         if !buf.is_null() {
             // SAFETY: `buf` is non-null (checked) and has room for `cap` bytes (ABI); at most `cap` are
             // written.
@@ -285,23 +350,15 @@ unsafe extern "C" fn image_text_similarity(
                 }
             })
             .collect();
-        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-        match h.generation.similarity(&refs) {
-            Ok(sims) => {
-                // SAFETY: `out` is non-null (checked) with room for `n` floats (ABI), and `sims` has one per
-                // text, `n`.
-                unsafe { std::ptr::copy_nonoverlapping(sims.as_ptr(), out, sims.len()) };
-                0
-            }
-            Err(e) => {
-                h.fail(e.to_string()); // a capability question, not a violation: the decoder may do without
-                1
-            }
-        }
+        let Some(sims) = h.similarity(&owned) else { return 1 };
+        // SAFETY: `out` is non-null (checked) with room for `n` floats (ABI), and `sims` has one per
+        // text, `n`.
+        unsafe { std::ptr::copy_nonoverlapping(sims.as_ptr(), out, sims.len()) };
+        0
     })
 }
 
 unsafe extern "C" fn last_error(ctx: *mut c_void) -> *const c_char {
     // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    unsafe { host(ctx) }.error.as_ptr()
+    unsafe { host(ctx) }.last_error().as_ptr()
 }

@@ -8,6 +8,7 @@
 
 mod generation;
 mod host;
+mod isolation;
 mod params;
 mod plugin;
 mod registry;
@@ -16,6 +17,7 @@ mod security;
 use std::path::PathBuf;
 
 pub use generation::{ClipGuide, Generation, SimilarityError};
+pub use isolation::{HostArgs, IsolationOptions, decoder_host};
 pub use params::{DecoderRequest, ParamValue};
 pub use plugin::{DecoderInfo, ParamInfo, ParamKind};
 pub use registry::{DecoderInstance, PluginOptions, Plugins};
@@ -46,6 +48,33 @@ pub enum DecoderFault {
     NoTokens,
     #[error("returned token {token}, outside the vocabulary of {vocab}")]
     Token { token: u32, vocab: usize },
+    /// An isolated decoder's process died during the caption.
+    #[error("its process crashed: {0}")]
+    Crashed(String),
+    /// An isolated decoder computed longer than allowed between two host calls (it was killed).
+    #[error("no answer within {} ms; its process was killed", .0.as_millis())]
+    TimedOut(std::time::Duration),
+    /// An isolated decoder's process broke the protocol (it was killed).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// An isolated decoder whose process is not running: it failed and waits to be restarted.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl DecoderFault {
+    /// A short name of the kind of fault, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecoderFault::Violation(_) => "violation",
+            DecoderFault::Failed(_) => "failed",
+            DecoderFault::TooManyTokens { .. } | DecoderFault::NoTokens | DecoderFault::Token { .. } => "output",
+            DecoderFault::Crashed(_) => "crashed",
+            DecoderFault::TimedOut(_) => "timeout",
+            DecoderFault::Protocol(_) => "protocol",
+            DecoderFault::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// A plugin library (or plugin folder) that was not loaded, and why. `Plugins::refused` lists them.

@@ -36,6 +36,8 @@ pub struct DecoderRequest {
     pub label: String,
     pub decoder: String,
     pub params: BTreeMap<String, ParamValue>,
+    /// Run the decoder in its own process (isolation/); `None` leaves it to the caller's default.
+    pub isolate: Option<bool>,
 }
 
 impl DecoderRequest {
@@ -56,11 +58,13 @@ impl DecoderRequest {
                 .ok_or_else(|| bad(format!("{item:?} is not key=value")))?;
             params.insert(key.trim().to_string(), ParamValue::Text(value.trim().to_string()));
         }
-        Ok(DecoderRequest {
+        DecoderRequest {
             label: spec.to_string(),
             decoder: decoder.to_string(),
             params,
-        })
+            isolate: None,
+        }
+        .with_isolate()
     }
 
     /// A `[decoders.NAME]` table; its `decoder` key names the plugin decoder (default: NAME).
@@ -76,11 +80,35 @@ impl DecoderRequest {
                 });
             }
         };
-        Ok(DecoderRequest {
+        DecoderRequest {
             label: name.to_string(),
             decoder,
             params,
-        })
+            isolate: None,
+        }
+        .with_isolate()
+    }
+
+    /// Moves the host's `isolate` key out of the parameters.
+    fn with_isolate(mut self) -> Result<Self, RequestError> {
+        let Some(value) = self.params.remove("isolate") else {
+            return Ok(self);
+        };
+        self.isolate = Some(match &value {
+            ParamValue::Bool(b) => *b,
+            ParamValue::Text(t) if t == "true" => true,
+            ParamValue::Text(t) if t == "false" => false,
+            _ => {
+                return Err(RequestError::BadValue {
+                    decoder: self.decoder,
+                    label: self.label,
+                    param: "isolate".into(),
+                    value,
+                    reason: "expected true or false".into(),
+                });
+            }
+        });
+        Ok(self)
     }
 
     /// Values for the plugin's `create`, in its parameter order; unknown names, wrong types and

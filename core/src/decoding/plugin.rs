@@ -68,6 +68,9 @@ pub struct DecoderInfo {
     pub(crate) _library: Arc<Library>,
 }
 
+/// Keys of a decoder request that are the host's, never a plugin parameter's (params.rs).
+pub(crate) const RESERVED: [&str; 2] = ["decoder", "isolate"];
+
 fn refuse<T>(reason: String) -> Result<T, PluginFault> {
     Err(PluginFault::Descriptor(reason))
 }
@@ -164,7 +167,7 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
         }
         // SAFETY: not null; the ABI makes it an array of `num_required_extensions` strings.
         let id = unsafe { text(*d.required_extensions.add(i), "a required extension") }?;
-        let offered: Vec<&str> = host::offered().iter().filter_map(|(e, _)| e.to_str().ok()).collect();
+        let offered: Vec<&str> = host::OFFERED.iter().filter_map(|e| e.to_str().ok()).collect();
         if !offered.contains(&id.as_str()) {
             return refuse(format!(
                 "needs extension `{id}`, which this clipcap does not offer (it offers {})",
@@ -218,7 +221,7 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
                     p.default_value, p.min, p.max
                 ));
             }
-            if params.iter().any(|q| q.name == pname) || pname == "decoder" {
+            if params.iter().any(|q| q.name == pname) || RESERVED.contains(&pname.as_str()) {
                 return refuse(format!(
                     "decoder `{name}`: parameter name `{pname}` is reserved or repeated"
                 ));

@@ -4,30 +4,42 @@
 use std::ffi::{CStr, c_char, c_void};
 use std::path::{Path, PathBuf};
 
+use clipcap_plugin_sdk::ffi;
+
 use super::host::HostCtx;
+use super::isolation::protocol::Done;
+use super::isolation::{Isolated, IsolationOptions, Launch};
 use super::params::DecoderRequest;
 use super::plugin::{self, DecoderInfo};
 use super::{DecodeError, DecoderFault, Generation, PluginError, PluginFault, RequestError, security};
 
-/// Where plugins are looked for, and whether files others could write are refused.
+/// Where plugins are looked for, whether files others could write are refused, and how isolated
+/// decoders run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginOptions {
     pub directories: Vec<PathBuf>,
     /// Load plugins even from files or folders that others could write (development only).
     pub allow_insecure: bool,
+    pub isolation: IsolationOptions,
 }
 
-#[derive(Default, serde::Serialize)]
+#[derive(serde::Serialize)]
 pub struct Plugins {
     decoders: Vec<DecoderInfo>,
     refused: Vec<PluginError>,
+    #[serde(skip)]
+    options: PluginOptions,
 }
 
 impl Plugins {
     /// Loads every `*.so` in the directories (in order; a decoder name already taken is refused).
     /// A folder that cannot be read is reported as a refusal, not an error.
     pub fn load(options: &PluginOptions) -> Plugins {
-        let mut plugins = Plugins::default();
+        let mut plugins = Plugins {
+            decoders: Vec::new(),
+            refused: Vec::new(),
+            options: options.clone(),
+        };
         for dir in &options.directories {
             let entries = match std::fs::read_dir(dir) {
                 Ok(entries) => entries,
@@ -80,8 +92,9 @@ impl Plugins {
         &self.refused
     }
 
-    /// An instance of the requested decoder with its parameters checked.
-    pub fn create(&self, request: &DecoderRequest) -> Result<DecoderInstance, RequestError> {
+    /// An instance of the requested decoder with its parameters checked, in its own process when the
+    /// request says `isolate = true`, or it says nothing and `isolate` is true.
+    pub fn create(&self, request: &DecoderRequest, isolate: bool) -> Result<DecoderInstance, RequestError> {
         let info = self
             .decoders
             .iter()
@@ -99,21 +112,80 @@ impl Plugins {
                 }
             })?;
         let values = request.values(info)?;
-        let mut err = [0 as c_char; 512];
-        // SAFETY: `create` passed the descriptor checks; `values` has one value per declared
-        // parameter, in order, and `err` is a writable buffer of the length passed.
-        let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
-        if instance.is_null() {
-            return Err(RequestError::Create {
+        let isolate = request.isolate.unwrap_or(isolate);
+        let backend = if isolate {
+            let launch = Launch {
+                options: self.options.isolation.clone(),
+                plugin: info.path.clone(),
                 decoder: info.name.clone(),
-                message: message(&err),
-            });
-        }
+                label: request.label.clone(),
+                allow_insecure: self.options.allow_insecure,
+                values,
+            };
+            let isolated = Isolated::start(launch).map_err(|message| RequestError::Create {
+                decoder: info.name.clone(),
+                message,
+            })?;
+            Backend::Isolated(Box::new(isolated))
+        } else {
+            Backend::InProcess(create_raw(info, &values).map_err(|message| RequestError::Create {
+                decoder: info.name.clone(),
+                message,
+            })?)
+        };
         Ok(DecoderInstance {
             info: info.clone(),
             label: request.label.clone(),
-            instance,
+            backend,
         })
+    }
+}
+
+/// A new instance of `info`'s decoder from checked parameter values, or the plugin's message.
+pub(crate) fn create_raw(info: &DecoderInfo, values: &[f64]) -> Result<*mut c_void, String> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `create` passed the descriptor checks; `values` has one value per declared parameter,
+    // in order (DecoderRequest::values), and `err` is a writable buffer of the length passed.
+    let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if instance.is_null() {
+        return Err(message(&err));
+    }
+    Ok(instance)
+}
+
+/// One `decode` call of `instance` with `table`, and what it gave back (unchecked).
+///
+/// # Safety
+/// `instance` came from `info`'s `create` and is not used elsewhere during the call; `table` is a
+/// complete host table whose functions and ctx stay valid for the call.
+pub(crate) unsafe fn decode_raw(
+    info: &DecoderInfo,
+    instance: *mut c_void,
+    table: &ffi::Host,
+    max_tokens: usize,
+) -> Done {
+    let mut out = vec![0u32; max_tokens];
+    let mut len = 0usize;
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: the caller's contract for `instance` and `table`; `out` and `err` are writable buffers
+    // of the lengths passed.
+    let status = unsafe {
+        (info.fns.decode)(
+            instance,
+            table,
+            out.as_mut_ptr(),
+            out.len(),
+            &mut len,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    out.truncate(len);
+    Done {
+        status,
+        tokens: out,
+        len: len as u64,
+        message: message(&err),
     }
 }
 
@@ -129,7 +201,13 @@ fn message(buf: &[c_char]) -> String {
 pub struct DecoderInstance {
     info: DecoderInfo,
     label: String,
-    instance: *mut c_void,
+    backend: Backend,
+}
+
+/// Where the decoder runs: in this process, or in its own (isolation/).
+enum Backend {
+    InProcess(*mut c_void),
+    Isolated(Box<Isolated>),
 }
 
 // SAFETY: the ABI lets an instance move between threads as long as one thread uses it at a time,
@@ -142,6 +220,11 @@ impl DecoderInstance {
         &self.label
     }
 
+    /// Whether the decoder runs in its own process.
+    pub fn isolated(&self) -> bool {
+        matches!(self.backend, Backend::Isolated(_))
+    }
+
     /// One caption's token ids, after checking everything the plugin did and returned.
     pub fn decode(&mut self, generation: &mut Generation) -> Result<Vec<u32>, DecodeError> {
         let fail = |fault: DecoderFault| DecodeError::Decoder {
@@ -150,47 +233,40 @@ impl DecoderInstance {
         };
         let (max_tokens, vocab) = (generation.max_tokens(), generation.vocab_size());
         let mut ctx = HostCtx::new(generation, &self.label);
-        let table = ctx.table();
-        let mut out = vec![0u32; max_tokens];
-        let mut len = 0usize;
-        let mut err = [0 as c_char; 1024];
-        // SAFETY: `decode` passed the descriptor checks; `instance` is this decoder's live instance,
-        // `table` outlives the call and `ctx` does not move during it, and `out` and `err` are
-        // writable buffers of the lengths passed.
-        let status = unsafe {
-            (self.info.fns.decode)(
-                self.instance,
-                &table,
-                out.as_mut_ptr(),
-                out.len(),
-                &mut len,
-                err.as_mut_ptr(),
-                err.len(),
-            )
+        let done = match &mut self.backend {
+            Backend::InProcess(instance) => {
+                let table = ctx.table();
+                // SAFETY: `instance` is this decoder's live instance, used by this thread alone
+                // (`&mut self`); `table` outlives the call and `ctx` does not move during it.
+                unsafe { decode_raw(&self.info, *instance, &table, max_tokens) }
+            }
+            Backend::Isolated(isolated) => isolated.decode(&mut ctx).map_err(fail)?,
         };
         if let Some(violation) = ctx.violation {
             return Err(fail(DecoderFault::Violation(violation)));
         }
-        if status != 0 {
-            return Err(fail(DecoderFault::Failed(message(&err))));
+        if done.status != 0 {
+            return Err(fail(DecoderFault::Failed(done.message)));
         }
+        let len = done.len as usize;
         if len > max_tokens {
             return Err(fail(DecoderFault::TooManyTokens { len, max: max_tokens }));
         }
-        out.truncate(len);
-        if out.is_empty() {
+        if done.tokens.is_empty() {
             return Err(fail(DecoderFault::NoTokens));
         }
-        if let Some(&token) = out.iter().find(|&&t| t as usize >= vocab) {
+        if let Some(&token) = done.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(fail(DecoderFault::Token { token, vocab }));
         }
-        Ok(out)
+        Ok(done.tokens)
     }
 }
 
 impl Drop for DecoderInstance {
     fn drop(&mut self) {
-        // SAFETY: `instance` came from this decoder's `create` and is destroyed once, here.
-        unsafe { (self.info.fns.destroy)(self.instance) };
+        if let Backend::InProcess(instance) = self.backend {
+            // SAFETY: `instance` came from this decoder's `create` and is destroyed once, here.
+            unsafe { (self.info.fns.destroy)(instance) };
+        }
     }
 }
