@@ -1,9 +1,13 @@
 //! `clipcap bench`: where the time of a caption goes, per decoder, measured in one process so that
-//! decoders can be compared as ratios on a noisy machine.
+//! decoders can be compared as ratios on a noisy machine, next to the machine's memory bound.
 //!
 //! For each decoder every image is captioned `runs` times (after one unmeasured warm-up round). A
 //! decoder's own time is its `decode` time minus the model steps it asked for, so `decoder_ms_per_step`
-//! is the overhead a decoding strategy adds to each model step.
+//! is the overhead a decoding strategy adds to each model step. A language-model step reads every
+//! weight once, so it cannot be faster than the LM's weight bytes over the machine's read bandwidth
+//! (`step_bound_ms`), which this process measures before the models run.
+
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -19,44 +23,89 @@ pub struct DecoderBench {
     pub map_ms: f64,
     pub decode_ms: f64,
     pub steps: f64,
+    /// Model time per step, the prefix pass included (as a caption pays it).
     pub model_ms_per_step: f64,
     pub decoder_ms_per_step: f64,
+    /// model_ms_per_step over the memory bound's step time.
+    pub bound_ratio: f64,
+    /// Whole caption (preprocessing to text): median and 95th percentile.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    /// Captions a second, one after the other.
+    pub captions_per_s: f64,
     /// decode_ms relative to the first decoder's.
     pub decode_ratio: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The machine and the process, measured in the same run as the decoders.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Threads reading memory in the bandwidth measurement: ONNX Runtime's intra-op threads.
+    pub threads: usize,
+    /// Streaming read bandwidth, GB/s (best of several passes over a buffer far larger than caches).
+    pub read_gb_per_s: f64,
+    /// The language model's graph file, weights included.
+    pub lm_weight_bytes: u64,
+    /// lm_weight_bytes / read bandwidth: no step can be faster.
+    pub step_bound_ms: f64,
+    /// From the start of the process to the end of its first caption (sessions created on the way).
+    pub first_caption_ms: f64,
+    /// Peak resident memory of the process (VmHWM), MB.
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub decoders: Vec<DecoderBench>,
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    if v.is_empty() {
+        return f64::NAN;
     }
+    // Linear interpolation between closest ranks (numpy's default).
+    let rank = p * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    percentile(v, 0.5)
+}
+
+/// What `run` needs besides the decoders.
+pub struct Setup<'a> {
+    pub images: &'a [Prepared],
+    pub runs: usize,
+    pub seed: u64,
+    /// When the process started (main's first line).
+    pub started: Instant,
+    pub threads: usize,
+    pub lm_weight_bytes: u64,
 }
 
 /// Captions each prepared image `runs` times with each decoder; medians per decoder.
-pub fn run(
-    captioner: &mut Captioner,
-    images: &[Prepared],
-    decoders: &mut [DecoderInstance],
-    runs: usize,
-    seed: u64,
-) -> Result<Vec<DecoderBench>, CaptionError> {
+pub fn run(captioner: &mut Captioner, decoders: &mut [DecoderInstance], s: &Setup) -> Result<Report, CaptionError> {
+    let mut first_caption_ms = None;
     let mut out: Vec<DecoderBench> = Vec::new();
     for decoder in decoders.iter_mut() {
-        for image in images {
-            captioner.decode(image, decoder, None, seed)?; // warm-up: allocator, caches, lazy init
+        for image in s.images {
+            captioner.decode(image, decoder, None, s.seed)?; // warm-up: allocator, caches, lazy init
+            first_caption_ms.get_or_insert_with(|| s.started.elapsed().as_secs_f64() * 1e3);
         }
         let mut captions: Vec<Caption> = Vec::new();
-        for _ in 0..runs {
-            for image in images {
-                captions.push(captioner.decode(image, decoder, None, seed)?);
+        for _ in 0..s.runs {
+            for image in s.images {
+                captions.push(captioner.decode(image, decoder, None, s.seed)?);
             }
         }
         let of = |f: fn(&Caption) -> f64| median(captions.iter().map(f).collect());
-        let steps = of(|c| c.steps as f64);
         let decode_ms = of(|c| c.ms.decode);
         let per_step = |f: fn(&Caption) -> f64| median(captions.iter().map(|c| f(c) / c.steps.max(1) as f64).collect());
+        let totals: Vec<f64> = captions.iter().map(|c| c.ms.total).collect();
+        let mean_total = totals.iter().sum::<f64>() / totals.len().max(1) as f64;
         out.push(DecoderBench {
             decoder: decoder.label().to_string(),
             captions: captions.len(),
@@ -64,11 +113,69 @@ pub fn run(
             encode_ms: of(|c| c.ms.encode),
             map_ms: of(|c| c.ms.map),
             decode_ms,
-            steps,
+            steps: of(|c| c.steps as f64),
             model_ms_per_step: per_step(|c| c.ms.decode - c.ms.decoder),
             decoder_ms_per_step: per_step(|c| c.ms.decoder),
+            bound_ratio: f64::NAN, // filled in below, once the bandwidth is known
+            p50_ms: percentile(totals.clone(), 0.5),
+            p95_ms: percentile(totals, 0.95),
+            captions_per_s: 1e3 / mean_total,
             decode_ratio: out.first().map_or(1.0, |base| decode_ms / base.decode_ms),
         });
     }
-    Ok(out)
+    // Measured after the captions, so that its buffer does not count in the peak RSS.
+    let peak_rss_mb = peak_rss_mb();
+    let read_gb_per_s = read_bandwidth(s.threads);
+    let step_bound_ms = s.lm_weight_bytes as f64 / (read_gb_per_s * 1e9) * 1e3;
+    for d in &mut out {
+        d.bound_ratio = d.model_ms_per_step / step_bound_ms;
+    }
+    Ok(Report {
+        machine: Machine {
+            threads: s.threads,
+            read_gb_per_s,
+            lm_weight_bytes: s.lm_weight_bytes,
+            step_bound_ms,
+            first_caption_ms: first_caption_ms.unwrap_or(f64::NAN),
+            peak_rss_mb,
+        },
+        decoders: out,
+    })
+}
+
+/// VmHWM of /proc/self/status, in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+}
+
+/// Streaming read bandwidth in GB/s: `threads` threads each sum their share of a 512 MiB buffer;
+/// the best of 5 passes (the first one also faults the pages in, so it is not counted).
+fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let chunk = buffer.len().div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for pass in 0..6 {
+        let t = Instant::now();
+        let sums: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = buffer
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("summing cannot panic"))
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(sums);
+        if pass > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    BYTES as f64 / best / 1e9
 }

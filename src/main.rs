@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 mod bench;
 mod capture;
@@ -184,9 +185,10 @@ const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_SETUP: u8 = 2;
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match run(cli) {
+    match run(cli, started) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -205,7 +207,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let plugins = || Plugins::load(&config.plugins.options());
     match cli.command {
@@ -282,8 +284,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| Ok(captioner.prepare(&imageio::load_file(p)?)?))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let results = bench::run(&mut captioner, &prepared, &mut decoders, runs, seed)?;
-            print_bench(&results, json)?;
+            let opened = Bundle::open(&bundle)?;
+            let lm_file = opened.file(&opened.manifest.language_model.file);
+            let setup = bench::Setup {
+                images: &prepared,
+                runs,
+                seed,
+                started,
+                threads: match config.runtime.intra_threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
+                lm_weight_bytes: std::fs::metadata(&lm_file)
+                    .with_context(|| lm_file.display().to_string())?
+                    .len(),
+            };
+            let report = bench::run(&mut captioner, &mut decoders, &setup)?;
+            print_bench(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval {
@@ -470,28 +487,54 @@ fn caption(
     Ok(failed)
 }
 
-fn print_bench(results: &[bench::DecoderBench], json: bool) -> anyhow::Result<()> {
+fn print_bench(report: &bench::Report, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(results)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     println!(
-        "{:<30} {:>9} {:>10} {:>7} {:>6} {:>11} {:>13} {:>6}",
-        "decoder (medians)", "encode", "decode", "x base", "steps", "model/step", "decoder/step", "share"
+        "{:<30} {:>9} {:>10} {:>7} {:>6} {:>11} {:>7} {:>13} {:>6} {:>9} {:>9} {:>7}",
+        "decoder (medians)",
+        "encode",
+        "decode",
+        "x base",
+        "steps",
+        "model/step",
+        "x bound",
+        "decoder/step",
+        "share",
+        "p50",
+        "p95",
+        "capt/s"
     );
-    for r in results {
+    for r in &report.decoders {
         println!(
-            "{:<30} {:>7.1}ms {:>8.1}ms {:>7.2} {:>6.0} {:>9.2}ms {:>11.3}ms {:>5.1}%",
+            "{:<30} {:>7.1}ms {:>8.1}ms {:>7.2} {:>6.0} {:>9.2}ms {:>7.2} {:>11.3}ms {:>5.1}% {:>7.1}ms {:>7.1}ms {:>7.2}",
             r.decoder,
             r.encode_ms,
             r.decode_ms,
             r.decode_ratio,
             r.steps,
             r.model_ms_per_step,
+            r.bound_ratio,
             r.decoder_ms_per_step,
-            100.0 * r.decoder_ms_per_step / (r.model_ms_per_step + r.decoder_ms_per_step)
+            100.0 * r.decoder_ms_per_step / (r.model_ms_per_step + r.decoder_ms_per_step),
+            r.p50_ms,
+            r.p95_ms,
+            r.captions_per_s,
         );
     }
+    let m = &report.machine;
+    println!(
+        "memory bound: {:.1} MB of LM weights / {:.1} GB/s read ({} threads) = {:.2} ms a step; \
+         first caption {:.0} ms after start; peak RSS {:.0} MB",
+        m.lm_weight_bytes as f64 / 1e6,
+        m.read_gb_per_s,
+        m.threads,
+        m.step_bound_ms,
+        m.first_caption_ms,
+        m.peak_rss_mb
+    );
     Ok(())
 }
 

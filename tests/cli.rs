@@ -372,3 +372,66 @@ fn a_plugin_logs_through_the_hosts_extension() {
     let caption: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(caption["token_ids"], serde_json::json!([50256]));
 }
+
+#[test]
+fn bench_reports_stages_latency_the_memory_bound_and_the_process() {
+    let bundle = tiny_bundle();
+    let image = fixtures().join("images/coffee.png");
+    let out = clipcap(&[
+        "bench",
+        "--json",
+        "--runs",
+        "2",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--decoder",
+        "greedy",
+        "--decoder",
+        "beam:num_beams=2,isolate=true",
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let number = |v: &serde_json::Value, key: &str| {
+        v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+    };
+    let m = &report["machine"];
+    let lm_bytes = std::fs::metadata(bundle.join("lm.onnx")).unwrap().len() as f64;
+    assert_eq!(number(m, "lm_weight_bytes"), lm_bytes);
+    for key in [
+        "read_gb_per_s",
+        "step_bound_ms",
+        "first_caption_ms",
+        "peak_rss_mb",
+        "threads",
+    ] {
+        assert!(number(m, key) > 0.0, "{key}: {m}");
+    }
+    let bound = lm_bytes / (number(m, "read_gb_per_s") * 1e9) * 1e3;
+    assert!(
+        (number(m, "step_bound_ms") - bound).abs() < 1e-9 * bound.max(1.0),
+        "{m}"
+    );
+    let decoders = report["decoders"].as_array().unwrap();
+    let labels: Vec<&str> = decoders.iter().map(|d| d["decoder"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["greedy", "beam:num_beams=2,isolate=true"]);
+    for d in decoders {
+        assert_eq!(number(d, "captions"), 2.0, "{d}");
+        for key in [
+            "encode_ms",
+            "decode_ms",
+            "steps",
+            "model_ms_per_step",
+            "p50_ms",
+            "captions_per_s",
+        ] {
+            assert!(number(d, key) > 0.0, "{key}: {d}");
+        }
+        assert!(number(d, "p95_ms") >= number(d, "p50_ms"), "{d}");
+        let ratio = number(d, "model_ms_per_step") / number(m, "step_bound_ms");
+        assert!((number(d, "bound_ratio") - ratio).abs() < 1e-9 * ratio, "{d}");
+    }
+    assert_eq!(number(&decoders[0], "decode_ratio"), 1.0);
+}
