@@ -58,6 +58,8 @@ pub struct Provenance {
     /// Training settings (optimizer, epochs, prefix length...), as the export tool recorded them.
     pub training: Option<BTreeMap<String, toml::Value>>,
     pub export_check: Option<BTreeMap<String, f64>>,
+    /// How the weights were quantised after the fp32 export check (weights, method, graphs...).
+    pub quantization: Option<BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

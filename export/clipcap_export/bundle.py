@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from . import __version__
 from .graphs import export_graphs
 from .models import Models
+from .quantize import quantize_lm
 from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, special_id, token_id
 
 FORMAT_VERSION = 1
@@ -46,8 +47,10 @@ def stop_tokens(tok: Tokenizer) -> list[int]:
 
 
 def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS,
-                 text_encoder: bool = True) -> dict:
-    """Exports `models` into the bundle folder `out`; `text_encoder` adds CLIP's text tower and tokenizer."""
+                 text_encoder: bool = True, quantize: str | None = None) -> dict:
+    """Exports `models` into the bundle folder `out`; `text_encoder` adds CLIP's text tower and tokenizer;
+    `quantize` ("int8", "int4") makes the language model's weights that precision (quantize.py), after
+    every graph was checked against PyTorch in fp32."""
     gpt = models.gpt.config
     if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
@@ -71,6 +74,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     if provenance.training:
         prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
+    if quantize:
+        prov["quantization"] = quantize_lm(out / "lm.onnx", quantize)
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,

@@ -80,13 +80,15 @@ def _bundle_args(p: argparse.ArgumentParser, training_data: str | None = None) -
     p.add_argument("--training-data", default=training_data, help="what the mapper was trained on, for the manifest")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="caption length budget (default %(default)s)")
     p.add_argument("--no-text-encoder", action="store_true", help="leave CLIP's text tower out of the bundle")
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="language-model weights in 8 or 4 bits (ONNX Runtime's MatMulNBits); default fp32")
 
 
 def _export_bundle(args, training_data: str, require_gpt: bool = False) -> Models:
     """`bundle` and `import-clipcap`: the models of `args`, written as a bundle to `args.out`."""
     models = _models(args, require_gpt)
     write_bundle(models, _tokenizer(args), args.out, _provenance(args, training_data), args.max_tokens,
-                 text_encoder=not args.no_text_encoder)
+                 text_encoder=not args.no_text_encoder, quantize=args.quantize)
     return models
 
 

@@ -1,0 +1,75 @@
+"""Weight-only quantisation of a bundle's language model: every projection and the LM head become
+ONNX Runtime's MatMulNBits (4- or 8-bit weights in blocks of 32 along the input axis, symmetric,
+each block with its own scale; `accuracy_level` 4 lets the CPU kernel multiply in int8).
+
+The exported graph computes projections with Gemm, which the quantiser does not take, and the LM head
+as Gemm(transB=1) over the token embedding (so the fp32 graph stores it once). Before quantising,
+each Gemm becomes MatMul (+ Add for its bias), the head's over a transposed copy of the embedding,
+which is then quantised: the fp32 embedding stays for the input lookup (a few rows a step).
+"""
+
+import logging
+from pathlib import Path
+
+import onnx
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+# The quantiser logs every node it looks at, at INFO (its import sets up the root logger so).
+logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
+
+BLOCK_SIZE = 32
+ACCURACY_LEVEL = 4
+BITS = {"int8": 8, "int4": 4}
+
+
+def gemms_as_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrites every Gemm(A, B[, C]) of `model` with constant B as MatMul (+ Add); returns how many."""
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+            raise ValueError(f"{node.name}: a Gemm with alpha, beta or transA cannot become a MatMul here")
+        a, b = node.input[0], node.input[1]
+        if attrs.get("transB", 0):
+            transposed = f"{b}.transposed"
+            if transposed not in weights:
+                weights[transposed] = numpy_helper.from_array(numpy_helper.to_array(weights[b]).T.copy(), transposed)
+                graph.initializer.append(weights[transposed])
+            b = transposed
+        biased = len(node.input) > 2 and node.input[2] != ""
+        product = f"{node.output[0]}.matmul" if biased else node.output[0]
+        nodes.append(helper.make_node("MatMul", [a, b], [product], name=f"{node.name}.MatMul"))
+        if biased:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}.Add"))
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
+def quantize_lm(path: Path, precision: str) -> dict:
+    """Quantises the graph at `path` in place; returns what the manifest records."""
+    model = onnx.load(str(path))
+    gemms_as_matmuls(model)
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True,
+                                                accuracy_level=ACCURACY_LEVEL, bits=BITS[precision])
+    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    graph = quantizer.model.model.graph
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    quantized = sum(node.op_type == "MatMulNBits" for node in graph.node)
+    constant_matmuls = sum(node.op_type == "MatMul" and node.input[1] in {i.name for i in kept} for node in graph.node)
+    if quantized == 0 or constant_matmuls:
+        raise RuntimeError(f"{path}: {quantized} MatMulNBits, {constant_matmuls} weight MatMuls left in fp32")
+    onnx.save(quantizer.model.model, str(path))
+    return {"weights": precision, "method": "MatMulNBits", "block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL,
+            "graphs": ["lm"], "matmuls": quantized}
