@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tokenizer as tokenizers_
-from .bundle import MAX_TOKENS, Provenance, stop_tokens, write_bundle
+from .bundle import MAX_TOKENS, Provenance, quantize_bundle, stop_tokens, write_bundle
 from .data import EmbeddingSet, download_coco, load_coco_captions, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
 from .models import (DEFAULT_CLIP, DEFAULT_GPT2, DEFAULT_PREFIX_LENGTH, RANDOM, CheckpointError, Models, Source,
@@ -96,6 +96,11 @@ def cmd_bundle(args) -> None:
     training = args.training_data or ("none (random weights)" if not args.checkpoint else "unknown")
     _export_bundle(args, training)
     print(f"bundle written to {args.out}")
+
+
+def cmd_quantize(args) -> None:
+    quantize_bundle(args.bundle, args.precision, out=args.out)
+    print(f"{args.precision} bundle written to {args.out}")
 
 
 def cmd_import_clipcap(args) -> None:
@@ -233,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     _source_args(p)
     _bundle_args(p)
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("quantize", help="a copy of a bundle with its language model in 8 or 4 bits")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--precision", choices=["int8", "int4"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="the quantised bundle's folder (replaced if it exists)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("import-clipcap", help="convert an original ClipCap release checkpoint into a bundle")
     p.add_argument("checkpoint_file", type=Path, metavar="CHECKPOINT",

@@ -144,3 +144,18 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
                              capture_output=True, text=True, env=rust_env)
     assert caption.returncode == 0, caption.stderr
     assert len(json.loads(caption.stdout)["token_ids"]) > 0
+
+
+def test_an_existing_bundle_is_quantised_into_a_copy_once(bundle, tmp_path, capsys):
+    from clipcap_export.cli import main
+
+    out = tmp_path / "int8"
+    main(["quantize", str(bundle), "--precision", "int8", "--out", str(out)])
+    assert read_manifest(out)["provenance"]["quantization"]["weights"] == "int8"
+    assert "quantization" not in read_manifest(bundle)["provenance"], "the fp32 bundle is kept"
+    for source, target, why in [(out, tmp_path / "again", "already quantised (int8)"),
+                                (bundle, bundle, "the copy must go elsewhere than the bundle")]:
+        with pytest.raises(SystemExit):
+            main(["quantize", str(source), "--precision", "int4", "--out", str(target)])
+        assert why in capsys.readouterr().err
+        assert not (tmp_path / "again").exists()
