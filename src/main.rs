@@ -237,15 +237,26 @@ fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
             let loaded = service::load(&config, &bundle)?;
             Captioner::load(&loaded.bundle, &Runtime::init(&config.runtime)?)?;
             let d = &loaded.decoders;
+            // Each decoder as it will run: isolated ones have started their process to get here.
+            let named = |d: &DecoderInstance| {
+                let place = if d.isolated() { "own process" } else { "in process" };
+                format!("{} ({place})", d.label())
+            };
             let fallback = d
                 .fallback
                 .as_ref()
-                .map(|f| format!(" (fallback {})", f.label()))
+                .map(|f| format!(", fallback {}", named(f)))
                 .unwrap_or_default();
+            let compared: Vec<String> = d.compare.iter().map(named).collect();
+            let compared = if compared.is_empty() {
+                String::new()
+            } else {
+                format!(", compared {}", compared.join(", "))
+            };
             println!(
-                "configuration ok: bundle {}, decoder {}{fallback}, {} decoders available",
+                "configuration ok: bundle {}, decoder {}{fallback}{compared}; {} decoders available",
                 bundle.display(),
-                d.default.label(),
+                named(&d.default),
                 loaded.plugins.decoders().len()
             );
             Ok(ExitCode::SUCCESS)

@@ -200,11 +200,19 @@ fn check_config_refuses_bad_daemon_settings_naming_them() {
         err.contains("captioning.interval_ms") && err.contains("environment"),
         "{err}"
     );
-    let out = clipcap(&["check-config", "--bundle", bundle.to_str().unwrap()]);
+    // Compared decoders run in their own process by default; the report says where each runs.
+    let out = command()
+        .args(["check-config", "--bundle", bundle.to_str().unwrap()])
+        .env("CLIPCAP__CAPTIONING__COMPARE", "beam:num_beams=2")
+        .env("CLIPCAP__DECODING__FALLBACK", "greedy:isolate=true")
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        out.status.success() && text(&out.stdout).starts_with("configuration ok"),
-        "{}",
-        text(&out.stderr)
+        said.starts_with("configuration ok")
+            && said.contains("decoder greedy (in process), fallback greedy:isolate=true (own process), compared beam:num_beams=2 (own process)"),
+        "{said}"
     );
 }
 
