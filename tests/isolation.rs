@@ -12,7 +12,9 @@ use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{Captioner, Prepared};
 use clipcap_core::decoding::{DecoderInstance, DecoderRequest, IsolationOptions, Plugins};
 use clipcap_core::imageio;
-use common::{Reference, decoder, isolation, options, plugin_dir, plugins, references, runtime, tiny_bundle};
+use common::{
+    RULE_BREAKERS, Reference, decoder, isolation, options, plugin_dir, plugins, references, runtime, tiny_bundle,
+};
 
 fn captioner() -> Captioner {
     Captioner::load(&Bundle::open(tiny_bundle()).unwrap(), &runtime()).unwrap()
@@ -94,13 +96,7 @@ fn isolated_decoders_keep_the_in_process_rules() {
     let (plugins, mut captioner) = (plugins(), captioner());
     let r = &references("greedy")[0];
     let p = prepared(&mut captioner, r);
-    for (spec, why) in [
-        ("panic", "decoder panicked: deliberate panic"),
-        ("bad_token", "outside the vocabulary of 50257"),
-        ("bad_parent", "parent 5 does not exist"),
-        ("step_flood", "step budget of 67 exhausted"),
-        ("picky", "picky never captions"),
-    ] {
+    for (spec, why) in RULE_BREAKERS {
         let mut bad = isolated(&plugins, spec);
         for attempt in 0..2 {
             let err = captioner.decode(&p, &mut bad, None, 0).unwrap_err().to_string();

@@ -12,7 +12,7 @@ use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::{DecoderRequest, Plugins};
 use clipcap_core::imageio;
-use common::{Reference, decoder, options, plugin_dir, plugins, references, runtime, tiny_bundle};
+use common::{RULE_BREAKERS, Reference, decoder, options, plugin_dir, plugins, references, runtime, tiny_bundle};
 
 fn captioner(bundle: &Path) -> Captioner {
     Captioner::load(&Bundle::open(bundle).unwrap(), &runtime()).unwrap()
@@ -89,13 +89,7 @@ fn misbehaving_decoders_fail_only_their_caption() {
         .prepare(&imageio::load_file(&r.image_path()).unwrap())
         .unwrap();
     let mut greedy = decoder(&plugins, "greedy");
-    for (spec, why) in [
-        ("panic", "decoder panicked: deliberate panic"),
-        ("bad_token", "outside the vocabulary of 50257"),
-        ("bad_parent", "parent 5 does not exist"),
-        ("step_flood", "step budget of 67 exhausted"),
-        ("picky", "picky never captions"),
-    ] {
+    for (spec, why) in RULE_BREAKERS {
         let mut bad = decoder(&plugins, spec);
         for attempt in 0..2 {
             let err = captioner.decode(&prepared, &mut bad, None, 0).unwrap_err().to_string();

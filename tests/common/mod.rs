@@ -70,6 +70,16 @@ pub fn decoder(plugins: &Plugins, spec: &str) -> DecoderInstance {
         .unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 
+/// The misbehave plugin's decoders that break a rule of the host, each with what its caption's error
+/// says; in process and isolated alike (tests/plugins.rs, tests/isolation.rs).
+pub const RULE_BREAKERS: [(&str, &str); 5] = [
+    ("panic", "decoder panicked: deliberate panic"),
+    ("bad_token", "outside the vocabulary of 50257"),
+    ("bad_parent", "parent 5 does not exist"),
+    ("step_flood", "step budget of 67 exhausted"),
+    ("picky", "picky never captions"),
+];
+
 /// One line of a tests/fixtures/reference/*.jsonl file, written by the PyTorch reference.
 #[derive(Debug, Deserialize)]
 pub struct Reference {

@@ -14,6 +14,8 @@ use super::Generation;
 
 pub(crate) struct HostCtx<'g, 'a> {
     pub generation: &'g mut Generation<'a>,
+    /// The fixed part of the caption's host table.
+    pub facts: Facts,
     /// The decoder instance's label, for what it logs.
     decoder: &'g str,
     pub violation: Option<String>,
@@ -35,6 +37,7 @@ pub(crate) enum Row {
 impl<'g, 'a> HostCtx<'g, 'a> {
     pub fn new(generation: &'g mut Generation<'a>, decoder: &'g str) -> Self {
         HostCtx {
+            facts: Facts::of(generation),
             generation,
             decoder,
             violation: None,
@@ -144,30 +147,89 @@ impl<'g, 'a> HostCtx<'g, 'a> {
     /// The table for one `decode` call; `self` must outlive it and not move while it is used.
     pub fn table(&mut self) -> ffi::Host {
         let ctx = (self as *mut Self).cast();
-        let g = &self.generation;
-        ffi::Host {
-            abi_version: ffi::ABI_VERSION,
-            size: size_of::<ffi::Host>() as u32,
-            ctx,
+        table(&self.facts, ctx, &IN_PROCESS)
+    }
+}
+
+/// What a decoder knows of a caption before it asks anything: the fixed fields of its host table.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Facts {
+    pub vocab_size: u32,
+    pub hidden_size: u32,
+    pub eos_token: u32,
+    pub max_tokens: u32,
+    pub stop_tokens: Vec<u32>,
+    /// 0 when the bundle has no text encoder (the ABI's "absent").
+    pub clip_logit_scale: f32,
+}
+
+impl Facts {
+    pub fn of(g: &Generation) -> Facts {
+        Facts {
             vocab_size: g.vocab_size() as u32,
             hidden_size: g.hidden_size() as u32,
             eos_token: g.eos_token(),
             max_tokens: g.max_tokens() as u32,
-            stop_tokens: g.stop_tokens().as_ptr(),
-            num_stop_tokens: g.stop_tokens().len() as u32,
+            stop_tokens: g.stop_tokens().to_vec(),
             clip_logit_scale: g.logit_scale().unwrap_or(0.0),
-            start,
-            batch,
-            step,
-            logits,
-            hidden,
-            context,
-            random,
-            detokenize,
-            image_text_similarity,
-            last_error,
-            get_extension,
         }
+    }
+}
+
+/// The functions of a host table: the ones here serve a decoder in this process, those of
+/// isolation/child.rs forward to the daemon.
+pub(crate) struct HostFns {
+    pub start: ffi::StartFn,
+    pub batch: ffi::BatchFn,
+    pub step: ffi::StepFn,
+    pub logits: ffi::RowFn,
+    pub hidden: ffi::RowFn,
+    pub context: ffi::ContextFn,
+    pub random: ffi::RandomFn,
+    pub detokenize: ffi::DetokenizeFn,
+    pub image_text_similarity: ffi::SimilarityFn,
+    pub last_error: ffi::LastErrorFn,
+    pub get_extension: ffi::GetExtensionFn,
+}
+
+const IN_PROCESS: HostFns = HostFns {
+    start,
+    batch,
+    step,
+    logits,
+    hidden,
+    context,
+    random,
+    detokenize,
+    image_text_similarity,
+    last_error,
+    get_extension,
+};
+
+/// A host table of `facts`, `ctx` and `fns`; `facts` must outlive it (the table points into it).
+pub(crate) fn table(facts: &Facts, ctx: *mut c_void, fns: &HostFns) -> ffi::Host {
+    ffi::Host {
+        abi_version: ffi::ABI_VERSION,
+        size: size_of::<ffi::Host>() as u32,
+        ctx,
+        vocab_size: facts.vocab_size,
+        hidden_size: facts.hidden_size,
+        eos_token: facts.eos_token,
+        max_tokens: facts.max_tokens,
+        stop_tokens: facts.stop_tokens.as_ptr(),
+        num_stop_tokens: facts.stop_tokens.len() as u32,
+        clip_logit_scale: facts.clip_logit_scale,
+        start: fns.start,
+        batch: fns.batch,
+        step: fns.step,
+        logits: fns.logits,
+        hidden: fns.hidden,
+        context: fns.context,
+        random: fns.random,
+        detokenize: fns.detokenize,
+        image_text_similarity: fns.image_text_similarity,
+        last_error: fns.last_error,
+        get_extension: fns.get_extension,
     }
 }
 
@@ -177,23 +239,29 @@ static LOG: ffi::LogExtension = ffi::LogExtension {
     log,
 };
 
-/// The ids of the extensions every host offers (in process and in an isolated decoder's process).
+/// The ids of the extensions every host offers (in process and in an isolated decoder's process);
+/// `extension` serves each.
 pub(crate) const OFFERED: [&CStr; 1] = [ffi::EXTENSION_LOG];
 
-unsafe extern "C" fn get_extension(ctx: *mut c_void, id: *const c_char) -> *const c_void {
+/// `get_extension` of a host whose "clipcap.log" table is `log`: that table for its id, else null.
+///
+/// # Safety
+/// `id` is null or NUL-terminated (the ABI).
+pub(crate) unsafe fn extension(id: *const c_char, log: &'static ffi::LogExtension) -> *const c_void {
     if id.is_null() {
         return std::ptr::null();
     }
-    // SAFETY: not null; the ABI makes `id` NUL-terminated.
-    let id = unsafe { CStr::from_ptr(id) };
-    // SAFETY: the plugin passes the ctx of the table it was given, during `decode` (ABI).
-    with(unsafe { host(ctx) }, std::ptr::null(), |_| {
-        if id == ffi::EXTENSION_LOG {
-            (&raw const LOG).cast()
-        } else {
-            std::ptr::null()
-        }
-    })
+    // SAFETY: not null; NUL-terminated by the caller's contract.
+    if unsafe { CStr::from_ptr(id) } == ffi::EXTENSION_LOG {
+        (log as *const ffi::LogExtension).cast()
+    } else {
+        std::ptr::null()
+    }
+}
+
+unsafe extern "C" fn get_extension(_ctx: *mut c_void, id: *const c_char) -> *const c_void {
+    // SAFETY: the ABI makes `id` null or NUL-terminated.
+    unsafe { extension(id, &LOG) }
 }
 
 unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: *const c_char) {

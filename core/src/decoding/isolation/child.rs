@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use clipcap_plugin_sdk::ffi;
 
 use super::arena::ArenaReader;
-use super::protocol::{self, Call, Done, Job, Reply, ToChild, ToParent};
+use super::protocol::{self, Call, Done, Reply, ToChild, ToParent};
 use super::sandbox;
-use crate::decoding::host::{OFFERED, Row};
+use crate::decoding::host::{self, Facts, HostFns, Row};
 use crate::decoding::plugin::{self, DecoderInfo};
 use crate::decoding::{registry, security};
 
@@ -70,8 +70,8 @@ pub fn decoder_host(args: &HostArgs) -> Result<(), String> {
     };
     loop {
         match protocol::recv(&mut remote.socket, None) {
-            Ok(ToChild::Decode(job)) => {
-                let done = remote.decode(&info, instance, &job);
+            Ok(ToChild::Decode { facts, arena_bytes }) => {
+                let done = remote.decode(&info, instance, &facts, arena_bytes);
                 send(&mut remote.socket, &ToParent::Done(done));
             }
             Err(protocol::RecvError::Closed) => return Ok(()),
@@ -98,37 +98,15 @@ struct Remote {
 }
 
 impl Remote {
-    fn decode(&mut self, info: &DecoderInfo, instance: *mut c_void, job: &Job) -> Done {
-        self.width = job.hidden_size as usize;
-        if let Err(e) = self.arena.resize(job.arena_bytes) {
+    fn decode(&mut self, info: &DecoderInfo, instance: *mut c_void, facts: &Facts, arena_bytes: u64) -> Done {
+        self.width = facts.hidden_size as usize;
+        if let Err(e) = self.arena.resize(arena_bytes) {
             return Done::failed(format!("cannot map the arena: {e}"));
         }
-        let table = ffi::Host {
-            abi_version: ffi::ABI_VERSION,
-            size: size_of::<ffi::Host>() as u32,
-            ctx: (self as *mut Self).cast(),
-            vocab_size: job.vocab_size,
-            hidden_size: job.hidden_size,
-            eos_token: job.eos_token,
-            max_tokens: job.max_tokens,
-            stop_tokens: job.stop_tokens.as_ptr(),
-            num_stop_tokens: job.stop_tokens.len() as u32,
-            clip_logit_scale: job.clip_logit_scale,
-            start,
-            batch,
-            step,
-            logits,
-            hidden,
-            context,
-            random,
-            detokenize,
-            image_text_similarity,
-            last_error,
-            get_extension,
-        };
+        let table = host::table(facts, (self as *mut Self).cast(), &FORWARDING);
         // SAFETY: `instance` came from this decoder's `create`; `table` and `self` (its ctx) outlive
         // the call and `self` is not otherwise used during it.
-        unsafe { registry::decode_raw(info, instance, &table, job.max_tokens as usize) }
+        unsafe { registry::decode_raw(info, instance, &table, facts.max_tokens as usize) }
     }
 
     /// Asks the daemon; ends this process if the daemon is gone or answers nonsense.
@@ -182,6 +160,21 @@ impl Remote {
         }
     }
 }
+
+/// The host table's functions in the decoder's process: each asks the daemon.
+const FORWARDING: HostFns = HostFns {
+    start,
+    batch,
+    step,
+    logits,
+    hidden,
+    context,
+    random,
+    detokenize,
+    image_text_similarity,
+    last_error,
+    get_extension,
+};
 
 /// The context behind the table's `ctx`.
 ///
@@ -351,17 +344,8 @@ static LOG: ffi::LogExtension = ffi::LogExtension {
 };
 
 unsafe extern "C" fn get_extension(_ctx: *mut c_void, id: *const c_char) -> *const c_void {
-    if id.is_null() {
-        return std::ptr::null();
-    }
-    // SAFETY: not null; the ABI makes `id` NUL-terminated.
-    let id = unsafe { CStr::from_ptr(id) };
-    debug_assert_eq!(OFFERED, [ffi::EXTENSION_LOG]);
-    if id == ffi::EXTENSION_LOG {
-        (&raw const LOG).cast()
-    } else {
-        std::ptr::null()
-    }
+    // SAFETY: the ABI makes `id` null or NUL-terminated.
+    unsafe { host::extension(id, &LOG) }
 }
 
 unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: *const c_char) {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::decoding::host::Row;
+use crate::decoding::host::{Facts, Row};
 
 /// Largest message either side accepts; anything longer is a protocol violation.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -19,20 +19,9 @@ pub enum ToChild {
     /// Create the decoder instance from its checked parameter values (once, first).
     Create { values: Vec<f64> },
     /// Caption one image: the fixed part of the host table, and the arena's current size.
-    Decode(Job),
+    Decode { facts: Facts, arena_bytes: u64 },
     /// The answer to the child's last call.
     Reply(Reply),
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Job {
-    pub vocab_size: u32,
-    pub hidden_size: u32,
-    pub eos_token: u32,
-    pub max_tokens: u32,
-    pub stop_tokens: Vec<u32>,
-    pub clip_logit_scale: f32,
-    pub arena_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
 
 use super::arena::ArenaWriter;
 use super::child::{ARENA_FD, SOCKET_FD};
-use super::protocol::{self, Call, Done, Job, RecvError, Reply, Slot, ToChild, ToParent};
+use super::protocol::{self, Call, Done, RecvError, Reply, Slot, ToChild, ToParent};
 use super::{IsolationOptions, Launch};
 use crate::decoding::DecoderFault;
 use crate::decoding::host::{HostCtx, Row};
@@ -108,17 +108,11 @@ impl Child {
     /// One caption: sends the job, serves the decoder's calls until it is done.
     pub fn decode(&mut self, ctx: &mut HostCtx, options: &IsolationOptions) -> Result<Done, DecoderFault> {
         self.limit_cpu(options.cpu_seconds)?;
-        let g = &ctx.generation;
-        let job = Job {
-            vocab_size: g.vocab_size() as u32,
-            hidden_size: g.hidden_size() as u32,
-            eos_token: g.eos_token(),
-            max_tokens: g.max_tokens() as u32,
-            stop_tokens: g.stop_tokens().to_vec(),
-            clip_logit_scale: g.logit_scale().unwrap_or(0.0),
+        let decode = ToChild::Decode {
+            facts: ctx.facts.clone(),
             arena_bytes: self.reserve(ctx)?,
         };
-        self.send(ToChild::Decode(job), options.wait)?;
+        self.send(decode, options.wait)?;
         loop {
             let deadline = Some(Instant::now() + options.wait);
             match protocol::recv::<ToParent>(&mut self.socket, deadline) {
