@@ -74,6 +74,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     if provenance.training:
         prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
+    if quantize:  # before the manifest: a bundle with a manifest is complete
+        prov["quantization"] = quantize_lm(out / "lm.onnx", quantize)
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
@@ -94,24 +96,22 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
                                     "context_length": CLIP_CONTEXT, "embedding_dim": models.embedding_dim,
                                     "logit_scale": models.logit_scale}
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
-    return quantize_bundle(out, quantize) if quantize else manifest
+    return manifest
 
 
-def quantize_bundle(bundle: Path, precision: str, out: Path | None = None) -> dict:
-    """Quantises the language model of `bundle` ("int8", "int4"; quantize.py) in place, or in a copy at
-    `out` (replaced if it exists), and records it in the manifest, which is written last."""
+def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
+    """A copy of `bundle` at `out` (replaced if it exists) with its language model quantised ("int8",
+    "int4"; quantize.py); the manifest, recording it, is written last."""
     manifest = read_manifest(bundle)
     if "quantization" in manifest["provenance"]:
         raise ValueError(f"{bundle}: already quantised ({manifest['provenance']['quantization']['weights']})")
-    if out is not None:
-        if out.resolve() == bundle.resolve():
-            raise ValueError(f"{out}: the copy must go elsewhere than the bundle")
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
-        bundle = out
-    manifest["provenance"]["quantization"] = quantize_lm(bundle / manifest["language_model"]["file"], precision)
-    (bundle / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
+    if out.resolve() == bundle.resolve():
+        raise ValueError(f"{out}: the copy must go elsewhere than the bundle")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
+    manifest["provenance"]["quantization"] = quantize_lm(out / manifest["language_model"]["file"], precision)
+    (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
 
 

@@ -66,8 +66,9 @@ def quantize_lm(path: Path, precision: str) -> dict:
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    weights = {i.name for i in kept}
     quantized = sum(node.op_type == "MatMulNBits" for node in graph.node)
-    constant_matmuls = sum(node.op_type == "MatMul" and node.input[1] in {i.name for i in kept} for node in graph.node)
+    constant_matmuls = sum(node.op_type == "MatMul" and node.input[1] in weights for node in graph.node)
     if quantized == 0 or constant_matmuls:
         raise RuntimeError(f"{path}: {quantized} MatMulNBits, {constant_matmuls} weight MatMuls left in fp32")
     onnx.save(quantizer.model.model, str(path))
