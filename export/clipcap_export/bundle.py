@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from . import __version__
 from .graphs import export_graphs
 from .models import Models
-from .quantize import quantize_lm
+from .quantize import quantize_graphs
 from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, special_id, token_id
 
 FORMAT_VERSION = 1
@@ -49,8 +49,8 @@ def stop_tokens(tok: Tokenizer) -> list[int]:
 def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenance, max_tokens: int = MAX_TOKENS,
                  text_encoder: bool = True, quantize: str | None = None) -> dict:
     """Exports `models` into the bundle folder `out`; `text_encoder` adds CLIP's text tower and tokenizer;
-    `quantize` ("int8", "int4") makes the language model's weights that precision (quantize.py), after
-    every graph was checked against PyTorch in fp32."""
+    `quantize` ("int8", "int4") makes the language model's weights that precision and the image
+    encoder int8 (quantize.py), after every graph was checked against PyTorch in fp32."""
     gpt = models.gpt.config
     if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
@@ -75,7 +75,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
     if quantize:  # before the manifest: a bundle with a manifest is complete
-        prov["quantization"] = quantize_lm(out / "lm.onnx", quantize)
+        prov["quantization"] = quantize_graphs(out / "lm.onnx", out / "image_encoder.onnx", quantize)
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
@@ -101,7 +101,7 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
 
 def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
     """A copy of `bundle` at `out` (replaced if it exists) with its language model quantised ("int8",
-    "int4"; quantize.py); the manifest, recording it, is written last."""
+    "int4") and its image encoder int8 (quantize.py); the manifest, recording it, is written last."""
     manifest = read_manifest(bundle)
     if "quantization" in manifest["provenance"]:
         raise ValueError(f"{bundle}: already quantised ({manifest['provenance']['quantization']['weights']})")
@@ -110,7 +110,8 @@ def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
-    manifest["provenance"]["quantization"] = quantize_lm(out / manifest["language_model"]["file"], precision)
+    manifest["provenance"]["quantization"] = quantize_graphs(
+        out / manifest["language_model"]["file"], out / manifest["image_encoder"]["file"], precision)
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
 
