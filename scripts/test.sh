@@ -28,6 +28,7 @@ step format cargo fmt --all -- --check
 step lints cargo clippy --workspace --all-targets --locked -- -D warnings
 # The plugins (cdylibs) and the binary the export tests drive, up to date; then the tests.
 step build cargo build --release --workspace --locked
+step cross bash scripts/cross.sh  # the aarch64 build tests/aarch64.rs runs under qemu-user
 step rust-tests cargo test --release --workspace --locked --no-fail-fast
 step export-tests export/.venv/bin/python -m pytest -q --durations=5 export/tests
 

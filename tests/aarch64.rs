@@ -1,0 +1,105 @@
+//! The aarch64 build (scripts/cross.sh) run under qemu-user with the aarch64 onnxruntime wheel's
+//! library: the same captions and token ids as this x86-64 build, on the tiny and the demo bundle,
+//! greedy and beam search (both from a decoder plugin), and on the oldest ONNX Runtime the project
+//! supports (api-17; the oldest wheel with the C library).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{demo_image, fixtures, tiny_bundle};
+
+const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `clipcap` for aarch64, run by qemu-user on `library` (a folder of .cache).
+fn aarch64(library: &str) -> Command {
+    let binary = root().join("target").join(TARGET).join("release/clipcap");
+    assert!(binary.is_file(), "{} missing: run scripts/cross.sh", binary.display());
+    let library = root().join(".cache").join(library).join("libonnxruntime.so");
+    assert!(library.is_file(), "{} missing: run scripts/setup.sh", library.display());
+    let mut command = Command::new("qemu-aarch64");
+    command
+        .args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(binary)
+        .env("ORT_DYLIB_PATH", library);
+    command
+}
+
+fn x86_64() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clipcap"))
+}
+
+/// Each image's caption and token ids, from `clipcap caption --json`.
+fn captions(mut command: Command, bundle: &Path, decoder: &str, images: &[PathBuf]) -> Vec<(String, Vec<u64>)> {
+    let out = command
+        .args(["caption", "--json", "--decoder", decoder, "--bundle"])
+        .arg(bundle)
+        .args(images)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{command:?}: {stderr}");
+    let lines: Vec<(String, Vec<u64>)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ids = v["token_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap());
+            (v["caption"].as_str().unwrap().to_owned(), ids.collect())
+        })
+        .collect();
+    assert_eq!(lines.len(), images.len(), "{stderr}");
+    lines
+}
+
+fn photographs() -> Vec<PathBuf> {
+    ["astronaut.png", "coffee.png", "rocket.jpg"]
+        .iter()
+        .map(|name| fixtures().join("images").join(name))
+        .collect()
+}
+
+#[test]
+fn the_aarch64_build_captions_like_the_x86_64_build() {
+    let demo = root().join("demo/bundle");
+    let demo_images: Vec<PathBuf> = ["08200.png", "08203.png", "08207.png"]
+        .iter()
+        .map(|n| demo_image(n))
+        .collect();
+    for (bundle, images, decoder) in [
+        (tiny_bundle(), photographs(), "greedy"),
+        (tiny_bundle(), photographs(), "beam:num_beams=3"),
+        (demo.clone(), demo_images.clone(), "greedy"),
+        (demo, demo_images, "beam:num_beams=3"),
+    ] {
+        let expected = captions(x86_64(), &bundle, decoder, &images);
+        let got = captions(aarch64("onnxruntime-aarch64"), &bundle, decoder, &images);
+        assert_eq!(got, expected, "{} with {decoder}", bundle.display());
+        assert!(expected.iter().all(|(text, ids)| !text.is_empty() && !ids.is_empty()));
+    }
+}
+
+#[test]
+fn the_aarch64_build_runs_on_the_oldest_onnx_runtime_and_lists_the_same_plugins() {
+    let images = &photographs()[..1];
+    let expected = captions(x86_64(), &tiny_bundle(), "greedy", images);
+    let got = captions(aarch64("onnxruntime-aarch64-1.19.2"), &tiny_bundle(), "greedy", images);
+    assert_eq!(got, expected);
+
+    let listed = |mut command: Command| {
+        let out = command.args(["plugins", "list"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // The paths differ (each build's own plugins folder); the decoders and versions must not.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| line.replace(&format!("target/{TARGET}/release"), "target/release"))
+            .collect::<Vec<_>>()
+    };
+    let x86 = listed(x86_64());
+    assert!(x86.iter().any(|l| l.contains("beam")), "{x86:?}");
+    assert_eq!(listed(aarch64("onnxruntime-aarch64")), x86);
+}
