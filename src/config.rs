@@ -356,6 +356,9 @@ impl Config {
         if r.inter_threads == 0 {
             return Err("runtime.inter_threads must be >= 1".into());
         }
+        if r.tensorrt_max_batch == 0 {
+            return Err("runtime.tensorrt_max_batch must be >= 1".into());
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec, check_graph};
 use crate::cosine;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
@@ -51,7 +51,8 @@ impl TextEncoder {
             .token_to_id("<|endoftext|>")
             .ok_or_else(|| bad("has no <|endoftext|> token; not a CLIP tokenizer".into()))?;
         let path = bundle.file(&spec.file);
-        let session = runtime.session(&path)?;
+        let profile = Profile::default().input("input_ids", &[Axis::Batch, Axis::Fixed(spec.context_length)]);
+        let session = runtime.session(&path, &profile)?;
         check_graph(
             &path,
             &session,

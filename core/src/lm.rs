@@ -12,7 +12,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
@@ -106,7 +106,6 @@ impl LanguageModel {
         let m = &bundle.manifest;
         let spec = m.language_model.clone();
         let path = bundle.file(&spec.file);
-        let session = runtime.session(&path)?;
         let (h, dh) = (spec.heads, spec.head_dim());
         let kv = |name: String| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)]);
         let past_names: Vec<String> = (0..spec.layers)
@@ -131,6 +130,27 @@ impl LanguageModel {
             ),
         ];
         outputs.extend(present_names.iter().cloned().map(kv));
+        // TensorRT's shapes: the prefix pass (no ids, no past) and the steps (one id a row, a past up
+        // to the prefix and the longest caption), batch up to the beams.
+        let (k, longest) = (m.mapper.prefix_length, m.mapper.prefix_length + m.tokenizer.max_tokens);
+        let span = |min, opt, max| Axis::Span { min, opt, max };
+        let profile = past_names.iter().fold(
+            Profile::default()
+                .input("prefix_embeds", &[Axis::Batch, span(0, k, k), Axis::Fixed(spec.width)])
+                .input("input_ids", &[Axis::Batch, span(0, 1, 1)]),
+            |profile, name| {
+                profile.input(
+                    name,
+                    &[
+                        Axis::Batch,
+                        Axis::Fixed(h),
+                        span(0, (k + longest) / 2, longest),
+                        Axis::Fixed(dh),
+                    ],
+                )
+            },
+        );
+        let session = runtime.session(&path, &profile)?;
         check_graph(&path, &session, &inputs, &outputs)?;
         Ok(LanguageModel {
             session,

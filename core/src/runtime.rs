@@ -5,16 +5,23 @@
 //! pinned 1.23.2, [`PINNED_WHEEL`]), so the same binary runs on the runtime builds that
 //! Jetson images ship as well as on the pinned wheel used here. Execution providers are tried in the
 //! configured order; one that this build of ONNX Runtime lacks, or that fails to start (no GPU, missing
-//! CUDA libraries), is skipped with a warning, and CPU is always the last resort.
+//! CUDA libraries), is skipped with a warning, and CPU is always the last resort. The GPU providers'
+//! options are built in `providers`.
+
+mod providers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
-use ort::ep::{self, ExecutionProvider};
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use serde::Deserialize;
+
+pub use providers::{Arena, Axis, Profile};
 
 /// The library file name the system loader is asked for when nothing else is configured.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
@@ -86,6 +93,17 @@ pub struct RuntimeOptions {
     pub intra_threads: usize,
     /// Threads across independent operators; 1 runs the graph sequentially.
     pub inter_threads: usize,
+    /// CUDA device index, for CUDA and TensorRT.
+    pub gpu_device: u32,
+    /// CUDA's memory arena limit in MiB; 0: no limit.
+    pub gpu_memory_limit_mb: u64,
+    pub cuda_arena: Arena,
+    /// Let TensorRT run layers in fp16 where it chooses.
+    pub tensorrt_fp16: bool,
+    /// Folder for TensorRT's engines and timing cache; empty: engines are rebuilt at every start.
+    pub tensorrt_cache: PathBuf,
+    /// The largest batch TensorRT's engines accept (beam search runs one row per beam).
+    pub tensorrt_max_batch: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -95,6 +113,12 @@ impl Default for RuntimeOptions {
             providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
             intra_threads: 0,
             inter_threads: 1,
+            gpu_device: 0,
+            gpu_memory_limit_mb: 0,
+            cuda_arena: Arena::NextPowerOfTwo,
+            tensorrt_fp16: true,
+            tensorrt_cache: PathBuf::new(),
+            tensorrt_max_batch: 8,
         }
     }
 }
@@ -125,19 +149,11 @@ impl Runtime {
                 }
             }
         };
-        let (mut providers, mut missing) = (Vec::new(), Vec::new());
-        for &p in &options.providers {
-            let available = match p {
-                Provider::Tensorrt => ep::TensorRT::is_available()?,
-                Provider::Cuda => ep::CUDA::is_available()?,
-                Provider::Cpu => true,
-            };
-            if available {
-                providers.push(p);
-            } else {
-                missing.push(p.name());
-            }
-        }
+        let (providers, missing) = usable(&options.providers, |p| match p {
+            Provider::Tensorrt => ep::TensorRT::is_available(),
+            Provider::Cuda => ep::CUDA::is_available(),
+            Provider::Cpu => Ok(true),
+        })?;
         if !missing.is_empty() {
             tracing::warn!(
                 "execution providers {} are not in this ONNX Runtime build ({}); using {}",
@@ -153,14 +169,17 @@ impl Runtime {
         })
     }
 
-    pub fn session(&self, path: &Path) -> Result<Session, RuntimeError> {
+    /// A session for the graph at `path`; `profile` is the range of its inputs' shapes (for TensorRT).
+    pub fn session(&self, path: &Path, profile: &Profile) -> Result<Session, RuntimeError> {
         let mut builder = Session::builder(&self.env)?
             .with_intra_threads(self.options.intra_threads)?
             .with_inter_threads(self.options.inter_threads)?;
+        let mut chosen = Provider::Cpu;
         for &p in &self.providers {
-            match register(p, &mut builder) {
+            match self.register(p, profile, &mut builder) {
                 Ok(()) => {
                     tracing::debug!(model = %path.display(), provider = p.name(), "execution provider registered");
+                    chosen = p;
                     break;
                 }
                 Err(e) => {
@@ -168,19 +187,81 @@ impl Runtime {
                 }
             }
         }
-        builder.commit_from_file(path).map_err(|e| RuntimeError::Model {
+        let building = chosen == Provider::Tensorrt;
+        let cache = &self.options.tensorrt_cache;
+        let before = files_in(cache);
+        if building {
+            tracing::info!(model = %path.display(), cache = %cache.display(),
+                "TensorRT: loading or building engines (a build takes minutes; with tensorrt_cache set, only the first start builds)");
+        }
+        let session = std::thread::scope(|s| {
+            let (done, wait) = mpsc::channel::<()>();
+            if building {
+                s.spawn(move || progress(path, wait));
+            }
+            let session = builder.commit_from_file(path);
+            drop(done);
+            session
+        })
+        .map_err(|e| RuntimeError::Model {
             path: path.to_path_buf(),
             source: e,
-        })
+        })?;
+        if building {
+            match files_in(cache).saturating_sub(before) {
+                0 => tracing::info!(model = %path.display(), "TensorRT: engines ready (nothing new cached)"),
+                n => {
+                    tracing::info!(model = %path.display(), cache = %cache.display(), "TensorRT: engines ready, {n} new file(s) cached")
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    fn register(&self, p: Provider, profile: &Profile, builder: &mut SessionBuilder) -> ort::Result<()> {
+        match p {
+            Provider::Tensorrt => {
+                configured(ep::TensorRT::default(), providers::tensorrt(&self.options, profile)).register(builder)
+            }
+            Provider::Cuda => configured(ep::CUDA::default(), providers::cuda(&self.options)).register(builder),
+            Provider::Cpu => Ok(()), // always there; needs no registration
+        }
     }
 }
 
-fn register(p: Provider, builder: &mut SessionBuilder) -> ort::Result<()> {
-    match p {
-        Provider::Tensorrt => ep::TensorRT::default().register(builder),
-        Provider::Cuda => ep::CUDA::default().register(builder),
-        Provider::Cpu => Ok(()), // always there; needs no registration
+fn configured<P: ArbitrarilyConfigurableExecutionProvider>(provider: P, options: providers::Options) -> P {
+    options
+        .into_iter()
+        .fold(provider, |p, (key, value)| p.with_arbitrary_config(key, value))
+}
+
+/// The configured providers that are `available`, in order, and the names of those that are not.
+fn usable(
+    configured: &[Provider],
+    available: impl Fn(Provider) -> ort::Result<bool>,
+) -> ort::Result<(Vec<Provider>, Vec<&'static str>)> {
+    let (mut providers, mut missing) = (Vec::new(), Vec::new());
+    for &p in configured {
+        if available(p)? {
+            providers.push(p);
+        } else {
+            missing.push(p.name());
+        }
     }
+    Ok((providers, missing))
+}
+
+/// Logs every 30 s until `done` closes, while TensorRT builds (it reports no progress of its own).
+fn progress(path: &Path, done: mpsc::Receiver<()>) {
+    let start = Instant::now();
+    while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(30)) {
+        tracing::info!(model = %path.display(), "TensorRT: still building engines ({} s)", start.elapsed().as_secs());
+    }
+}
+
+/// How many files `folder` holds (0 if it is unset or unreadable).
+fn files_in(folder: &Path) -> usize {
+    std::fs::read_dir(folder).map_or(0, |entries| entries.count())
 }
 
 /// Configured path, else `ORT_DYLIB_PATH`, else the bare library name (which `ort` looks up next to the
@@ -192,5 +273,24 @@ fn library_path(options: &RuntimeOptions) -> PathBuf {
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(DEFAULT_LIBRARY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_providers_are_skipped_in_the_configured_order() {
+        let configured = [Provider::Tensorrt, Provider::Cuda, Provider::Cpu];
+        // A CUDA-only build (no TensorRT provider): CUDA first, then CPU.
+        let (providers, missing) = usable(&configured, |p| Ok(p != Provider::Tensorrt)).unwrap();
+        assert_eq!(providers, [Provider::Cuda, Provider::Cpu]);
+        assert_eq!(missing, ["tensorrt"]);
+        // The CPU-only wheel: CPU alone, the others named in the order given.
+        let order = [Provider::Cuda, Provider::Cpu, Provider::Tensorrt];
+        let (providers, missing) = usable(&order, |p| Ok(p == Provider::Cpu)).unwrap();
+        assert_eq!(providers, [Provider::Cpu]);
+        assert_eq!(missing, ["cuda", "tensorrt"]);
     }
 }

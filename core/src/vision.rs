@@ -4,7 +4,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, check_graph};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
@@ -31,7 +31,11 @@ impl ImageEncoder {
         let m = &bundle.manifest;
         let (size, dim) = (m.preprocess.size as usize, m.image_encoder.embedding_dim);
         let path = bundle.file(&m.image_encoder.file);
-        let session = runtime.session(&path)?;
+        let profile = Profile::default().input(
+            "pixel_values",
+            &[Axis::Batch, Axis::Fixed(3), Axis::Fixed(size), Axis::Fixed(size)],
+        );
+        let session = runtime.session(&path, &profile)?;
         check_graph(
             &path,
             &session,
@@ -68,7 +72,8 @@ impl Mapper {
             m.language_model.width,
         );
         let path = bundle.file(&m.mapper.file);
-        let session = runtime.session(&path)?;
+        let profile = Profile::default().input("image_embeds", &[Axis::Batch, Axis::Fixed(dim)]);
+        let session = runtime.session(&path, &profile)?;
         check_graph(
             &path,
             &session,
