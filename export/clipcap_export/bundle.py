@@ -50,7 +50,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
                  text_encoder: bool = True, quantize: str | None = None) -> dict:
     """Exports `models` into the bundle folder `out`; `text_encoder` adds CLIP's text tower and tokenizer;
     `quantize` ("int8", "int4") makes the language model's weights that precision and the image
-    encoder int8 (quantize.py), after every graph was checked against PyTorch in fp32."""
+    encoder int8, or ("fp16") every graph fp16 (quantize.py), after every graph was checked against
+    PyTorch in fp32."""
     gpt = models.gpt.config
     if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
@@ -75,7 +76,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
     if quantize:  # before the manifest: a bundle with a manifest is complete
-        prov["quantization"] = quantize_graphs(out / "lm.onnx", out / "image_encoder.onnx", quantize)
+        graphs = {name: out / f"{name}.onnx" for name in ("lm", "image_encoder", "mapper", "text_encoder")}
+        prov["quantization"] = quantize_graphs({n: p for n, p in graphs.items() if p.exists()}, quantize)
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
@@ -100,8 +102,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
 
 
 def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
-    """A copy of `bundle` at `out` (replaced if it exists) with its language model quantised ("int8",
-    "int4") and its image encoder int8 (quantize.py); the manifest, recording it, is written last."""
+    """A copy of `bundle` at `out` (replaced if it exists) at `precision` ("fp16", "int8", "int4";
+    quantize.py); the manifest, recording it, is written last."""
     manifest = read_manifest(bundle)
     if "quantization" in manifest["provenance"]:
         raise ValueError(f"{bundle}: already quantised ({manifest['provenance']['quantization']['weights']})")
@@ -110,8 +112,9 @@ def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
-    manifest["provenance"]["quantization"] = quantize_graphs(
-        out / manifest["language_model"]["file"], out / manifest["image_encoder"]["file"], precision)
+    sections = {"lm": "language_model", "image_encoder": "image_encoder", "mapper": "mapper", "text_encoder": "text_encoder"}
+    graphs = {name: out / manifest[section]["file"] for name, section in sections.items() if section in manifest}
+    manifest["provenance"]["quantization"] = quantize_graphs(graphs, precision)
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
 

@@ -17,6 +17,7 @@ from .evaluate import EvaluationError, evaluate, table
 from .models import (DEFAULT_CLIP, DEFAULT_GPT2, DEFAULT_PREFIX_LENGTH, RANDOM, CheckpointError, Models, Source,
                      build_models, load_checkpoint)
 from .pipeline import DEMO_RECIPES, GateError, demo, sweep, train_evaluate_export
+from .quantize import PRECISIONS
 from .reference import caption_image, load_image, parse_decoder, preprocess
 from .train import TrainConfig, train
 
@@ -80,8 +81,9 @@ def _bundle_args(p: argparse.ArgumentParser, training_data: str | None = None) -
     p.add_argument("--training-data", default=training_data, help="what the mapper was trained on, for the manifest")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="caption length budget (default %(default)s)")
     p.add_argument("--no-text-encoder", action="store_true", help="leave CLIP's text tower out of the bundle")
-    p.add_argument("--quantize", choices=["int8", "int4"],
-                   help="language-model weights in 8 or 4 bits (ONNX Runtime's MatMulNBits); default fp32")
+    p.add_argument("--quantize", choices=PRECISIONS,
+                   help="fp16: every graph in fp16 (GPU bundles); int8, int4: language-model weights in 8 or 4 "
+                        "bits (ONNX Runtime's MatMulNBits) and the image encoder in int8 (CPU bundles); default fp32")
 
 
 def _export_bundle(args, training_data: str, require_gpt: bool = False) -> Models:
@@ -239,9 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     _bundle_args(p)
     p.set_defaults(func=cmd_bundle)
 
-    p = sub.add_parser("quantize", help="a copy of a bundle with its language model in 8 or 4 bits")
+    p = sub.add_parser("quantize", help="a copy of a bundle in fp16, or with its language model in 8 or 4 bits")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--precision", choices=["int8", "int4"], required=True)
+    p.add_argument("--precision", choices=PRECISIONS, required=True)
     p.add_argument("--out", type=Path, required=True, help="the quantised bundle's folder (replaced if it exists)")
     p.set_defaults(func=cmd_quantize)
 

