@@ -189,11 +189,13 @@ impl Runtime {
         }
         let building = chosen == Provider::Tensorrt;
         let cache = &self.options.tensorrt_cache;
-        let before = files_in(cache);
-        if building {
+        let cached = if building {
             tracing::info!(model = %path.display(), cache = %cache.display(),
                 "TensorRT: loading or building engines (a build takes minutes; with tensorrt_cache set, only the first start builds)");
-        }
+            files_in(cache)
+        } else {
+            0
+        };
         let session = std::thread::scope(|s| {
             let (done, wait) = mpsc::channel::<()>();
             if building {
@@ -208,7 +210,7 @@ impl Runtime {
             source: e,
         })?;
         if building {
-            match files_in(cache).saturating_sub(before) {
+            match files_in(cache).saturating_sub(cached) {
                 0 => tracing::info!(model = %path.display(), "TensorRT: engines ready (nothing new cached)"),
                 n => {
                     tracing::info!(model = %path.display(), cache = %cache.display(), "TensorRT: engines ready, {n} new file(s) cached")

@@ -65,6 +65,7 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> int:
 
 
 def _drop_unused_weights(graph: onnx.GraphProto) -> set[str]:
+    """Removes the initializers no node reads (the fp32 weights a quantiser replaced); returns the rest."""
     used = {name for node in graph.node for name in node.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
@@ -72,9 +73,8 @@ def _drop_unused_weights(graph: onnx.GraphProto) -> set[str]:
     return {i.name for i in kept}
 
 
-def _check_quantized(path: Path, graph: onnx.GraphProto, op: str) -> int:
-    """How many `op` nodes `graph` has; an error if none, or if a MatMul with a weight is left."""
-    weights = _drop_unused_weights(graph)
+def _count_quantized(path: Path, graph: onnx.GraphProto, op: str, weights: set[str]) -> int:
+    """How many `op` nodes `graph` has; an error if none, or if a MatMul of a weight is left in fp32."""
     quantized = sum(node.op_type == op for node in graph.node)
     constant_matmuls = sum(node.op_type == "MatMul" and node.input[1] in weights for node in graph.node)
     if quantized == 0 or constant_matmuls:
@@ -90,7 +90,8 @@ def quantize_lm(path: Path, precision: str) -> int:
                                                 accuracy_level=ACCURACY_LEVEL, bits=BITS[precision])
     quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
-    count = _check_quantized(path, quantizer.model.model.graph, "MatMulNBits")
+    graph = quantizer.model.model.graph
+    count = _count_quantized(path, graph, "MatMulNBits", _drop_unused_weights(graph))
     onnx.save(quantizer.model.model, str(path))
     return count
 
@@ -111,7 +112,7 @@ def quantize_image_encoder(path: Path) -> int:
     finally:
         root.setLevel(level)
     model = onnx.load(str(path))
-    count = _check_quantized(path, model.graph, "MatMulInteger")
+    count = _count_quantized(path, model.graph, "MatMulInteger", _drop_unused_weights(model.graph))
     onnx.save(model, str(path))
     return count
 
