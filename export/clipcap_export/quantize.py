@@ -117,14 +117,40 @@ def quantize_image_encoder(path: Path) -> int:
     return count
 
 
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Puts each node after the nodes whose outputs it reads, as ONNX requires (TensorRT's parser reads
+    the nodes in order); the order is otherwise kept."""
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    placed, order = [False] * len(nodes), []
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            i, inputs_placed = stack.pop()
+            if placed[i]:
+                continue
+            if inputs_placed:
+                placed[i] = True
+                order.append(nodes[i])
+                continue
+            stack.append((i, True))
+            stack.extend((producer[name], False) for name in nodes[i].input
+                         if name in producer and not placed[producer[name]])
+    del graph.node[:]
+    graph.node.extend(order)
+
+
 def halve(path: Path) -> int:
     """Converts the graph at `path` to fp16 in place, its inputs and outputs kept fp32 (the bundle's
     contract); returns how many weights became fp16."""
     model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, disable_shape_infer=True)
-    # The converter gives its casts value_info with the inputs' symbolic axes, on which ONNX Runtime's
+    # The converter appends the casts of the inputs after the nodes that read them.
+    _sort_topologically(model.graph)
+    # It also gives its casts value_info with the inputs' symbolic axes, on which ONNX Runtime's
     # memory planner reused a buffer of another length (the LM's prefix pass failed); without them
     # ONNX Runtime infers the shapes itself.
     del model.graph.value_info[:]
+    onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
