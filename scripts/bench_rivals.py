@@ -12,6 +12,10 @@ a greedy caption of a fixed length from a prefix of embeddings, on GPT-2 with th
 - clipcap: `clipcap bench --json` on the same bundle, and on each `--quantized` copy of it
   (`clipcap-export quantize`), in a subprocess, between the rounds.
 
+`--device cuda` runs PyTorch on the GPU and ONNX Runtime (from Python, and clipcap) with its CUDA
+provider, for a machine with an NVIDIA GPU and the onnxruntime-gpu wheel (llama.cpp stays out: the
+build setup.sh makes is for the CPU).
+
 Rounds alternate between the systems, so that drift of a noisy machine spreads over all of them.
 Per-step time is counted as clipcap's `model/step`: (prefix pass + steps) / steps, a caption of
 `tokens` tokens taking tokens - 1 steps. The bundle's tokenizer.max_tokens must equal `tokens`
@@ -70,11 +74,11 @@ def pytorch_kv(model, prefix: torch.Tensor, tokens: int) -> list[int]:
 
 
 class OnnxLoop:
-    def __init__(self, path: Path, spec: dict, threads: int):
+    def __init__(self, path: Path, spec: dict, threads: int, providers: list[str]):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.layers, self.width = spec["layers"], spec["width"]
         self.heads = spec["heads"]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -182,8 +186,9 @@ class LlamaLoop:
         return out
 
 
-def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int) -> dict:
-    env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads))
+def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int, device: str) -> dict:
+    env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads),
+               CLIPCAP__RUNTIME__PROVIDERS="cuda,cpu" if device == "cuda" else "cpu")
     out = subprocess.run(
         [str(binary), "bench", "--json", "--runs", str(runs), "--bundle", str(bundle), "--decoder", "greedy", str(image)],
         check=True, capture_output=True, text=True, env=env,
@@ -208,6 +213,8 @@ def main() -> None:
     p.add_argument("--llama-source", type=Path, default=LLAMA_SOURCE,
                    help="llama.cpp's source folder, for its GGUF converter (default: where setup.sh puts it)")
     p.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: PyTorch on the GPU, ONNX Runtime with its CUDA provider (needs --no-llama)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -223,6 +230,8 @@ def main() -> None:
         if other["provenance"]["language_model"] != source or other["tokenizer"]["max_tokens"] != tokens:
             sys.exit(f"{copy}: not a quantised copy of {args.bundle} (other weights or caption length)")
         bundles[precision(other)] = copy
+    if args.device == "cuda" and not args.no_llama:
+        sys.exit("--device cuda: pass --no-llama too (llama-cpp-python is built for the CPU here)")
     if not args.no_llama:
         try:
             import llama_cpp  # noqa: F401
@@ -232,15 +241,17 @@ def main() -> None:
             sys.exit(f"{args.llama_source}: no convert_hf_to_gguf.py; run `bash scripts/setup.sh`")
     config, seed = source.removeprefix("random:").split(" seed=")
     torch.set_num_threads(args.threads)
-    model = load_gpt2(Source.random(config, int(seed))).eval()
+    model = load_gpt2(Source.random(config, int(seed))).eval().to(args.device)
     prefix_length = manifest["mapper"]["prefix_length"]
     rng = np.random.default_rng(0)
     prefix = (rng.standard_normal((1, prefix_length, spec["width"])) * 0.1).astype(np.float32)
-    onnx = OnnxLoop(args.bundle / spec["file"], spec, args.threads)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
+    onnx = OnnxLoop(args.bundle / spec["file"], spec, args.threads, providers)
+    on_device = torch.from_numpy(prefix).to(args.device)
 
     systems = {
-        "reference": lambda: reference(model, torch.from_numpy(prefix), tokens),
-        "pytorch-kv": lambda: pytorch_kv(model, torch.from_numpy(prefix), tokens),
+        "reference": lambda: reference(model, on_device, tokens),
+        "pytorch-kv": lambda: pytorch_kv(model, on_device, tokens),
         "onnxruntime": lambda: onnx(prefix, tokens),
     }
     work = tempfile.TemporaryDirectory(prefix="bench-rivals-")
@@ -258,7 +269,7 @@ def main() -> None:
                 run()
                 times[name].append((time.perf_counter() - t) * 1e3)
             for name, bundle in bundles.items():
-                bench = clipcap_bench(args.clipcap, bundle, args.image, args.threads, runs=3)["decoders"][0]
+                bench = clipcap_bench(args.clipcap, bundle, args.image, args.threads, 3, args.device)["decoders"][0]
                 times[f"clipcap {name}"].append(bench["decode_ms"])
                 steps.append(bench["steps"])
     work.cleanup()
