@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # clipcap for aarch64 (Jetson-class devices), cross-built here with Debian's toolchain:
-#   target/aarch64-unknown-linux-gnu/release/clipcap, its decoder plugins in plugins/ next to it
-#   (where the default config looks; tests/aarch64.rs runs them under qemu-user), and
-#   target/clipcap-aarch64.tar.gz: what systemd/install.sh installs (binary, plugins, unit, config,
+#   target/aarch64-unknown-linux-gnu/release/clipcap and its decoder plugins (tests/aarch64.rs runs
+#   them under qemu-user), and target/clipcap-aarch64.tar.gz: what systemd/install.sh installs (binary, plugins, unit, config,
 #   the demo bundle, and the aarch64 onnxruntime wheel's CPU library), under its FHS paths.
 # On a Jetson, point runtime.onnxruntime_library at JetPack's ONNX Runtime instead (docs/jetson.md).
 # Needs scripts/setup.sh to have run once (cross compiler, the Rust target, the aarch64 library).
@@ -13,10 +12,6 @@ TARGET=aarch64-unknown-linux-gnu
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu=--sysroot=/usr/aarch64-linux-gnu
 cargo build --release --locked --workspace --target $TARGET
 build=target/$TARGET/release
-mkdir -p "$build/plugins"
-for p in search sampling contrastive; do
-    install -m 0644 "$build/libclipcap_$p.so" "$build/plugins/"
-done
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
