@@ -3,9 +3,10 @@
 //! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic`) and the API version requested is the
 //! oldest that serves (api-17: ONNX Runtime 1.17 or newer; tested with 1.19.2, tests/cli.rs, and the
 //! pinned 1.23.2, [`PINNED_WHEEL`]), so the same binary runs on the runtime builds that
-//! Jetson images ship as well as on the pinned wheel used here. Execution providers are tried in the
-//! configured order; one that this build of ONNX Runtime lacks, or that fails to start (no GPU, missing
-//! CUDA libraries), is skipped with a warning, and CPU is always the last resort. The GPU providers'
+//! Jetson images ship as well as on the pinned wheel used here. Execution providers are registered in
+//! the configured order, and each node runs on the first that takes it; one that this build of ONNX
+//! Runtime lacks, or that fails to start (no GPU, missing CUDA libraries), is skipped with a warning,
+//! and CPU is always the last resort. The GPU providers'
 //! options are built in `providers`.
 
 mod providers;
@@ -174,20 +175,21 @@ impl Runtime {
         let mut builder = Session::builder(&self.env)?
             .with_intra_threads(self.options.intra_threads)?
             .with_inter_threads(self.options.inter_threads)?;
-        let mut chosen = Provider::Cpu;
+        // Every provider that starts is registered, in order: ONNX Runtime gives each node to the first
+        // that takes it, so what TensorRT cannot build runs on CUDA rather than on the CPU.
+        let mut first = None;
         for &p in &self.providers {
             match self.register(p, profile, &mut builder) {
                 Ok(()) => {
                     tracing::debug!(model = %path.display(), provider = p.name(), "execution provider registered");
-                    chosen = p;
-                    break;
+                    first.get_or_insert(p);
                 }
                 Err(e) => {
                     tracing::warn!(model = %path.display(), provider = p.name(), error = %e, "execution provider failed; falling back")
                 }
             }
         }
-        let building = chosen == Provider::Tensorrt;
+        let building = first == Some(Provider::Tensorrt);
         let cache = &self.options.tensorrt_cache;
         let cached = if building {
             tracing::info!(model = %path.display(), cache = %cache.display(),
