@@ -266,10 +266,14 @@ impl Bundle {
 /// One axis of a tensor as the bundle format declares it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Dim {
-    /// Must be dynamic in the graph (batch, sequence lengths).
+    /// Must be dynamic in the graph; in an input, the batch (TensorRT's profile takes it from 1 to
+    /// `runtime.tensorrt_max_batch`).
     Dynamic,
     /// Must be this size, or dynamic.
     Fixed(usize),
+    /// Must be dynamic in the graph; the sizes the runtime feeds it, from `min` to `max` and most
+    /// often `opt` (TensorRT's profile).
+    Range { min: usize, opt: usize, max: usize },
 }
 
 /// What the format says one graph input or output is.
@@ -344,7 +348,7 @@ pub fn check_graph(
             }
             for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {
                 match want {
-                    Dim::Dynamic if got >= 0 => {
+                    Dim::Dynamic | Dim::Range { .. } if got >= 0 => {
                         return Err(tensor_err(
                             &spec.name,
                             format!("{role} axis {axis} is fixed to {got}, it must be dynamic"),

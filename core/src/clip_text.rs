@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec, check_graph};
 use crate::cosine;
-use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
@@ -51,15 +51,15 @@ impl TextEncoder {
             .token_to_id("<|endoftext|>")
             .ok_or_else(|| bad("has no <|endoftext|> token; not a CLIP tokenizer".into()))?;
         let path = bundle.file(&spec.file);
-        let profile = Profile::default().input("input_ids", &[Axis::Batch, Axis::Fixed(spec.context_length)]);
-        let session = runtime.session(&path, &profile)?;
+        let inputs = [TensorSpec::i64(
+            "input_ids",
+            vec![Dim::Dynamic, Dim::Fixed(spec.context_length)],
+        )];
+        let session = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,
-            &[TensorSpec::i64(
-                "input_ids",
-                vec![Dim::Dynamic, Dim::Fixed(spec.context_length)],
-            )],
+            &inputs,
             &[TensorSpec::f32(
                 "text_embeds",
                 vec![Dim::Dynamic, Dim::Fixed(spec.embedding_dim)],

@@ -12,7 +12,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
-use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
@@ -107,7 +107,15 @@ impl LanguageModel {
         let spec = m.language_model.clone();
         let path = bundle.file(&spec.file);
         let (h, dh) = (spec.heads, spec.head_dim());
-        let kv = |name: String| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), Dim::Dynamic, Dim::Fixed(dh)]);
+        // The sequence axes the runtime feeds: the prefix pass (the prefix, no ids, no past) and the
+        // steps (one id a row, a past up to the prefix and the longest caption).
+        let (k, longest) = (m.mapper.prefix_length, m.mapper.prefix_length + m.tokenizer.max_tokens);
+        let past = Dim::Range {
+            min: 0,
+            opt: (k + longest) / 2,
+            max: longest,
+        };
+        let kv = |name: String, len: Dim| TensorSpec::f32(name, vec![Dim::Dynamic, Dim::Fixed(h), len, Dim::Fixed(dh)]);
         let past_names: Vec<String> = (0..spec.layers)
             .flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")])
             .collect();
@@ -117,11 +125,15 @@ impl LanguageModel {
         let mut inputs = vec![
             TensorSpec::f32(
                 "prefix_embeds",
-                vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)],
+                vec![
+                    Dim::Dynamic,
+                    Dim::Range { min: 0, opt: k, max: k },
+                    Dim::Fixed(spec.width),
+                ],
             ),
-            TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Dynamic]),
+            TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Range { min: 0, opt: 1, max: 1 }]),
         ];
-        inputs.extend(past_names.iter().cloned().map(kv));
+        inputs.extend(past_names.iter().map(|name| kv(name.clone(), past)));
         let mut outputs = vec![
             TensorSpec::f32("logits", vec![Dim::Dynamic, Dim::Fixed(spec.vocab_size)]),
             TensorSpec::f32(
@@ -129,28 +141,8 @@ impl LanguageModel {
                 vec![Dim::Dynamic, Dim::Dynamic, Dim::Fixed(spec.width)],
             ),
         ];
-        outputs.extend(present_names.iter().cloned().map(kv));
-        // TensorRT's shapes: the prefix pass (no ids, no past) and the steps (one id a row, a past up
-        // to the prefix and the longest caption), batch up to the beams.
-        let (k, longest) = (m.mapper.prefix_length, m.mapper.prefix_length + m.tokenizer.max_tokens);
-        let span = |min, opt, max| Axis::Span { min, opt, max };
-        let profile = past_names.iter().fold(
-            Profile::default()
-                .input("prefix_embeds", &[Axis::Batch, span(0, k, k), Axis::Fixed(spec.width)])
-                .input("input_ids", &[Axis::Batch, span(0, 1, 1)]),
-            |profile, name| {
-                profile.input(
-                    name,
-                    &[
-                        Axis::Batch,
-                        Axis::Fixed(h),
-                        span(0, (k + longest) / 2, longest),
-                        Axis::Fixed(dh),
-                    ],
-                )
-            },
-        );
-        let session = runtime.session(&path, &profile)?;
+        outputs.extend(present_names.iter().map(|name| kv(name.clone(), Dim::Dynamic)));
+        let session = runtime.session(&path, &inputs)?;
         check_graph(&path, &session, &inputs, &outputs)?;
         Ok(LanguageModel {
             session,

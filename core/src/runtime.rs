@@ -22,7 +22,9 @@ use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use serde::Deserialize;
 
-pub use providers::{Arena, Axis, Profile};
+use crate::bundle::TensorSpec;
+
+pub use providers::Arena;
 
 /// The library file name the system loader is asked for when nothing else is configured.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
@@ -170,8 +172,9 @@ impl Runtime {
         })
     }
 
-    /// A session for the graph at `path`; `profile` is the range of its inputs' shapes (for TensorRT).
-    pub fn session(&self, path: &Path, profile: &Profile) -> Result<Session, RuntimeError> {
+    /// A session for the graph at `path`, whose `inputs` (as the loader checks them) give TensorRT the
+    /// range of their shapes.
+    pub fn session(&self, path: &Path, inputs: &[TensorSpec]) -> Result<Session, RuntimeError> {
         let mut builder = Session::builder(&self.env)?
             .with_intra_threads(self.options.intra_threads)?
             .with_inter_threads(self.options.inter_threads)?;
@@ -179,7 +182,7 @@ impl Runtime {
         // that takes it, so what TensorRT cannot build runs on CUDA rather than on the CPU.
         let mut first = None;
         for &p in &self.providers {
-            match self.register(p, profile, &mut builder) {
+            match self.register(p, inputs, &mut builder) {
                 Ok(()) => {
                     tracing::debug!(model = %path.display(), provider = p.name(), "execution provider registered");
                     first.get_or_insert(p);
@@ -222,10 +225,10 @@ impl Runtime {
         Ok(session)
     }
 
-    fn register(&self, p: Provider, profile: &Profile, builder: &mut SessionBuilder) -> ort::Result<()> {
+    fn register(&self, p: Provider, inputs: &[TensorSpec], builder: &mut SessionBuilder) -> ort::Result<()> {
         match p {
             Provider::Tensorrt => {
-                configured(ep::TensorRT::default(), providers::tensorrt(&self.options, profile)).register(builder)
+                configured(ep::TensorRT::default(), providers::tensorrt(&self.options, inputs)).register(builder)
             }
             Provider::Cuda => configured(ep::CUDA::default(), providers::cuda(&self.options)).register(builder),
             Provider::Cpu => Ok(()), // always there; needs no registration

@@ -4,7 +4,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, check_graph};
-use crate::runtime::{Axis, Profile, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
@@ -31,18 +31,15 @@ impl ImageEncoder {
         let m = &bundle.manifest;
         let (size, dim) = (m.preprocess.size as usize, m.image_encoder.embedding_dim);
         let path = bundle.file(&m.image_encoder.file);
-        let profile = Profile::default().input(
+        let inputs = [TensorSpec::f32(
             "pixel_values",
-            &[Axis::Batch, Axis::Fixed(3), Axis::Fixed(size), Axis::Fixed(size)],
-        );
-        let session = runtime.session(&path, &profile)?;
+            vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
+        )];
+        let session = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,
-            &[TensorSpec::f32(
-                "pixel_values",
-                vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
-            )],
+            &inputs,
             &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
         )?;
         Ok(ImageEncoder { session, size, dim })
@@ -72,12 +69,12 @@ impl Mapper {
             m.language_model.width,
         );
         let path = bundle.file(&m.mapper.file);
-        let profile = Profile::default().input("image_embeds", &[Axis::Batch, Axis::Fixed(dim)]);
-        let session = runtime.session(&path, &profile)?;
+        let inputs = [TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])];
+        let session = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,
-            &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
+            &inputs,
             &[TensorSpec::f32(
                 "prefix",
                 vec![Dim::Dynamic, Dim::Fixed(k), Dim::Fixed(width)],

@@ -1,14 +1,16 @@
 //! The GPU execution providers' options, as ONNX Runtime's key/value strings. They are built here, where
 //! tests check them without a GPU, and `Runtime::session` hands them over with `with_arbitrary_config`.
 //!
-//! TensorRT builds an engine for a range of input shapes, an optimisation profile. Each graph declares
-//! its range ([`Profile`]) from the bundle: batch 1 to `tensorrt_max_batch` (beams), the sequence axes
-//! from empty to the prefix length plus the longest caption. So engines are built once, not once per
+//! TensorRT builds an engine for a range of input shapes, an optimisation profile. It is derived from
+//! the inputs each loader declares and checks ([`TensorSpec`]): the batch from 1 to
+//! `tensorrt_max_batch` (beams), each [`Dim::Range`] (the LM's sequence axes: from empty to the
+//! prefix length plus the longest caption) over its range. So engines are built once, not once per
 //! length, and with `tensorrt_cache` set they are kept on disk for the next start.
 
 use serde::Deserialize;
 
 use super::RuntimeOptions;
+use crate::bundle::{Dim, TensorSpec};
 
 /// How the CUDA provider grows its memory arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -20,43 +22,20 @@ pub enum Arena {
     SameAsRequested,
 }
 
-/// One axis of an input in a TensorRT optimisation profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Axis {
-    /// 1 at least and for tuning, `tensorrt_max_batch` at most.
-    Batch,
-    Fixed(usize),
-    Span {
-        min: usize,
-        opt: usize,
-        max: usize,
-    },
-}
-
-/// The shapes a graph's inputs take, for TensorRT's optimisation profile.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Profile(Vec<(String, Vec<Axis>)>);
-
-impl Profile {
-    pub fn input(mut self, name: &str, axes: &[Axis]) -> Self {
-        self.0.push((name.to_owned(), axes.to_vec()));
-        self
-    }
-
-    /// `name:AxBxC,...` for the `pick`ed end (0 min, 1 opt, 2 max), as TensorRT's provider reads it.
-    fn shapes(&self, pick: usize, max_batch: usize) -> String {
-        let dim = |axis: &Axis| match *axis {
-            Axis::Batch => [1, 1, max_batch][pick],
-            Axis::Fixed(n) => n,
-            Axis::Span { min, opt, max } => [min, opt, max][pick],
-        };
-        let shape = |axes: &[Axis]| axes.iter().map(|a| dim(a).to_string()).collect::<Vec<_>>().join("x");
-        self.0
-            .iter()
-            .map(|(name, axes)| format!("{name}:{}", shape(axes)))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
+/// `name:AxBxC,...` of `inputs` at the `pick`ed end of their ranges (0 min, 1 opt, 2 max), as
+/// TensorRT's provider reads a profile.
+fn shapes(inputs: &[TensorSpec], pick: usize, max_batch: usize) -> String {
+    let size = |dim: &Dim| match *dim {
+        Dim::Dynamic => [1, 1, max_batch][pick],
+        Dim::Fixed(n) => n,
+        Dim::Range { min, opt, max } => [min, opt, max][pick],
+    };
+    let shape = |dims: &[Dim]| dims.iter().map(|d| size(d).to_string()).collect::<Vec<_>>().join("x");
+    inputs
+        .iter()
+        .map(|input| format!("{}:{}", input.name, shape(&input.dims)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub type Options = Vec<(&'static str, String)>;
@@ -76,7 +55,7 @@ pub fn cuda(gpu: &RuntimeOptions) -> Options {
     options
 }
 
-pub fn tensorrt(gpu: &RuntimeOptions, profile: &Profile) -> Options {
+pub fn tensorrt(gpu: &RuntimeOptions, inputs: &[TensorSpec]) -> Options {
     let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
     let mut options = vec![
         ("device_id", gpu.gpu_device.to_string()),
@@ -91,12 +70,12 @@ pub fn tensorrt(gpu: &RuntimeOptions, profile: &Profile) -> Options {
             ("trt_timing_cache_path", cache),
         ]);
     }
-    if !profile.0.is_empty() {
+    if !inputs.is_empty() {
         let b = gpu.tensorrt_max_batch;
         options.extend([
-            ("trt_profile_min_shapes", profile.shapes(0, b)),
-            ("trt_profile_opt_shapes", profile.shapes(1, b)),
-            ("trt_profile_max_shapes", profile.shapes(2, b)),
+            ("trt_profile_min_shapes", shapes(inputs, 0, b)),
+            ("trt_profile_opt_shapes", shapes(inputs, 1, b)),
+            ("trt_profile_max_shapes", shapes(inputs, 2, b)),
         ]);
     }
     options
@@ -136,26 +115,27 @@ mod tests {
 
     #[test]
     fn tensorrt_caches_engines_and_takes_the_graphs_profile() {
-        let profile = Profile::default()
-            .input(
+        let inputs = [
+            TensorSpec::f32(
                 "prefix_embeds",
-                &[
-                    Axis::Batch,
-                    Axis::Span {
+                vec![
+                    Dim::Dynamic,
+                    Dim::Range {
                         min: 0,
                         opt: 10,
                         max: 10,
                     },
-                    Axis::Fixed(768),
+                    Dim::Fixed(768),
                 ],
-            )
-            .input("input_ids", &[Axis::Batch, Axis::Span { min: 0, opt: 1, max: 1 }]);
+            ),
+            TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Range { min: 0, opt: 1, max: 1 }]),
+        ];
         let gpu = RuntimeOptions {
             tensorrt_cache: PathBuf::from("/var/cache/clipcap/tensorrt"),
             tensorrt_max_batch: 5,
             ..RuntimeOptions::default()
         };
-        let options = tensorrt(&gpu, &profile);
+        let options = tensorrt(&gpu, &inputs);
         assert_eq!(get(&options, "trt_fp16_enable"), Some("1"));
         assert_eq!(get(&options, "trt_engine_cache_enable"), Some("1"));
         assert_eq!(
@@ -179,7 +159,7 @@ mod tests {
             Some("prefix_embeds:5x10x768,input_ids:5x1")
         );
         // Without a cache folder nothing is written to disk, and without a profile none is passed.
-        let bare = tensorrt(&RuntimeOptions::default(), &Profile::default());
+        let bare = tensorrt(&RuntimeOptions::default(), &[]);
         assert!(
             bare.iter().all(|(k, _)| !k.contains("cache") && !k.contains("profile")),
             "{bare:?}"
