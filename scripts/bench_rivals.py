@@ -165,24 +165,26 @@ class LlamaLoop:
         self.prefix = ll.llama_batch_init(prefix_length, width, 1)
         self.token = ll.llama_batch_init(1, 0, 1)
 
-    def _decode(self, batch, positions: range, last: int) -> int:
+    def _decode(self, batch, positions: range) -> int:
+        """Feeds `batch` at `positions`; the greedy choice after its last position."""
         for i, pos in enumerate(positions):
             batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = pos, 1, 0
             batch.logits[i] = i == len(positions) - 1
         batch.n_tokens = len(positions)
         if self.ll.llama_decode(self.ctx, batch) != 0:
             sys.exit("llama_decode failed")
-        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, last), shape=(self.vocab,))
+        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, len(positions) - 1),
+                                       shape=(self.vocab,))
         return int(logits.argmax())
 
     def __call__(self, prefix: np.ndarray, tokens: int) -> list[int]:
         self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
         length = prefix.shape[1]
         ctypes.memmove(self.prefix.embd, np.ascontiguousarray(prefix).ctypes.data, prefix.nbytes)
-        out = [self._decode(self.prefix, range(length), length - 1)]
+        out = [self._decode(self.prefix, range(length))]
         for step in range(tokens - 1):
             self.token.token[0] = out[-1]
-            out.append(self._decode(self.token, range(length + step, length + step + 1), 0))
+            out.append(self._decode(self.token, range(length + step, length + step + 1)))
         return out
 
 

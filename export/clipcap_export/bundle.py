@@ -75,9 +75,6 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     if provenance.training:
         prov["training"] = provenance.training
     prov["export_check"] = {k: v for k, v in vars(report).items() if v is not None}
-    if quantize:  # before the manifest: a bundle with a manifest is complete
-        graphs = {name: out / f"{name}.onnx" for name in ("lm", "image_encoder", "mapper", "text_encoder")}
-        prov["quantization"] = quantize_graphs({n: p for n, p in graphs.items() if p.exists()}, quantize)
     manifest = {
         "format_version": FORMAT_VERSION,
         "provenance": prov,
@@ -97,8 +94,20 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
         manifest["text_encoder"] = {"file": "text_encoder.onnx", "tokenizer": "clip_tokenizer.json",
                                     "context_length": CLIP_CONTEXT, "embedding_dim": models.embedding_dim,
                                     "logit_scale": models.logit_scale}
+    if quantize:  # before the manifest is written: a bundle with a manifest is complete
+        prov["quantization"] = quantize_graphs(graph_files(out, manifest), quantize)
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
+
+
+# The manifest section of each graph, by the name quantize.py and provenance.quantization use.
+GRAPH_SECTIONS = {"lm": "language_model", "image_encoder": "image_encoder", "mapper": "mapper",
+                  "text_encoder": "text_encoder"}
+
+
+def graph_files(bundle: Path, manifest: dict) -> dict[str, Path]:
+    """The bundle's graph files, by name (`text_encoder` only when the bundle has one)."""
+    return {name: bundle / manifest[section]["file"] for name, section in GRAPH_SECTIONS.items() if section in manifest}
 
 
 def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
@@ -112,9 +121,7 @@ def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
-    sections = {"lm": "language_model", "image_encoder": "image_encoder", "mapper": "mapper", "text_encoder": "text_encoder"}
-    graphs = {name: out / manifest[section]["file"] for name, section in sections.items() if section in manifest}
-    manifest["provenance"]["quantization"] = quantize_graphs(graphs, precision)
+    manifest["provenance"]["quantization"] = quantize_graphs(graph_files(out, manifest), precision)
     (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return manifest
 

@@ -16,7 +16,6 @@ which is then quantised: the fp32 embedding stays for the input lookup (a few ro
 """
 
 import logging
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -24,6 +23,7 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 # The quantiser logs every node it looks at, at INFO (its import sets up the root logger so).
 logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
@@ -104,11 +104,8 @@ def quantize_image_encoder(path: Path) -> int:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs each tensor at INFO, and advice at WARNING
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            matmuls = Path(tmp) / "matmuls.onnx"
-            onnx.save(model, str(matmuls))
-            quantize_dynamic(matmuls, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(model, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
     model = onnx.load(str(path))
@@ -117,35 +114,13 @@ def quantize_image_encoder(path: Path) -> int:
     return count
 
 
-def _sort_topologically(graph: onnx.GraphProto) -> None:
-    """Puts each node after the nodes whose outputs it reads, as ONNX requires (TensorRT's parser reads
-    the nodes in order); the order is otherwise kept."""
-    nodes = list(graph.node)
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-    placed, order = [False] * len(nodes), []
-    for start in range(len(nodes)):
-        stack = [(start, False)]
-        while stack:
-            i, inputs_placed = stack.pop()
-            if placed[i]:
-                continue
-            if inputs_placed:
-                placed[i] = True
-                order.append(nodes[i])
-                continue
-            stack.append((i, True))
-            stack.extend((producer[name], False) for name in nodes[i].input
-                         if name in producer and not placed[producer[name]])
-    del graph.node[:]
-    graph.node.extend(order)
-
-
 def halve(path: Path) -> int:
     """Converts the graph at `path` to fp16 in place, its inputs and outputs kept fp32 (the bundle's
     contract); returns how many weights became fp16."""
     model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, disable_shape_infer=True)
-    # The converter appends the casts of the inputs after the nodes that read them.
-    _sort_topologically(model.graph)
+    # The converter appends the casts of the inputs after the nodes that read them; ONNX requires
+    # each node after those it reads from (TensorRT's parser reads them in order).
+    OnnxModel.graph_topological_sort(model.graph)
     # It also gives its casts value_info with the inputs' symbolic axes, on which ONNX Runtime's
     # memory planner reused a buffer of another length (the LM's prefix pass failed); without them
     # ONNX Runtime infers the shapes itself.
