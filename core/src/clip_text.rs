@@ -55,7 +55,7 @@ impl TextEncoder {
             "input_ids",
             vec![Dim::Dynamic, Dim::Fixed(spec.context_length)],
         )];
-        let session = runtime.session(&path, &inputs)?;
+        let (session, _) = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,

@@ -5,14 +5,18 @@
 //! sequence `parents[i]` of the old one. The identity (greedy, or every beam keeping its place) reuses
 //! the cache tensors as they are; anything else (beams reordered, forked or dropped) gathers their
 //! rows first. All sequences of a batch have the same length, so no attention mask is needed.
+//!
+//! Runs go through an IoBinding: the cache (`present.*`) is written to the memory of the device that
+//! leads the session (the GPU's for CUDA and TensorRT) and bound, as it is, as the next step's past, so
+//! it never crosses to the host between steps; only the logits and hidden states do. Reordering beams
+//! gathers rows on the host (the graph has no gather input), one copy each way when beams move.
 
-use std::borrow::Cow;
-
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorRef};
+use ort::memory::{AllocationDevice, MemoryInfo};
+use ort::session::Session;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor};
 
 use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Provider, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
@@ -53,6 +57,10 @@ pub struct LanguageModel {
     prefix_length: usize,
     past_names: Vec<String>,
     present_names: Vec<String>,
+    /// Where the cache lives between steps (the leading provider's device).
+    cache_memory: MemoryInfo<'static>,
+    /// Where the logits and hidden states the decoders read go.
+    host_memory: MemoryInfo<'static>,
 }
 
 /// The state of one generation: the cache and the last outputs of every live sequence.
@@ -60,8 +68,9 @@ pub struct LmState {
     batch: usize,
     /// Positions processed so far (prefix plus tokens), the same for every sequence.
     len: usize,
-    /// `present.{i}.key`, `present.{i}.value` of the last run: [batch, heads, len, head_dim].
-    cache: Vec<DynValue>,
+    /// `present.{i}.key`, `present.{i}.value` of the last run: [batch, heads, len, head_dim], in
+    /// `cache_memory`.
+    cache: Vec<DynTensor>,
     logits: Vec<f32>,
     /// Last-layer states of the positions the last run added: [batch, new, width].
     hidden: Vec<f32>,
@@ -142,7 +151,7 @@ impl LanguageModel {
             ),
         ];
         outputs.extend(present_names.iter().map(|name| kv(name.clone(), Dim::Dynamic)));
-        let session = runtime.session(&path, &inputs)?;
+        let (session, provider) = runtime.session(&path, &inputs)?;
         check_graph(&path, &session, &inputs, &outputs)?;
         Ok(LanguageModel {
             session,
@@ -150,6 +159,8 @@ impl LanguageModel {
             prefix_length: m.mapper.prefix_length,
             past_names,
             present_names,
+            cache_memory: runtime.device_memory(provider)?,
+            host_memory: runtime.device_memory(Provider::Cpu)?,
         })
     }
 
@@ -168,16 +179,14 @@ impl LanguageModel {
             }
             .into());
         }
-        let empty_past: Vec<f32> = Vec::new();
         let past_shape = [1, self.spec.heads, 0, self.spec.head_dim()];
         let past = (0..self.past_names.len())
-            .map(|_| Ok(TensorRef::from_array_view((past_shape, empty_past.as_slice()))?.into()))
-            .collect::<Result<_, ort::Error>>()?;
-        let no_ids: Vec<i64> = Vec::new();
+            .map(|_| Ok(Tensor::from_array((past_shape, Vec::<f32>::new()))?.upcast()))
+            .collect::<Result<Vec<DynTensor>, ort::Error>>()?;
         self.run(
-            TensorRef::from_array_view(([1, k, d], prefix))?,
-            TensorRef::from_array_view(([1, 0], no_ids.as_slice()))?,
-            past,
+            Tensor::from_array(([1, k, d], prefix.to_vec()))?,
+            Tensor::from_array(([1, 0], Vec::<i64>::new()))?,
+            &past,
             1,
             0,
             k,
@@ -213,7 +222,7 @@ impl LanguageModel {
         }
         // The state is replaced only after a successful run, so a failed step leaves it usable.
         let identity = n == state.batch && parents.iter().enumerate().all(|(i, &p)| i == p);
-        let gathered: Vec<DynValue> = if identity {
+        let gathered: Vec<DynTensor> = if identity {
             Vec::new()
         } else {
             state
@@ -224,11 +233,10 @@ impl LanguageModel {
         };
         let past = if identity { &state.cache } else { &gathered };
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let no_prefix: Vec<f32> = Vec::new();
         let next = self.run(
-            TensorRef::from_array_view(([n, 0, self.spec.width], no_prefix.as_slice()))?,
-            TensorRef::from_array_view(([n, 1], ids.as_slice()))?,
-            past.iter().map(Into::into).collect(),
+            Tensor::from_array(([n, 0, self.spec.width], Vec::<f32>::new()))?,
+            Tensor::from_array(([n, 1], ids))?,
+            past,
             n,
             state.len,
             1,
@@ -239,19 +247,27 @@ impl LanguageModel {
 
     fn run(
         &mut self,
-        prefix: TensorRef<f32>,
-        ids: TensorRef<i64>,
-        past: Vec<SessionInputValue<'_>>,
+        // Owned, not views of the caller's data: ort's IoBinding copies a borrowed input through a
+        // second binding, which deadlocks on ort's own lock (ort 2.0.0-rc.15).
+        prefix: Tensor<f32>,
+        ids: Tensor<i64>,
+        past: &[DynTensor],
         batch: usize,
         past_len: usize,
         new: usize,
     ) -> Result<LmState, LmError> {
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
-            ("prefix_embeds".into(), prefix.into()),
-            ("input_ids".into(), ids.into()),
-        ];
-        inputs.extend(self.past_names.iter().map(|n| Cow::from(n.as_str())).zip(past));
-        let mut out = self.session.run(inputs)?;
+        let mut binding = self.session.create_binding()?;
+        binding.bind_input("prefix_embeds", &prefix)?;
+        binding.bind_input("input_ids", &ids)?;
+        for (name, value) in self.past_names.iter().zip(past) {
+            binding.bind_input(name.as_str(), value)?;
+        }
+        binding.bind_output_to_device("logits", &self.host_memory)?;
+        binding.bind_output_to_device("hidden_states", &self.host_memory)?;
+        for name in &self.present_names {
+            binding.bind_output_to_device(name.as_str(), &self.cache_memory)?;
+        }
+        let mut out = self.session.run_binding(&binding)?;
         let (v, d) = (self.spec.vocab_size, self.spec.width);
         let len = past_len + new;
         let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
@@ -261,8 +277,10 @@ impl LanguageModel {
         for name in &self.present_names {
             let value = out
                 .remove(name.as_str())
-                .ok_or_else(|| RuntimeError::MissingOutput(name.clone()))?;
-            extract(&value, &kv_shape, name)?;
+                .ok_or_else(|| RuntimeError::MissingOutput(name.clone()))?
+                .downcast::<DynTensorValueType>()?;
+            // Only the shape is checked here: the values may be in GPU memory.
+            check_shape(value.shape(), &kv_shape, name)?;
             cache.push(value);
         }
         Ok(LmState {
@@ -280,6 +298,11 @@ impl LanguageModel {
 /// so only the values it returns prove what it computed.
 fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [f32], LmError> {
     let (got, data) = value.try_extract_tensor::<f32>()?;
+    check_shape(got, shape, name)?;
+    Ok(data)
+}
+
+fn check_shape(got: &[i64], shape: &[usize], name: &str) -> Result<(), LmError> {
     if got.len() != shape.len() || got.iter().zip(shape).any(|(&g, &s)| g as usize != s) {
         return Err(RuntimeError::Output {
             tensor: name.into(),
@@ -288,11 +311,18 @@ fn extract<'a>(value: &'a DynValue, shape: &[usize], name: &str) -> Result<&'a [
         }
         .into());
     }
-    Ok(data)
+    Ok(())
 }
 
-/// A new tensor whose row `i` (first axis) is row `rows[i]` of `t`.
-fn gather_rows(t: &DynValue, rows: &[usize]) -> Result<DynValue, LmError> {
+/// A new host tensor whose row `i` (first axis) is row `rows[i]` of `t`, which may be on a GPU.
+fn gather_rows(t: &DynTensor, rows: &[usize]) -> Result<DynTensor, LmError> {
+    let on_host;
+    let t = if t.memory_info().is_cpu_accessible() {
+        t
+    } else {
+        on_host = t.to(AllocationDevice::CPU, 0)?;
+        &on_host
+    };
     let (shape, data) = t.try_extract_tensor::<f32>()?;
     let row = data.len() / shape[0] as usize;
     let mut out = Vec::with_capacity(row * rows.len());
@@ -301,5 +331,5 @@ fn gather_rows(t: &DynValue, rows: &[usize]) -> Result<DynValue, LmError> {
     }
     let mut new_shape: Vec<i64> = shape.to_vec();
     new_shape[0] = rows.len() as i64;
-    Ok(Tensor::from_array((new_shape, out))?.into_dyn())
+    Ok(Tensor::from_array((new_shape, out))?.upcast())
 }

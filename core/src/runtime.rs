@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use serde::Deserialize;
@@ -173,8 +174,8 @@ impl Runtime {
     }
 
     /// A session for the graph at `path`, whose `inputs` (as the loader checks them) give TensorRT the
-    /// range of their shapes.
-    pub fn session(&self, path: &Path, inputs: &[TensorSpec]) -> Result<Session, RuntimeError> {
+    /// range of their shapes, and the provider that leads it (the first that started; CPU if none did).
+    pub fn session(&self, path: &Path, inputs: &[TensorSpec]) -> Result<(Session, Provider), RuntimeError> {
         let mut builder = Session::builder(&self.env)?
             .with_intra_threads(self.options.intra_threads)?
             .with_inter_threads(self.options.inter_threads)?;
@@ -222,7 +223,14 @@ impl Runtime {
                 }
             }
         }
-        Ok(session)
+        Ok((session, first.unwrap_or(Provider::Cpu)))
+    }
+
+    /// Where outputs kept between runs should live for a session led by `provider`: the GPU's memory
+    /// for CUDA and TensorRT (both allocate through CUDA), the host's for the CPU.
+    pub fn device_memory(&self, provider: Provider) -> Result<MemoryInfo<'static>, RuntimeError> {
+        let (device, id) = placement(provider, self.options.gpu_device);
+        Ok(MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default)?)
     }
 
     fn register(&self, p: Provider, inputs: &[TensorSpec], builder: &mut SessionBuilder) -> ort::Result<()> {
@@ -240,6 +248,14 @@ fn configured<P: ArbitrarilyConfigurableExecutionProvider>(provider: P, options:
     options
         .into_iter()
         .fold(provider, |p, (key, value)| p.with_arbitrary_config(key, value))
+}
+
+/// The device (and its index) whose memory a session led by `provider` computes in.
+fn placement(provider: Provider, gpu_device: u32) -> (AllocationDevice<'static>, i32) {
+    match provider {
+        Provider::Tensorrt | Provider::Cuda => (AllocationDevice::CUDA, gpu_device as i32),
+        Provider::Cpu => (AllocationDevice::CPU, 0),
+    }
 }
 
 /// The configured providers that are `available`, in order, and the names of those that are not.
@@ -299,5 +315,13 @@ mod tests {
         let (providers, missing) = usable(&order, |p| Ok(p == Provider::Cpu)).unwrap();
         assert_eq!(providers, [Provider::Cpu]);
         assert_eq!(missing, ["cuda", "tensorrt"]);
+    }
+
+    #[test]
+    fn a_gpu_led_session_keeps_its_cache_on_the_configured_gpu() {
+        for gpu in [Provider::Tensorrt, Provider::Cuda] {
+            assert_eq!(placement(gpu, 2), (AllocationDevice::CUDA, 2));
+        }
+        assert_eq!(placement(Provider::Cpu, 2), (AllocationDevice::CPU, 0));
     }
 }

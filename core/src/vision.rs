@@ -35,7 +35,7 @@ impl ImageEncoder {
             "pixel_values",
             vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
         )];
-        let session = runtime.session(&path, &inputs)?;
+        let (session, _) = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,
@@ -70,7 +70,7 @@ impl Mapper {
         );
         let path = bundle.file(&m.mapper.file);
         let inputs = [TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])];
-        let session = runtime.session(&path, &inputs)?;
+        let (session, _) = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
             &session,
