@@ -8,9 +8,11 @@
 # Needs scripts/setup.sh's build and export virtualenv, with two changes the machine must already
 # have or be able to install: the `onnxruntime-gpu` wheel in place of `onnxruntime` (its library
 # brings the CUDA and TensorRT providers; TensorRT's own libraries must be on the loader's path for
-# the TensorRT rows), and a CUDA build of PyTorch for the PyTorch rows:
+# the TensorRT rows), and a CUDA build of PyTorch for the PyTorch rows. Both ONNX Runtime wheels
+# install the same `onnxruntime` package, so the CPU one goes first:
 #
-#   export/.venv/bin/pip install onnxruntime-gpu==1.23.2 tensorrt-cu12-libs   # once
+#   export/.venv/bin/pip uninstall -y onnxruntime   # once
+#   export/.venv/bin/pip install onnxruntime-gpu==1.23.2 tensorrt-cu12-libs
 #   bash scripts/gpu-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
