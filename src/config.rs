@@ -24,6 +24,7 @@ pub struct Config {
     pub captioning: CaptioningConfig,
     pub plugins: PluginsConfig,
     pub decoding: DecodingConfig,
+    pub publish: PublishConfig,
     /// Named decoder instances: `[decoders.NAME]` with `decoder = "..."` (default NAME) and parameters.
     pub decoders: BTreeMap<String, BTreeMap<String, ParamValue>>,
 }
@@ -238,6 +239,105 @@ impl Default for DecodingConfig {
     }
 }
 
+/// `[publish]`: the caption-log records, status and comparisons to an MQTT 5 broker (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`; empty: publishing off.
+    pub url: String,
+    /// This device in topics, and the MQTT client id; empty: the host name.
+    pub device_id: String,
+    pub topic_prefix: String,
+    /// Folder of the records waiting for the broker.
+    pub spool: PathBuf,
+    /// Beyond this many MiB of waiting records the oldest are dropped (and counted).
+    pub spool_max_mb: u64,
+    pub username: String,
+    pub password_file: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// CA certificates that sign the broker's certificate (PEM); empty: the system's.
+    pub ca_file: PathBuf,
+    /// 1: each record until the broker acknowledges it; 0: sent once.
+    pub qos: u8,
+    /// Seconds between two publications of the comparison statistics.
+    pub compare_interval_s: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            url: String::new(),
+            device_id: String::new(),
+            topic_prefix: "clipcap".into(),
+            spool: PathBuf::new(),
+            spool_max_mb: 16,
+            username: String::new(),
+            password_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            qos: 1,
+            compare_interval_s: 60,
+        }
+    }
+}
+
+impl PublishConfig {
+    /// `device_id`, or the host name when it is empty.
+    pub fn device(&self) -> Result<String, String> {
+        if !self.device_id.is_empty() {
+            return Ok(self.device_id.clone());
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| format!("publish.device_id is empty and the host name cannot be read: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.url.is_empty() {
+            return Ok(());
+        }
+        let (tls, _, _) = crate::publish::parse_url(&self.url)?;
+        let topic_safe = |s: &str| !s.is_empty() && !s.contains(['+', '#', '\0']);
+        if !topic_safe(&self.topic_prefix) {
+            return Err(format!(
+                "publish.topic_prefix = {:?} must be a topic without + or #",
+                self.topic_prefix
+            ));
+        }
+        let device = self.device()?;
+        if !topic_safe(&device) || device.contains('/') {
+            return Err(format!(
+                "publish.device_id = {device:?} must be a topic level: no /, + or #"
+            ));
+        }
+        if self.spool.as_os_str().is_empty() {
+            return Err("publish.spool must name a folder when publish.url is set".into());
+        }
+        if self.spool_max_mb == 0 || self.compare_interval_s == 0 {
+            return Err("publish.spool_max_mb and compare_interval_s must be > 0".into());
+        }
+        if self.qos > 1 {
+            return Err(format!(
+                "publish.qos = {} is not 0 or 1 (records carry ids for de-duplication instead of QoS 2)",
+                self.qos
+            ));
+        }
+        if self.username.is_empty() != self.password_file.as_os_str().is_empty() {
+            return Err("publish.username and password_file go together".into());
+        }
+        if self.client_cert.as_os_str().is_empty() != self.client_key.as_os_str().is_empty() {
+            return Err("publish.client_cert and client_key go together".into());
+        }
+        let tls_files = !self.ca_file.as_os_str().is_empty() || !self.client_cert.as_os_str().is_empty();
+        if tls_files && !tls {
+            return Err("publish.ca_file and client_cert need an mqtts:// url".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration{}: {message}", .file.as_ref().map(|f| format!(" {}", f.display())).unwrap_or_default())]
 pub struct ConfigError {
@@ -349,6 +449,7 @@ impl Config {
         if v.reconnect_min_ms == 0 || v.reconnect_max_ms < v.reconnect_min_ms || v.poll_ms == 0 {
             return Err("source.poll_ms and reconnect_min_ms must be > 0, reconnect_max_ms >= reconnect_min_ms".into());
         }
+        self.publish.validate()?;
         let r = &self.runtime;
         if r.providers.is_empty() {
             return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());

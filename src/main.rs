@@ -12,9 +12,11 @@ mod bench;
 mod capture;
 mod config;
 mod eval;
+mod publish;
 mod report;
 mod service;
 mod shutdown;
+mod tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

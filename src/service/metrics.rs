@@ -33,6 +33,10 @@ pub struct Metrics {
     compare_clip_score: GaugeVec,
     compare_win_rate: GaugeVec,
     votes: IntCounterVec,
+    pub publish_connected: IntGauge,
+    pub publish_waiting: IntGauge,
+    pub publish_acked: IntCounter,
+    pub publish_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -46,10 +50,7 @@ impl Metrics {
         let histogram_vec = |name: &str, help: &str, label: &str| {
             registered(&registry, HistogramVec::new(histogram_opts(name, help), &[label]))
         };
-        let source_up = registered(
-            &registry,
-            IntGauge::new("clipcap_source_up", "1 while the frame source delivers"),
-        );
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         let upload_seconds = registered(
             &registry,
             Histogram::with_opts(histogram_opts(
@@ -88,6 +89,19 @@ impl Metrics {
                 "votes for the best caption, by decoder",
                 "decoder",
             ),
+            publish_connected: gauge("clipcap_publish_connected", "1 while connected to the MQTT broker"),
+            publish_waiting: gauge(
+                "clipcap_publish_waiting",
+                "records in the spool waiting for the broker's acknowledgement",
+            ),
+            publish_acked: counter(
+                "clipcap_publish_acked_total",
+                "records the broker acknowledged (left the spool)",
+            ),
+            publish_dropped: counter(
+                "clipcap_publish_dropped_total",
+                "records dropped unsent, the oldest first, because the spool was over publish.spool_max_mb",
+            ),
             frames_captured: counter("clipcap_frames_captured_total", "frames received from the source"),
             frames_dropped: counter(
                 "clipcap_frames_dropped_total",
@@ -101,7 +115,7 @@ impl Metrics {
                 "clipcap_source_reconnects_total",
                 "times the source was open again after a failure",
             ),
-            source_up,
+            source_up: gauge("clipcap_source_up", "1 while the frame source delivers"),
             captions: counter_vec("clipcap_captions_total", "captions published, by source", "source"),
             errors: counter_vec("clipcap_errors_total", "errors, by kind", "kind"),
             decoder_failures: registered(

@@ -24,6 +24,7 @@ use anyhow::Context;
 
 use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
+use crate::publish::{self, Outbox, PublishCounters};
 use crate::shutdown::Shutdown;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::decoding::{DecoderInstance, Plugins};
@@ -31,8 +32,8 @@ use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
 pub use pipeline::Decoders;
 use server::{Server, Stop};
-use state::State;
 pub use state::{Comparison, Vote};
+use state::{Sinks, State};
 
 /// Uploads waiting for the captioning thread before new ones get 503.
 const UPLOAD_QUEUE: usize = 8;
@@ -92,6 +93,35 @@ fn caption_log(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + S
     })
 }
 
+/// The status and comparison messages of the MQTT publisher.
+fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow::Result<publish::Messages> {
+    let device = config.publish.device().map_err(anyhow::Error::msg)?;
+    let status = |online: bool| {
+        let mut status = serde_json::json!({
+            "state": if online { "online" } else { "offline" },
+            "device": device,
+            "run": state.run,
+        });
+        if online {
+            status["version"] = env!("CARGO_PKG_VERSION").into();
+            status["bundle"] = bundle.into();
+            status["decoder"] = config.decoding.decoder.clone().into();
+            status["compare"] = config.captioning.compare.clone().into();
+        }
+        status.to_string()
+    };
+    let (online, offline) = (status(true), status(false));
+    let stats = state.clone();
+    Ok(publish::Messages {
+        online,
+        offline,
+        compare: Box::new(move || {
+            serde_json::json!({"run": stats.run, "decoders": stats.compare.snapshot()}).to_string()
+        }),
+        compare_every: Duration::from_secs(config.publish.compare_interval_s),
+    })
+}
+
 /// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
@@ -113,9 +143,25 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         reconnects: metrics.source_reconnects.clone(),
     }));
     let frames = Arc::new(FrameSlot::default());
+    let outbox = if config.publish.url.is_empty() {
+        None
+    } else {
+        let counters = PublishCounters {
+            connected: metrics.publish_connected.clone(),
+            waiting: metrics.publish_waiting.clone(),
+            acked: metrics.publish_acked.clone(),
+            dropped: metrics.publish_dropped.clone(),
+            errors: metrics.errors.with_label_values(&["publish"]),
+            spool_errors: metrics.errors.with_label_values(&["spool"]),
+        };
+        Some(Outbox::open(&config.publish, counters)?)
+    };
     let state = Arc::new(State::new(
         config.service.history,
-        caption_log(&config.service.caption_log)?,
+        Sinks {
+            log: caption_log(&config.service.caption_log)?,
+            outbox: outbox.clone(),
+        },
         metrics,
         source_status.clone(),
         config.source.kind,
@@ -144,6 +190,13 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         uploads: queue,
         shutdown: shutdown.clone(),
     };
+    let publisher = match outbox {
+        Some(outbox) => {
+            let messages = status_messages(&config, &state, &bundle.dir.display().to_string())?;
+            Some(publish::spawn(&config.publish, outbox, messages, shutdown.clone())?)
+        }
+        None => None,
+    };
     let (captioning, model) = pipeline::spawn(bundle, runtime, setup)?;
 
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
@@ -156,6 +209,11 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         capture.join_by(deadline);
     }
     state.flush_log();
+    // Last, so that the records of the captions finished above are spooled; they are sent now if the
+    // broker is there, or at the next start.
+    if let Some(publisher) = publisher {
+        publisher.join_by(Instant::now() + Duration::from_secs(2));
+    }
     match served? {
         Stop::Signal => {
             tracing::info!("stopped");

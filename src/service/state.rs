@@ -15,6 +15,7 @@ use super::compare::CompareStats;
 use super::metrics::Metrics;
 use crate::capture::{FrameSlot, SourceStatus};
 use crate::config::SourceKind;
+use crate::publish::Outbox;
 use clipcap_core::captioner::Caption;
 
 /// A caption of another decoder on the same frame (captioning.compare).
@@ -92,12 +93,22 @@ struct LogLine<'a, T: Serialize> {
     body: &'a T,
 }
 
+/// Where the records (captions, comparisons, votes) are written besides the history and the stream.
+pub struct Sinks {
+    /// The caption log.
+    pub log: Option<Box<dyn Write + Send>>,
+    /// The MQTT publisher's spool.
+    pub outbox: Option<Arc<Outbox>>,
+}
+
 pub struct State {
     history: Mutex<VecDeque<Arc<CaptionEvent>>>,
     capacity: usize,
     events: broadcast::Sender<Published>,
     next_id: AtomicU64,
     log: Mutex<Option<Box<dyn Write + Send>>>,
+    /// The MQTT publisher's spool: gets every log record, in log order.
+    outbox: Option<Arc<Outbox>>,
     heartbeat: Mutex<Instant>,
     /// Set by the captioning thread once the models are loaded.
     pub model_ready: AtomicBool,
@@ -116,7 +127,7 @@ pub struct State {
 impl State {
     pub fn new(
         capacity: usize,
-        log: Option<Box<dyn Write + Send>>,
+        sinks: Sinks,
         metrics: Metrics,
         source: Arc<SourceStatus>,
         source_kind: SourceKind,
@@ -131,7 +142,8 @@ impl State {
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            log: Mutex::new(log),
+            log: Mutex::new(sinks.log),
+            outbox: sinks.outbox,
             heartbeat: Mutex::new(Instant::now()),
             model_ready: AtomicBool::new(false),
             metrics,
@@ -143,15 +155,23 @@ impl State {
         }
     }
 
-    /// Appends a line to the caption log (if any), counting a failed write.
+    /// Appends a record to the caption log and the publisher's spool (if any), counting a failed write.
     fn log<T: Serialize>(&self, event: &'static str, body: &T) {
-        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let mut line = serde_json::to_string(&LogLine {
-                event,
-                run: self.run,
-                body,
-            })
-            .expect("log lines serialise");
+        // Held while the record goes to both, so that both see the records in the same order.
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.is_none() && self.outbox.is_none() {
+            return;
+        }
+        let mut line = serde_json::to_string(&LogLine {
+            event,
+            run: self.run,
+            body,
+        })
+        .expect("log lines serialise");
+        if let Some(outbox) = &self.outbox {
+            outbox.append(&line);
+        }
+        if let Some(log) = log.as_mut() {
             line.push('\n');
             // One write of the whole line, so a reader of the file never sees half of it.
             if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.flush()) {
@@ -251,6 +271,9 @@ impl State {
     pub fn readiness(&self) -> Result<(), String> {
         if !self.model_ready.load(Ordering::Relaxed) {
             return Err("loading the model".into());
+        }
+        if let Some(refusal) = self.outbox.as_ref().and_then(|o| o.refusal()) {
+            return Err(format!("publishing: {refusal}"));
         }
         let up = self.source.up.load(Ordering::Relaxed);
         let reason = || self.source.last_error().unwrap_or_else(|| "source not open yet".into());

@@ -235,6 +235,15 @@ impl Daemon {
         self.wait_listening();
     }
 
+    /// Kills the daemon (SIGKILL: no clean stop) and starts it again on the same folder, configuration
+    /// and caption log.
+    pub fn kill_and_start(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.wait_listening();
+    }
+
     /// The caption log's captions.
     pub fn logged(&self) -> Vec<serde_json::Value> {
         self.log_records("caption")
