@@ -118,8 +118,19 @@ enum Command {
     /// The decoder comparison of daemons' caption logs (captioning.compare), reference-free, with the
     /// people's votes (captioning.votes) as pairwise win rates.
     Report {
-        #[arg(required = true, value_name = "LOG")]
+        /// Caption logs (service.caption_log), one per device or run.
+        #[arg(required_unless_present = "mqtt", value_name = "LOG")]
         logs: Vec<PathBuf>,
+        /// Instead of logs: subscribe to this broker (mqtt:// or mqtts://; the credentials and
+        /// certificates of [publish] in the config) and report what the fleet publishes.
+        #[arg(long, value_name = "URL", conflicts_with = "logs")]
+        mqtt: Option<String>,
+        /// With --mqtt: the topic filter of the devices' records.
+        #[arg(long, value_name = "FILTER", default_value = "clipcap/+/captions", requires = "mqtt")]
+        topic: String,
+        /// With --mqtt: how long to collect before reporting (e.g. 30s, 10m, 2h).
+        #[arg(long, value_name = "DURATION", default_value = "60s", requires = "mqtt")]
+        listen: humantime::Duration,
         /// Folder for report.md, report.csv, report.json and report.svg.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -355,12 +366,25 @@ fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         }
         Command::Report {
             logs,
+            mqtt,
+            topic,
+            listen,
             out,
             draws,
             seed,
             json,
         } => {
-            emit(&report::report(&report::read(&logs)?, draws, seed), json, out)?;
+            let logs = match mqtt {
+                Some(url) => {
+                    let broker = config::PublishConfig {
+                        url,
+                        ..config.publish.clone()
+                    };
+                    report::subscribe(&broker, &topic, listen.into())?
+                }
+                None => report::read(&logs)?,
+            };
+            emit(&report::report(&logs, draws, seed), json, out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {

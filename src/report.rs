@@ -1,17 +1,20 @@
-//! `clipcap report`: the daemons' caption logs (one device or several) turned into the comparison
-//! table, intervals and plot of `clipcap eval`, reference-free (CLIPScore, length, diversity,
-//! latency), over the frames where the decoders were compared; then the people's votes as pairwise win
-//! rates with bootstrap intervals.
+//! `clipcap report`: the daemons' caption logs (one device or several, as files or from an MQTT
+//! broker) turned into the comparison table, intervals and plot of `clipcap eval`, reference-free
+//! (CLIPScore, length, diversity, latency), over the frames where the decoders were compared; then
+//! the people's votes as pairwise win rates with bootstrap intervals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::config::PublishConfig;
 use crate::eval::{self, Image, System, Table};
+use crate::publish;
 use crate::service::{Comparison, Vote};
 
 /// A log line: its kind and its daemon run.
@@ -31,41 +34,126 @@ pub struct Logs {
     captions: usize,
 }
 
+impl Logs {
+    fn new() -> Logs {
+        Logs {
+            comparisons: Vec::new(),
+            votes: Vec::new(),
+            captions: 0,
+        }
+    }
+
+    /// One record (a caption-log line) of source `index` (a log file, or a device's topic).
+    fn add(&mut self, index: usize, raw: &str) -> anyhow::Result<()> {
+        let line: Line = serde_json::from_str(raw).context("not a caption-log record")?;
+        match line.event.as_str() {
+            "caption" => self.captions += 1,
+            "comparison" => {
+                let c: Comparison = serde_json::from_str(raw)?;
+                self.comparisons.push(((index, line.run, c.id), c));
+            }
+            "vote" => {
+                let v: Vote = serde_json::from_str(raw)?;
+                self.votes.push(((index, line.run, v.id), v));
+            }
+            other => anyhow::bail!("unknown record kind {other:?}"),
+        }
+        Ok(())
+    }
+}
+
 /// Reads caption logs. A torn last line (a daemon writing it, or killed while writing) is skipped with
 /// a warning; any other line that is not a log record is an error naming the file and line.
 pub fn read(paths: &[PathBuf]) -> anyhow::Result<Logs> {
-    let mut logs = Logs {
-        comparisons: Vec::new(),
-        votes: Vec::new(),
-        captions: 0,
-    };
+    let mut logs = Logs::new();
     for (index, path) in paths.iter().enumerate() {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let lines: Vec<&str> = text.lines().collect();
         for (n, raw) in lines.iter().enumerate() {
             let where_ = || format!("{}:{}", path.display(), n + 1);
-            let line: Line = match serde_json::from_str(raw) {
-                Ok(l) => l,
+            match logs.add(index, raw) {
+                Ok(()) => {}
                 Err(_) if n + 1 == lines.len() && !text.ends_with('\n') => {
                     eprintln!("warning: {}: a torn last line (being written?); skipped", where_());
-                    continue;
                 }
-                Err(e) => anyhow::bail!("{}: not a caption-log record: {e}", where_()),
-            };
-            match line.event.as_str() {
-                "caption" => logs.captions += 1,
-                "comparison" => {
-                    let c: Comparison = serde_json::from_str(raw).with_context(where_)?;
-                    logs.comparisons.push(((index, line.run, c.id), c));
-                }
-                "vote" => {
-                    let v: Vote = serde_json::from_str(raw).with_context(where_)?;
-                    logs.votes.push(((index, line.run, v.id), v));
-                }
-                other => anyhow::bail!("{}: unknown record kind {other:?}", where_()),
+                Err(e) => return Err(e.context(where_())),
             }
         }
     }
+    Ok(logs)
+}
+
+/// `clipcap report --mqtt`: the records published on `topic` (a filter such as `clipcap/+/captions`)
+/// for `listen`, each topic (device) a source of its own, each record once (a record sent again after
+/// a lost acknowledgement is the same bytes). The broker settings are `broker`'s ([publish]: url,
+/// credentials, certificates). A message that is not a record is skipped with a warning.
+pub fn subscribe(broker: &PublishConfig, topic: &str, listen: Duration) -> anyhow::Result<Logs> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+    use rumqttc::v5::{Client, Event, RecvTimeoutError};
+
+    let (options, address) = publish::client_options(broker, &format!("clipcap-report-{}", std::process::id()))?;
+    let (client, mut connection) = Client::new(options, 16);
+    let deadline = Instant::now() + listen;
+    let mut logs = Logs::new();
+    let mut topics: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    let (mut messages, mut skipped) = (0, 0);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = match connection.recv_timeout(left) {
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Ok(event) => event,
+        };
+        match event {
+            // Each connection is a new session: subscribe on every one.
+            Ok(Event::Incoming(Packet::ConnAck(_))) => client.subscribe(topic, QoS::AtLeastOnce)?,
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+                if let Some(refused) = refused {
+                    anyhow::bail!("{address} refused the subscription to {topic:?}: {refused:?}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let source = String::from_utf8_lossy(&p.topic).into_owned();
+                if !seen.insert((source.clone(), p.payload.clone())) {
+                    continue;
+                }
+                messages += 1;
+                let index = topics.iter().position(|t| *t == source).unwrap_or_else(|| {
+                    topics.push(source.clone());
+                    topics.len() - 1
+                });
+                let added = std::str::from_utf8(&p.payload)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|raw| logs.add(index, raw));
+                if let Err(e) = added {
+                    skipped += 1;
+                    eprintln!("warning: a message on {source} skipped: {e:#}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let (message, refused) = publish::describe(&e, &address);
+                anyhow::ensure!(!refused, "{message}");
+                eprintln!("warning: {message}; retrying");
+                std::thread::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+    eprintln!(
+        "{messages} records from {} device(s) on {topic} in {}{}",
+        topics.len(),
+        humantime::format_duration(listen),
+        if skipped > 0 {
+            format!(" ({skipped} messages skipped)")
+        } else {
+            String::new()
+        }
+    );
     Ok(logs)
 }
 

@@ -469,3 +469,59 @@ fn tls_works_with_the_right_ca_and_refusals_are_clear_errors() {
     let plain = broker.publish_config("dev2").replace("password\"", "wrong-password\"");
     assert_refused(&plain, &["refused the credentials"]);
 }
+
+#[test]
+fn report_from_the_fleet_equals_the_report_from_its_logs() {
+    let broker = Broker::start();
+    let report = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_clipcap"))
+            .arg("report")
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), stderr)
+    };
+    // The credentials come from the config's [publish], the broker from --mqtt.
+    let config = broker.path("report.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[publish]\nusername = \"{USER}\"\npassword_file = {:?}\n",
+            broker.path("password")
+        ),
+    )
+    .unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let listening = std::thread::scope(|scope| {
+        let fleet = scope.spawn(|| report(&["--config", config.to_str().unwrap(), "--mqtt", &url, "--listen", "25s"]));
+        std::thread::sleep(Duration::from_secs(2)); // subscribed by then
+        let compare = "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=3\"]\n";
+        let daemons: Vec<Daemon> = ["robot-a", "robot-b"]
+            .iter()
+            .map(|device| Daemon::start(&format!("{compare}{}", broker.publish_config(device)), &[]))
+            .collect();
+        for (d, daemon) in daemons.iter().enumerate() {
+            wait_model(daemon);
+            for (n, name) in images().iter().skip(d * 3).take(3).enumerate() {
+                daemon.drop_image(name);
+                daemon.wait_until(|| daemon.log_records("comparison").len() == n + 1, "a comparison");
+            }
+            daemon.wait_until(|| metric(daemon, "clipcap_publish_waiting") == 0.0, "everything sent");
+        }
+        let logs: Vec<PathBuf> = daemons.iter().map(|d| d.log_path()).collect();
+        let from_logs = report(&logs.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>());
+        (fleet.join().unwrap(), from_logs)
+    });
+    let ((fleet, said), (from_logs, _)) = listening;
+    assert!(said.contains("from 2 device(s) on clipcap/+/captions"), "{said}");
+    assert_eq!(fleet, from_logs, "the same report from the broker as from the logs");
+    assert_eq!(
+        (fleet["captions"].as_u64(), fleet["compared_frames"].as_u64()),
+        (Some(6), Some(6))
+    );
+    let rows = fleet["comparison"]["rows"].as_array().unwrap();
+    assert!(rows.len() == 2 && rows.iter().all(|r| r["images"] == 6), "{fleet}");
+}

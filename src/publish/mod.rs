@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::config::PublishConfig;
 use crate::shutdown::{Shutdown, Worker};
-pub use mqtt::{Messages, parse_url};
+pub use mqtt::{Messages, client_options, describe, parse_url};
 use spool::Spool;
 
 /// The publishing metrics (service/metrics.rs registers them).

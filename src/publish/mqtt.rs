@@ -105,9 +105,29 @@ fn read_password(path: &Path) -> anyhow::Result<String> {
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
+/// Client options for the broker of `config` (address, credentials, TLS) as `client_id`, and the
+/// broker's "host:port" for messages.
+pub fn client_options(config: &PublishConfig, client_id: &str) -> anyhow::Result<(MqttOptions, String)> {
+    let (tls, host, port) = parse_url(&config.url).map_err(anyhow::Error::msg)?;
+    let mut options = MqttOptions::new(client_id, host.clone(), port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_start(true)
+        .set_connection_timeout(10);
+    if !config.username.is_empty() {
+        options.set_credentials(config.username.clone(), read_password(&config.password_file)?);
+    }
+    if tls {
+        let client = (!config.client_cert.as_os_str().is_empty())
+            .then_some((config.client_cert.as_path(), config.client_key.as_path()));
+        let tls = crate::tls::client_config(&config.ca_file, client).context("MQTT over TLS")?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+    }
+    Ok((options, format!("{host}:{port}")))
+}
+
 impl Connection {
     pub fn new(config: &PublishConfig, messages: Messages) -> anyhow::Result<Connection> {
-        let (tls, host, port) = parse_url(&config.url).map_err(anyhow::Error::msg)?;
         let device = config.device().map_err(anyhow::Error::msg)?;
         let topic = |leaf: &str| format!("{}/{device}/{leaf}", config.topic_prefix);
         let topics = Topics {
@@ -115,30 +135,17 @@ impl Connection {
             status: topic("status"),
             compare: topic("compare"),
         };
-        let mut options = MqttOptions::new(device.clone(), host.clone(), port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_start(true)
-            .set_connection_timeout(10)
-            .set_last_will(LastWill::new(
-                &topics.status,
-                messages.offline.clone(),
-                QoS::AtLeastOnce,
-                true,
-                None,
-            ));
-        if !config.username.is_empty() {
-            options.set_credentials(config.username.clone(), read_password(&config.password_file)?);
-        }
-        if tls {
-            let client = (!config.client_cert.as_os_str().is_empty())
-                .then_some((config.client_cert.as_path(), config.client_key.as_path()));
-            let tls = crate::tls::client_config(&config.ca_file, client).context("publish: TLS")?;
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
-        }
+        let (mut options, broker) = client_options(config, &device)?;
+        options.set_last_will(LastWill::new(
+            &topics.status,
+            messages.offline.clone(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
         Ok(Connection {
             options,
-            broker: format!("{host}:{port}"),
+            broker,
             topics,
             qos: if config.qos == 0 {
                 QoS::AtMostOnce
@@ -317,7 +324,7 @@ fn acknowledged(outbox: &Outbox, session: &mut Session, item: Option<u64>) {
 
 /// A connection error in an operator's words, and whether it is a refusal that retrying will not fix
 /// (credentials, certificates) rather than an outage.
-fn describe(e: &ConnectionError, broker: &str) -> (String, bool) {
+pub fn describe(e: &ConnectionError, broker: &str) -> (String, bool) {
     use ConnectReturnCode::*;
     match e {
         ConnectionError::ConnectionRefused(code @ (BadUserNamePassword | NotAuthorized)) => (
