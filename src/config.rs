@@ -47,6 +47,17 @@ pub struct ServiceConfig {
     pub caption_log: String,
     /// Upper bound for a graceful stop (finish the caption in flight, flush the log).
     pub shutdown_timeout_ms: u64,
+    /// TLS certificate chain and private key (PEM); both empty: plain HTTP. Reloaded on SIGHUP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// `TOKEN NAME [read-only]` lines; set: every endpoint but /healthz, /readyz and / needs a token.
+    pub tokens_file: PathBuf,
+    /// Host names the API answers to (the `Host` header, without port); "*": any.
+    pub allowed_hosts: Vec<String>,
+    /// Other origins whose web pages may call the API (CORS); none by default.
+    pub cors_origins: Vec<String>,
+    /// Uploads accepted per client (token name, or address) and minute; 0: no limit.
+    pub uploads_per_minute: u32,
 }
 
 impl Default for ServiceConfig {
@@ -59,6 +70,12 @@ impl Default for ServiceConfig {
             history: 100,
             caption_log: String::new(),
             shutdown_timeout_ms: 10_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tokens_file: PathBuf::new(),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            cors_origins: Vec::new(),
+            uploads_per_minute: 600,
         }
     }
 }
@@ -368,6 +385,8 @@ impl Config {
                 .with_list_parse_key("plugins.directories")
                 .with_list_parse_key("source.formats")
                 .with_list_parse_key("captioning.compare")
+                .with_list_parse_key("service.allowed_hosts")
+                .with_list_parse_key("service.cors_origins")
                 .try_parsing(true),
         );
         let config: Config = builder
@@ -409,10 +428,32 @@ impl Config {
             return Err("decoding.decoder must name a decoder".into());
         }
         let (s, c, v) = (&self.service, &self.captioning, &self.source);
-        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(listen) = s.listen.parse::<std::net::SocketAddr>() else {
             return Err(format!(
                 "service.listen = {:?} is not an address like 127.0.0.1:8080",
                 s.listen
+            ));
+        };
+        if !listen.ip().is_loopback() && s.tokens_file.as_os_str().is_empty() {
+            return Err(format!(
+                "service.listen = {:?} is off loopback: set service.tokens_file (and service.tls_cert and \
+                 tls_key), or listen on 127.0.0.1",
+                s.listen
+            ));
+        }
+        if s.tls_cert.as_os_str().is_empty() != s.tls_key.as_os_str().is_empty() {
+            return Err("service.tls_cert and tls_key go together".into());
+        }
+        if s.allowed_hosts.is_empty() {
+            return Err("service.allowed_hosts must name a host (\"*\" for any)".into());
+        }
+        if let Some(o) = s
+            .cors_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.matches('/').count() != 2)
+        {
+            return Err(format!(
+                "service.cors_origins: {o:?} is not an origin like https://ops.example.com"
             ));
         }
         if s.max_upload_bytes == 0 || s.max_image_pixels == 0 || s.history == 0 {

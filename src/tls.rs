@@ -1,5 +1,5 @@
-//! TLS settings from PEM files (rustls with the ring provider): the MQTT client's trust and
-//! certificate. Errors name the file and what is wrong with it.
+//! TLS settings from PEM files (rustls with the ring provider): the HTTPS listener's certificate, and
+//! the MQTT client's trust and certificate. Errors name the file and what is wrong with it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -60,4 +60,22 @@ pub fn client_config(ca_file: &Path, client: Option<(&Path, &Path)>) -> anyhow::
                 )
             }),
     }
+}
+
+/// A server configuration presenting the chain of `cert` with the key of `key`, for HTTP/1.1 and 2.
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certificates(cert)?, private_key(key)?)
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a certificate and its key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }

@@ -38,7 +38,7 @@ fn oversized_upload(daemon: &Daemon, length: usize) -> String {
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         tcp,
-        "POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        "POST /v1/caption HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -116,7 +116,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     let (status, uploaded) = post(
         &daemon,
         "?decoder=beam:num_beams=3",
-        std::fs::read(demo_image("08207.png")).unwrap(),
+        std::fs::read(demo_image("08209.png")).unwrap(),
     );
     assert_eq!(status, 200, "{uploaded}");
     assert_eq!(
@@ -124,7 +124,7 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
         (Some("upload"), Some("beam:num_beams=3"))
     );
     assert!(
-        truth("08207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()),
+        truth("08209.png").contains(&uploaded["caption"].as_str().unwrap().to_string()),
         "{uploaded}"
     );
     let history = daemon.get_json("/v1/captions?limit=5");
@@ -672,11 +672,11 @@ fn an_isolated_decoder_that_crashes_costs_one_caption_and_is_counted() {
     let (status, uploaded) = post(
         &daemon,
         "?decoder=segv",
-        std::fs::read(demo_image("08207.png")).unwrap(),
+        std::fs::read(demo_image("08209.png")).unwrap(),
     );
     assert_eq!(status, 200, "{uploaded}");
     assert_eq!(uploaded["decoder"], "greedy", "the fallback captions: {uploaded}");
-    assert!(truth("08207.png").contains(&uploaded["caption"].as_str().unwrap().to_string()));
+    assert!(truth("08209.png").contains(&uploaded["caption"].as_str().unwrap().to_string()));
     let failed = &uploaded["fallback_from"];
     assert_eq!(
         (failed["decoder"].as_str(), failed["fault"].as_str()),

@@ -1,6 +1,7 @@
 //! The kiosk page at `/` in headless Chromium (Debian's `chromium` and `chromium-driver`), driven over
 //! the WebDriver protocol: it loads, shows the running daemon's caption and frame in large type with
-//! the decoder comparison, and updates by itself when the camera (here a watched folder) sees something new.
+//! the decoder comparison, and updates by itself when the camera (here a watched folder) sees something new;
+//! with a read-only token in its address it shows the same and cannot vote.
 
 mod common;
 
@@ -150,7 +151,7 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
     assert_eq!(daemon.log_records("vote")[0]["decoder"], "beam:num_beams=2");
 
     // A new scene: the page follows the event stream without a reload.
-    daemon.drop_image("08207.png");
+    daemon.drop_image("08209.png");
     let id = browser.wait_for("return document.getElementById('caption').dataset.id", |v| {
         v != &json!(first["id"].to_string())
     });
@@ -171,4 +172,42 @@ fn kiosk_page_shows_and_follows_the_daemons_captions() {
             .unwrap()
             .ends_with(&format!("caption={}", second["id"]))
     );
+}
+
+#[test]
+fn kiosk_page_with_a_read_only_token_shows_captions_and_cannot_vote() {
+    const TOKEN: &str = "fedcba9876543210fedcba9876543210";
+    let daemon = Daemon::start_with(
+        "tokens_file = \"{dir}/tokens\"\n[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\nvotes = true",
+        &[],
+        |dir| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join("tokens");
+            std::fs::write(&path, format!("{TOKEN} kiosk-screen read-only\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        },
+    );
+    daemon.drop_image("08202.png");
+    daemon.wait_until(|| daemon.log_records("comparison").len() == 1, "a compared caption");
+    let caption = &daemon.logged()[0]["caption"];
+
+    let browser = Browser::start();
+    browser.command("url", json!({"url": format!("{}/#token={TOKEN}", daemon.url)}));
+    // The history, the stream, the frame and the statistics are read with the token.
+    browser.wait_for("return document.getElementById('caption').textContent", |v| {
+        v == caption
+    });
+    browser.wait_for("return document.getElementById('frame').naturalWidth", |v| {
+        v.as_u64() == Some(224)
+    });
+    browser.wait_for("return document.querySelectorAll('#stats tbody tr').length", |v| v == 2);
+    // A vote is a POST: the read-only token is refused, and nothing is recorded.
+    browser.wait_for("return document.querySelectorAll('#compare button').length", |v| v == 2);
+    browser.script("document.querySelectorAll('#compare li')[1].querySelector('button').click()");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        browser.script("return document.querySelectorAll('#compare button')[1].textContent"),
+        "best"
+    );
+    assert!(daemon.log_records("vote").is_empty());
 }

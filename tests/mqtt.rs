@@ -16,11 +16,13 @@ const USER: &str = "camera";
 const PASSWORD: &str = "s3cret-pass";
 
 /// mosquitto with persistence (subscriber sessions and their queued messages survive a restart), a
-/// plain listener and a TLS one, both needing the password.
+/// plain listener and a TLS one, both needing the password, and a mutual-TLS one where the client
+/// certificate's common name is the user.
 struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     tls_port: u16,
+    mtls_port: u16,
     child: Option<Child>,
 }
 
@@ -44,6 +46,13 @@ fn make_certificates(dir: &Path) {
     std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    // A device's client certificate: its common name is its MQTT user name on the mutual-TLS listener.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, USER);
+    let client = params.signed_by(&key, &trusted).unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), key.serialize_pem()).unwrap();
 }
 
 impl Broker {
@@ -61,7 +70,7 @@ impl Broker {
         assert!(status.success());
         std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
         std::fs::write(d.join("wrong-password"), "not-it\n").unwrap();
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port, mtls_port) = (free_port(), free_port(), free_port());
         // As root, mosquitto switches to `user`, which must be able to read this folder.
         // SAFETY: getuid(2) has no preconditions.
         let user = if unsafe { libc::getuid() } == 0 {
@@ -75,7 +84,9 @@ impl Broker {
                 "{user}persistence true\npersistence_location {dir}/\nallow_anonymous false\n\
                  password_file {passwd}\nlog_dest file {dir}/broker.log\nlog_type all\n\
                  listener {port} 127.0.0.1\n\
-                 listener {tls_port} 127.0.0.1\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n",
+                 listener {tls_port} 127.0.0.1\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n\
+                 listener {mtls_port} 127.0.0.1\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n\
+                 cafile {dir}/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n",
                 dir = d.display(),
                 passwd = passwd.display(),
             ),
@@ -85,6 +96,7 @@ impl Broker {
             dir,
             port,
             tls_port,
+            mtls_port,
             child: None,
         };
         broker.run();
@@ -439,7 +451,7 @@ fn assert_refused(publish: &str, says: &[&str]) {
 }
 
 #[test]
-fn tls_works_with_the_right_ca_and_refusals_are_clear_errors() {
+fn tls_with_a_password_or_a_client_certificate_works_and_refusals_are_clear_errors() {
     let broker = Broker::start();
     let topic = "clipcap/tls1/captions";
     let sub = Subscriber::start(&broker, topic);
@@ -457,6 +469,23 @@ fn tls_works_with_the_right_ca_and_refusals_are_clear_errors() {
         let caption = upload(&daemon, &images()[0]);
         daemon.wait_until(|| captions_received(&sub, topic).len() == 1, "a caption over TLS");
         assert_eq!(captions_received(&sub, topic)[0]["caption"], caption["caption"]);
+    }
+    {
+        let mtls = format!(
+            "[publish]\nurl = \"mqtts://localhost:{}\"\ndevice_id = \"tls1\"\nspool = \"{{dir}}/spool\"\n\
+             ca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            broker.mtls_port,
+            broker.path("ca.pem"),
+            broker.path("client.pem"),
+            broker.path("client.key")
+        );
+        let daemon = start(&mtls);
+        let caption = upload(&daemon, &images()[1]);
+        daemon.wait_until(
+            || captions_received(&sub, topic).len() == 2,
+            "a caption with a client certificate",
+        );
+        assert_eq!(captions_received(&sub, topic)[1]["caption"], caption["caption"]);
     }
     assert_refused(
         &tls("ca.pem", "wrong-password"),

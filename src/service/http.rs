@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::access::{self, Access, Client};
 use super::pipeline::Upload;
 use super::ratelimit::RateLimit;
 use super::state::{CaptionEvent, Published, State, Vote};
@@ -39,6 +40,10 @@ pub struct Api {
     pub uploads: SyncSender<Upload>,
     /// Per-client budget of votes.
     pub votes: RateLimit,
+    /// Per-client budget of uploads (service.uploads_per_minute), if any.
+    pub upload_limit: Option<RateLimit>,
+    /// Hosts, origins and tokens (access.rs).
+    pub access: Arc<Access>,
     /// Ends the event streams, so that the server can drain.
     pub shutdown: Shutdown,
 }
@@ -49,8 +54,21 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// 429 with `Retry-After`: a client over its budget.
+fn too_many(wait: std::time::Duration, what: &str) -> Response {
+    let seconds = wait.as_secs().max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, seconds.to_string())],
+        Json(json!({"error": format!("{what}; try again in {seconds} s")})),
+    )
+        .into_response()
+}
+
 pub fn router(api: Api) -> Router {
-    Router::new()
+    let guard = axum::middleware::from_fn_with_state(api.access.clone(), access::guard);
+    let cors = cors(&api.config.service.cors_origins);
+    let router = Router::new()
         .route("/", get(page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -65,6 +83,24 @@ pub fn router(api: Api) -> Router {
         .route("/v1/captions/{id}/vote", post(vote))
         .route("/v1/bundle", get(bundle))
         .with_state(Arc::new(api))
+        .layer(guard);
+    // Outermost, so that a preflight is answered before the guard asks for a token.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for `service.cors_origins`; none (no CORS headers at all) when it is empty.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<header::HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+    })
 }
 
 async fn page() -> Html<&'static str> {
@@ -195,10 +231,15 @@ async fn frame(Extract(api): Extract<Shared>) -> Response {
 async fn upload(
     Extract(api): Extract<Shared>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(client): axum::Extension<Client>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(Err(wait)) = api.upload_limit.as_ref().map(|limit| limit.take(&client.name)) {
+        api.state.metrics.error("upload");
+        return too_many(wait, "too many uploads (service.uploads_per_minute)");
+    }
     match caption_upload(&api, peer, q.get("decoder"), &headers, body).await {
         Ok(event) => Json(event).into_response(),
         Err((status, message)) => {
@@ -310,6 +351,7 @@ struct VoteRequest {
 async fn vote(
     Extract(api): Extract<Shared>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(client): axum::Extension<Client>,
     axum::extract::Path(id): axum::extract::Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -352,14 +394,9 @@ async fn vote(
             },
         );
     }
-    if let Err(wait) = api.votes.take(peer.ip()) {
+    if let Err(wait) = api.votes.take(&client.name) {
         api.state.metrics.error("vote");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
-            Json(json!({"error": format!("too many votes from {}; try again in {} s", peer.ip(), wait.as_secs().max(1))})),
-        )
-            .into_response();
+        return too_many(wait, &format!("too many votes from {}", client.name));
     }
     api.state.metrics.vote(&request.decoder);
     api.state.record_vote(&Vote {

@@ -7,6 +7,7 @@
 //! missing camera is retried, a failing decoder falls back or fails one caption, a bad upload gets a
 //! 4xx; the daemon keeps serving.
 
+mod access;
 mod compare;
 mod http;
 mod metrics;
@@ -132,10 +133,15 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         decoders,
     } = load(&config, bundle)?;
     let runtime = Runtime::init(&config.runtime)?;
-    let server = Server::bind(&config.service.listen)?;
+    let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
+        cert: config.service.tls_cert.clone(),
+        key: config.service.tls_key.clone(),
+    });
+    let server = Server::bind(&config.service.listen, tls)?;
     let shutdown = Shutdown::new();
 
     let metrics = Metrics::new();
+    let access = Arc::new(access::Access::new(&config.service, metrics.errors.clone())?);
     let source_status = Arc::new(SourceStatus::new(SourceCounters {
         frames: metrics.frames_captured.clone(),
         dropped: metrics.frames_dropped.clone(),
@@ -178,6 +184,9 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         plugins,
         uploads,
         votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
+        upload_limit: (config.service.uploads_per_minute > 0)
+            .then(|| ratelimit::RateLimit::new(config.service.uploads_per_minute)),
+        access,
         shutdown: shutdown.clone(),
         config: config.clone(),
     };

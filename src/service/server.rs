@@ -1,11 +1,13 @@
-//! The HTTP side of the daemon: the listener, the tokio runtime serving the API, the systemd
-//! notifications, and the decision to stop (a signal, or a model that failed to load).
+//! The HTTP side of the daemon: the listener (plain, or TLS with rustls whose certificate SIGHUP
+//! reloads), the tokio runtime serving the API (axum-server), the systemd notifications, and the
+//! decision to stop (a signal, or a model that failed to load).
 
-use std::future::IntoFuture;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
 use clipcap_core::captioner::CaptionError;
 use tokio::sync::oneshot;
 
@@ -22,19 +24,37 @@ pub enum Stop {
     CaptioningGone,
 }
 
-/// The bound listening socket: bound before anything slow starts, so a port in use is an error at once.
+/// The certificate and key files of an HTTPS listener.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    fn load(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        crate::tls::server_config(&self.cert, &self.key).map(Arc::new)
+    }
+}
+
+/// The bound listening socket: bound before anything slow starts, so a port in use (or a bad
+/// certificate) is an error at once.
 pub struct Server {
     listener: std::net::TcpListener,
     listen: String,
+    tls: Option<(Tls, Arc<rustls::ServerConfig>)>,
 }
 
 impl Server {
-    pub fn bind(listen: &str) -> anyhow::Result<Server> {
+    pub fn bind(listen: &str, tls: Option<Tls>) -> anyhow::Result<Server> {
+        let tls = tls
+            .map(|t| t.load().map(|config| (t, config)))
+            .transpose()
+            .context("service.tls_cert and tls_key")?;
         let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-        listener.set_nonblocking(true)?;
         Ok(Server {
             listener,
             listen: listen.into(),
+            tls,
         })
     }
 
@@ -53,8 +73,6 @@ impl Server {
             .build()?;
         let state = api.state.clone();
         let result = rt.block_on(async {
-            let listener = tokio::net::TcpListener::from_std(self.listener)?;
-            tracing::info!("serving on http://{}", self.listen);
             let app = http::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let decided = {
                 let (shutdown, listen) = (shutdown.clone(), self.listen.clone());
@@ -68,19 +86,31 @@ impl Server {
                     stop
                 })
             };
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown({
-                    let shutdown = shutdown.clone();
-                    async move { shutdown.wait().await }
-                })
-                .into_future();
-            tokio::select! {
-                served = server => served.context("HTTP server")?,
-                () = async {
+            // Stopping: no new connections; open requests get `bound`, then are dropped.
+            let handle = axum_server::Handle::new();
+            tokio::spawn({
+                let (shutdown, handle) = (shutdown.clone(), handle.clone());
+                async move {
                     shutdown.wait().await;
-                    tokio::time::sleep(bound).await;
-                } => tracing::warn!("HTTP requests still open {} ms after the stop signal; dropping them", bound.as_millis()),
+                    handle.graceful_shutdown(Some(bound));
+                }
+            });
+            match self.tls {
+                Some((files, config)) => {
+                    tracing::info!("serving on https://{}", self.listen);
+                    let config = RustlsConfig::from_config(config);
+                    tokio::spawn(reload_on_sighup(files, config.clone()));
+                    axum_server::from_tcp_rustls(self.listener, config)?
+                        .handle(handle)
+                        .serve(app)
+                        .await
+                }
+                None => {
+                    tracing::info!("serving on http://{}", self.listen);
+                    axum_server::from_tcp(self.listener)?.handle(handle).serve(app).await
+                }
             }
+            .context("HTTP server")?;
             // The server stops only after `decided` triggered the shutdown, so it has finished.
             anyhow::Ok(decided.await.unwrap_or(Stop::CaptioningGone))
         });
@@ -118,6 +148,25 @@ async fn watchdog(state: Arc<State>, period: Duration) -> ! {
                 "captioning thread has not looped for {:?}; withholding the watchdog ping",
                 period / 2
             );
+        }
+    }
+}
+
+/// SIGHUP reads the certificate and key again (a renewed certificate); a bad pair is logged and the
+/// one in use kept.
+async fn reload_on_sighup(files: Tls, config: RustlsConfig) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: the TLS certificate will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match files.load() {
+            Ok(new) => {
+                config.reload_from_config(new);
+                tracing::info!("SIGHUP: reloaded the TLS certificate {}", files.cert.display());
+            }
+            Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the certificate in use"),
         }
     }
 }

@@ -185,7 +185,10 @@ impl Daemon {
         let child = Self::spawn(dir.path(), &env);
         let mut daemon = Daemon {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!(
+                "{}://127.0.0.1:{port}",
+                if extra.contains("tls_cert") { "https" } else { "http" }
+            ),
             dir,
             env,
         };
@@ -193,10 +196,12 @@ impl Daemon {
         daemon
     }
 
-    /// Waits until /healthz answers; fails at once, with the daemon's log, if it exited instead.
+    /// Waits until the port takes connections (HTTP or HTTPS); fails at once, with the daemon's log, if
+    /// it exited instead.
     fn wait_listening(&mut self) {
         let start = std::time::Instant::now();
-        while ureq::get(&format!("{}/healthz", self.url)).call().is_err() {
+        let address = self.url.split("://").nth(1).unwrap().to_string();
+        while std::net::TcpStream::connect(&address).is_err() {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the daemon exited ({status}) instead of listening:\n{}", self.stderr());
             }

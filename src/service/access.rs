@@ -1,0 +1,262 @@
+//! Who may use the API (docs/api.md, "Access"): a middleware in front of every route that answers
+//! only the configured `Host` names (no DNS rebinding), refuses state-changing requests from other
+//! origins (a web page's cross-origin "simple" POST), and, with `service.tokens_file`, wants a bearer
+//! token on everything but `/healthz`, `/readyz` and the kiosk page's HTML; a read-only token may only
+//! read. Tokens are compared in constant time (`subtle`).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use prometheus::IntCounterVec;
+
+use crate::config::ServiceConfig;
+
+/// One line of the tokens file.
+struct Token {
+    secret: Vec<u8>,
+    name: String,
+    read_only: bool,
+}
+
+/// Who made a request, for the handlers (request extension): the token's name, or the address.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub name: String,
+}
+
+/// The rules, from `[service]`.
+pub struct Access {
+    tokens: Option<Vec<Token>>,
+    /// Lower-case host names without port; "*" answers any.
+    allowed_hosts: Vec<String>,
+    cors_origins: Vec<String>,
+    scheme: &'static str,
+    /// clipcap_errors_total: `host`, `origin` and `auth` refusals.
+    errors: IntCounterVec,
+}
+
+/// Paths anyone may read, with tokens too: liveness, readiness, and the kiosk page's HTML (which then
+/// asks for a token to read the captions).
+const OPEN: &[&str] = &["/healthz", "/readyz", "/"];
+
+/// The shortest token accepted: 128 bits as hex.
+const MIN_TOKEN: usize = 32;
+
+/// Reads `TOKEN NAME [read-only]` lines (blank lines and `#` comments skipped). The file must be the
+/// daemon user's and readable by nobody else (mode 0600 or stricter).
+pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<(String, String, bool)>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("service.tokens_file {}", path.display()))?;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == uid && meta.mode() & 0o077 == 0,
+        "service.tokens_file {}: must belong to the daemon's user (uid {uid}) and have mode 0600 or stricter \
+         (it has uid {} and mode {:o})",
+        path.display(),
+        meta.uid(),
+        meta.mode() & 0o777
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("service.tokens_file {}", path.display()))?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("service.tokens_file {}:{}", path.display(), n + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let read_only = match fields.get(2..) {
+            Some([]) => false,
+            Some(["read-only"]) => true,
+            _ => anyhow::bail!("{}: expected `TOKEN NAME` or `TOKEN NAME read-only`", at()),
+        };
+        anyhow::ensure!(
+            fields[0].len() >= MIN_TOKEN
+                && fields[0]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+            "{}: a token is at least {MIN_TOKEN} characters of A-Z a-z 0-9 - . _ ~ (e.g. `openssl rand -hex 16`)",
+            at()
+        );
+        anyhow::ensure!(
+            tokens.iter().all(|(t, _, _): &(String, String, bool)| t != fields[0]),
+            "{}: the same token twice",
+            at()
+        );
+        tokens.push((fields[0].to_string(), fields[1].to_string(), read_only));
+    }
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "service.tokens_file {}: holds no token",
+        path.display()
+    );
+    Ok(tokens)
+}
+
+impl Access {
+    pub fn new(config: &ServiceConfig, errors: IntCounterVec) -> anyhow::Result<Access> {
+        let tokens = if config.tokens_file.as_os_str().is_empty() {
+            None
+        } else {
+            let tokens = read_tokens(&config.tokens_file)?;
+            Some(
+                tokens
+                    .into_iter()
+                    .map(|(secret, name, read_only)| Token {
+                        secret: secret.into_bytes(),
+                        name,
+                        read_only,
+                    })
+                    .collect(),
+            )
+        };
+        Ok(Access {
+            tokens,
+            allowed_hosts: config.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            cors_origins: config.cors_origins.clone(),
+            scheme: if config.tls_cert.as_os_str().is_empty() {
+                "http"
+            } else {
+                "https"
+            },
+            errors,
+        })
+    }
+
+    /// The token presented, checked against every line (each compared in constant time).
+    fn token(&self, presented: &[u8]) -> Option<&Token> {
+        let tokens = self.tokens.as_deref()?;
+        let mut found = None;
+        for t in tokens {
+            if bool::from(t.secret.ct_eq(presented)) {
+                found = Some(t);
+            }
+        }
+        found
+    }
+
+    fn host_allowed(&self, headers: &HeaderMap, request: &Request) -> Option<String> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
+        let name = strip_port(&host).to_ascii_lowercase();
+        self.allowed_hosts
+            .iter()
+            .any(|h| h == "*" || *h == name)
+            .then_some(host)
+    }
+
+    /// Whether a state-changing request may come from where the browser says it comes from: no
+    /// `Origin` (not a browser, e.g. curl) or this origin or a `cors_origins` one; and no
+    /// `Sec-Fetch-Site` saying another site.
+    fn origin_allowed(&self, headers: &HeaderMap, host: &str) -> bool {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if let Some(origin) = origin {
+            return origin == format!("{}://{host}", self.scheme) || self.cors_origins.iter().any(|o| o == origin);
+        }
+        let site = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok());
+        matches!(site, None | Some("same-origin") | Some("none"))
+    }
+}
+
+/// "host:port", "[v6]:port", "host" -> the host name.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// The middleware: host, origin, token, in that order.
+pub async fn guard(
+    State(access): State<Arc<Access>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers().clone();
+    let Some(host) = access.host_allowed(&headers, &request) else {
+        access.errors.with_label_values(&["host"]).inc();
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this Host is not served here (service.allowed_hosts)",
+        );
+    };
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes && !access.origin_allowed(&headers, &host) {
+        access.errors.with_label_values(&["origin"]).inc();
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused (service.cors_origins)",
+        );
+    }
+    let mut client = Client {
+        name: peer.ip().to_string(),
+    };
+    if access.tokens.is_some() && !OPEN.contains(&request.uri().path()) {
+        let presented = bearer(&headers).or_else(|| (!changes).then(|| query_token(&request)).flatten());
+        let Some(token) = presented.and_then(|p| access.token(p.as_bytes())) else {
+            access.errors.with_label_values(&["auth"]).inc();
+            let mut response = refuse(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is needed (service.tokens_file)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        };
+        if changes && token.read_only {
+            access.errors.with_label_values(&["auth"]).inc();
+            return refuse(StatusCode::FORBIDDEN, "this token is read-only");
+        }
+        client.name = token.name.clone();
+    }
+    request.extensions_mut().insert(client);
+    next.run(request).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+/// `access_token=` of the query (reads only: an `<img>` or `EventSource` cannot send a header).
+fn query_token(request: &Request) -> Option<String> {
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn host_names() {
+        assert_eq!(strip_port("localhost:8080"), "localhost");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("[::1]"), "::1");
+        assert_eq!(strip_port("127.0.0.1"), "127.0.0.1");
+    }
+}
