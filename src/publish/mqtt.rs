@@ -113,7 +113,9 @@ pub fn client_options(config: &PublishConfig, client_id: &str) -> anyhow::Result
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_start(true)
-        .set_connection_timeout(10);
+        .set_connection_timeout(10)
+        // rumqttc allocates a slot per possible packet id up front: 65536 (about 8 MB) unless limited.
+        .set_outgoing_inflight_upper_limit(WINDOW as u16 + 8);
     if !config.username.is_empty() {
         options.set_credentials(config.username.clone(), read_password(&config.password_file)?);
     }
