@@ -140,6 +140,16 @@ impl Broker {
         std::fs::read_to_string(self.path("broker.log")).unwrap_or_default()
     }
 
+    /// The first message on `topic` (a retained one at once), read by mosquitto_sub within 10 s.
+    fn first_message(&self, topic: &str) -> Value {
+        let out = Command::new("mosquitto_sub")
+            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-u", USER, "-P", PASSWORD, "-t", topic, "-C", "1", "-W", "10"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{topic}: {e}: {out:?}"))
+    }
+
     /// The `[publish]` section for a daemon that publishes here as `device`.
     fn publish_config(&self, device: &str) -> String {
         format!(
@@ -366,67 +376,18 @@ fn every_caption_arrives_once_in_order_through_a_broker_outage_and_a_daemon_kill
     assert_eq!(received, logged, "every caption once, in the log's order");
 
     // The retained status: online, with the bundle; the comparison statistics come periodically.
-    let status = Command::new("mosquitto_sub")
-        .args([
-            "-V",
-            "mqttv5",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ])
-        .args(["-t", "clipcap/dev1/status", "-C", "1", "-W", "10"])
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = broker.first_message("clipcap/dev1/status");
     assert_eq!(
         (status["state"].as_str(), status["device"].as_str()),
         (Some("online"), Some("dev1"))
     );
     assert!(status["bundle"].as_str().unwrap().ends_with("demo/bundle"), "{status}");
-    let compare = Command::new("mosquitto_sub")
-        .args([
-            "-V",
-            "mqttv5",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ])
-        .args(["-t", "clipcap/dev1/compare", "-C", "1", "-W", "10"])
-        .output()
-        .unwrap();
-    let compare: Value = serde_json::from_slice(&compare.stdout).unwrap();
+    let compare = broker.first_message("clipcap/dev1/compare");
     assert!(compare["decoders"].is_array(), "{compare}");
 
     // A clean stop says offline (retained).
     assert_eq!(daemon.terminate().code(), Some(0));
-    let status = Command::new("mosquitto_sub")
-        .args([
-            "-V",
-            "mqttv5",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ])
-        .args(["-t", "clipcap/dev1/status", "-C", "1", "-W", "10"])
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["state"], "offline");
+    assert_eq!(broker.first_message("clipcap/dev1/status")["state"], "offline");
 }
 
 /// A daemon publishing with `publish` (TOML) that refuses to connect: the log and /readyz say why,
