@@ -399,13 +399,18 @@ async fn vote(
         return too_many(wait, &format!("too many votes from {}", client.name));
     }
     api.state.metrics.vote(&request.decoder);
-    api.state.record_vote(&Vote {
+    let vote = Vote {
         id,
         decoder: request.decoder,
         client: peer.ip().to_string(),
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    });
-    Json(json!({"recorded": true})).into_response()
+    };
+    // The log and the MQTT spool write (and sync) files: not on the runtime's threads.
+    let state = api.state.clone();
+    match tokio::task::spawn_blocking(move || state.record_vote(&vote)).await {
+        Ok(()) => Json(json!({"recorded": true})).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "recording the vote failed"),
+    }
 }
 
 async fn bundle(Extract(api): Extract<Shared>) -> Json<Value> {
