@@ -132,8 +132,10 @@ fn refuses_to_start(extra: &str, prepare: impl FnOnce(&Path), says: &[&str]) {
     std::fs::write(
         &config,
         format!(
-            "[service]\nbundle = {bundle:?}\n{}\n[source]\nkind = \"none\"\n",
-            extra.replace("{dir}", dir.path().to_str().unwrap())
+            "[service]\nbundle = {bundle:?}\n{}\n[source]\nkind = \"none\"\n\
+             [plugins]\ndirectories = [{plugins:?}]\nallow_insecure = true\n",
+            extra.replace("{dir}", dir.path().to_str().unwrap()),
+            plugins = common::plugin_dir(),
         ),
     )
     .unwrap();
