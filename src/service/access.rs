@@ -55,7 +55,7 @@ const MIN_TOKEN: usize = 32;
 
 /// Reads `TOKEN NAME [read-only]` lines (blank lines and `#` comments skipped). The file must be the
 /// daemon user's and readable by nobody else (mode 0600 or stricter).
-pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<(String, String, bool)>> {
+fn read_tokens(path: &Path) -> anyhow::Result<Vec<Token>> {
     let meta = std::fs::metadata(path).with_context(|| format!("service.tokens_file {}", path.display()))?;
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
@@ -90,11 +90,15 @@ pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<(String, String, bool)>> {
             at()
         );
         anyhow::ensure!(
-            tokens.iter().all(|(t, _, _): &(String, String, bool)| t != fields[0]),
+            tokens.iter().all(|t: &Token| t.secret != fields[0].as_bytes()),
             "{}: the same token twice",
             at()
         );
-        tokens.push((fields[0].to_string(), fields[1].to_string(), read_only));
+        tokens.push(Token {
+            secret: fields[0].as_bytes().to_vec(),
+            name: fields[1].to_string(),
+            read_only,
+        });
     }
     anyhow::ensure!(
         !tokens.is_empty(),
@@ -109,17 +113,7 @@ impl Access {
         let tokens = if config.tokens_file.as_os_str().is_empty() {
             None
         } else {
-            let tokens = read_tokens(&config.tokens_file)?;
-            Some(
-                tokens
-                    .into_iter()
-                    .map(|(secret, name, read_only)| Token {
-                        secret: secret.into_bytes(),
-                        name,
-                        read_only,
-                    })
-                    .collect(),
-            )
+            Some(read_tokens(&config.tokens_file)?)
         };
         Ok(Access {
             tokens,
