@@ -140,17 +140,12 @@ impl Access {
         found
     }
 
-    /// The request's host, if it is served here. A request that names none (HTTP/1.0, e.g. `nc`) is
-    /// served: browsers always send one, so it cannot be a rebinding.
     fn host_allowed(&self, headers: &HeaderMap, request: &Request) -> Option<String> {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()));
-        let Some(host) = host else {
-            return Some(String::new());
-        };
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
         let name = strip_port(&host).to_ascii_lowercase();
         self.allowed_hosts
             .iter()
