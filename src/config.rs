@@ -58,6 +58,12 @@ pub struct ServiceConfig {
     pub cors_origins: Vec<String>,
     /// Uploads accepted per client (token name, or address) and minute; 0: no limit.
     pub uploads_per_minute: u32,
+    /// A connection must send a request's headers within this (and an idle one closes after it).
+    pub header_timeout_ms: u64,
+    /// An upload's or vote's whole body must arrive within this; later: 408.
+    pub body_timeout_ms: u64,
+    /// Open connections at most (event streams included); more are closed as they arrive.
+    pub max_connections: usize,
 }
 
 impl Default for ServiceConfig {
@@ -76,6 +82,9 @@ impl Default for ServiceConfig {
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             cors_origins: Vec::new(),
             uploads_per_minute: 600,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 256,
         }
     }
 }
@@ -458,6 +467,9 @@ impl Config {
         }
         if s.max_upload_bytes == 0 || s.max_image_pixels == 0 || s.history == 0 {
             return Err("service.max_upload_bytes, max_image_pixels and history must be > 0".into());
+        }
+        if s.header_timeout_ms == 0 || s.body_timeout_ms == 0 || s.max_connections == 0 {
+            return Err("service.header_timeout_ms, body_timeout_ms and max_connections must be > 0".into());
         }
         if !(0.0..=2.0).contains(&c.scene_change) {
             return Err(format!(

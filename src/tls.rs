@@ -76,6 +76,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
                 key.display()
             )
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: the server bounds HTTP/1's waits (service/server.rs), not HTTP/2's.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -5,34 +5,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{Daemon, demo_image};
+use common::{Daemon, demo_image, metric};
 
 const FULL: &str = "0123456789abcdef0123456789abcdef";
 const READ_ONLY: &str = "fedcba9876543210fedcba9876543210";
-
-/// Sends `head` (request line and headers, without the final blank line) and `body` over plain TCP
-/// and returns the status and the whole response.
-fn raw(daemon: &Daemon, head: &str, body: &[u8]) -> (u16, String) {
-    let address = daemon.url.trim_start_matches("http://");
-    let mut tcp = std::net::TcpStream::connect(address).unwrap();
-    let head = head.replace("{host}", address);
-    write!(
-        tcp,
-        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    tcp.write_all(body).unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, response)
-}
 
 fn png() -> Vec<u8> {
     std::fs::read(demo_image("08200.png")).unwrap()
@@ -44,7 +24,8 @@ fn wait_model(daemon: &Daemon, token: Option<&str>) {
         .unwrap_or_default();
     daemon.wait_until(
         || {
-            !raw(daemon, &format!("GET /readyz HTTP/1.1\r\nHost: {{host}}{auth}"), b"")
+            !daemon
+                .raw(&format!("GET /readyz HTTP/1.1\r\nHost: {{host}}{auth}"), b"")
                 .1
                 .contains("loading the model")
         },
@@ -63,12 +44,6 @@ fn write_tokens(dir: &Path, mode: u32) -> std::path::PathBuf {
     path
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn tokens_guard_every_endpoint_but_health_and_read_only_ones_cannot_post() {
     let daemon = Daemon::start_with("tokens_file = \"{dir}/tokens\"\n", &[], |dir| {
@@ -76,20 +51,19 @@ fn tokens_guard_every_endpoint_but_health_and_read_only_ones_cannot_post() {
     });
     wait_model(&daemon, Some(FULL));
     for open in ["/healthz", "/readyz", "/"] {
-        let (status, _) = raw(&daemon, &format!("GET {open} HTTP/1.1\r\nHost: {{host}}"), b"");
+        let (status, _) = daemon.raw(&format!("GET {open} HTTP/1.1\r\nHost: {{host}}"), b"");
         assert_eq!(status, 200, "{open} stays open");
     }
-    let (status, response) = raw(&daemon, "GET /v1/captions HTTP/1.1\r\nHost: {host}", b"");
+    let (status, response) = daemon.raw("GET /v1/captions HTTP/1.1\r\nHost: {host}", b"");
     assert_eq!(status, 401, "{response}");
     assert!(
         response.to_ascii_lowercase().contains("www-authenticate: bearer"),
         "{response}"
     );
     let wrong = "GET /v1/captions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer 0123456789abcdef0123456789abcdeX";
-    assert_eq!(raw(&daemon, wrong, b"").0, 401);
+    assert_eq!(daemon.raw(wrong, b"").0, 401);
     let upload = |token: &str| {
-        raw(
-            &daemon,
+        daemon.raw(
             &format!("POST /v1/caption HTTP/1.1\r\nHost: {{host}}\r\nAuthorization: Bearer {token}"),
             &png(),
         )
@@ -97,20 +71,13 @@ fn tokens_guard_every_endpoint_but_health_and_read_only_ones_cannot_post() {
     let (status, response) = upload(FULL);
     assert_eq!(status, 200, "{response}");
     assert_eq!(upload(READ_ONLY).0, 403, "a read-only token cannot upload");
-    let read = |query: &str| {
-        raw(
-            &daemon,
-            &format!("GET /v1/captions{query} HTTP/1.1\r\nHost: {{host}}"),
-            b"",
-        )
-    };
+    let read = |query: &str| daemon.raw(&format!("GET /v1/captions{query} HTTP/1.1\r\nHost: {{host}}"), b"");
     assert_eq!(
         read(&format!("?access_token={READ_ONLY}")).0,
         200,
         "reads may pass the token in the query"
     );
-    let (status, metrics) = raw(
-        &daemon,
+    let (status, metrics) = daemon.raw(
         &format!("GET /metrics HTTP/1.1\r\nHost: {{host}}\r\nAuthorization: Bearer {READ_ONLY}"),
         b"",
     );
@@ -181,8 +148,7 @@ fn browsers_from_other_origins_and_other_host_names_are_refused() {
     let daemon = Daemon::start("uploads_per_minute = 3\n", &[]);
     wait_model(&daemon, None);
     let post = |headers: &str| {
-        raw(
-            &daemon,
+        daemon.raw(
             &format!("POST /v1/caption HTTP/1.1\r\nHost: {{host}}\r\nContent-Type: text/plain{headers}"),
             &png(),
         )
@@ -201,10 +167,10 @@ fn browsers_from_other_origins_and_other_host_names_are_refused() {
     assert_eq!(post("").0, 200);
     assert_eq!(post("").0, 200);
     // DNS rebinding: a name that is not ours reaches us; it is not answered.
-    let (status, _) = raw(&daemon, "GET /v1/captions HTTP/1.1\r\nHost: attacker.example:8080", b"");
+    let (status, _) = daemon.raw("GET /v1/captions HTTP/1.1\r\nHost: attacker.example:8080", b"");
     assert_eq!(status, 421);
     assert_eq!(
-        raw(&daemon, "GET /v1/captions HTTP/1.1\r\nHost: localhost:8080", b"").0,
+        daemon.raw("GET /v1/captions HTTP/1.1\r\nHost: localhost:8080", b"").0,
         200
     );
     // Three uploads a minute: the fourth waits.
@@ -231,7 +197,7 @@ fn cors_origins_get_cors_headers_and_may_post() {
     wait_model(&daemon, None);
     let preflight = "OPTIONS /v1/caption HTTP/1.1\r\nHost: {host}\r\nOrigin: https://ops.example\r\n\
                      Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type";
-    let (status, response) = raw(&daemon, preflight, b"");
+    let (status, response) = daemon.raw(preflight, b"");
     assert_eq!(status, 200, "{response}");
     assert!(
         response
@@ -240,8 +206,7 @@ fn cors_origins_get_cors_headers_and_may_post() {
         "{response}"
     );
     let post = |origin: &str| {
-        raw(
-            &daemon,
+        daemon.raw(
             &format!("POST /v1/caption HTTP/1.1\r\nHost: {{host}}\r\nContent-Type: image/png\r\nOrigin: {origin}"),
             &png(),
         )

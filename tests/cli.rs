@@ -424,7 +424,7 @@ fn bench_reports_stages_latency_the_memory_bound_and_the_process() {
     );
     let decoders = report["decoders"].as_array().unwrap();
     let labels: Vec<&str> = decoders.iter().map(|d| d["decoder"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["greedy", "beam:num_beams=2,isolate=true"]);
+    assert_eq!(labels, ["greedy", "beam:isolate=true,num_beams=2"]);
     for d in decoders {
         assert_eq!(number(d, "captions"), 2.0, "{d}");
         for key in [

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, demo_image, truth};
+use common::{Daemon, demo_image, metric, truth};
 use serde_json::{Value, json};
 
 /// The value of the next `field:` line of a Server-Sent Events stream.
@@ -44,13 +44,6 @@ fn oversized_upload(daemon: &Daemon, length: usize) -> String {
     let mut response = String::new();
     tcp.read_to_string(&mut response).unwrap();
     response
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
 }
 
 #[test]
@@ -660,7 +653,7 @@ fn an_isolated_decoder_that_crashes_costs_one_caption_and_is_counted() {
     // `segv` crashes on every caption, in its own process (isolate = true); the comparison decoder is
     // isolated by default (plugins.isolate_compare) and crashes on the second caption of its process.
     let daemon = Daemon::start(
-        "[captioning]\ninterval_ms = 100\ncompare = [\"crash:kind=0,after=2\"]\n\
+        "[captioning]\ninterval_ms = 100\ncompare = [\"crash:after=2,kind=0\"]\n\
          [decoding]\nfallback = \"greedy\"\n\
          [decoders.segv]\ndecoder = \"crash\"\nisolate = true\nkind = 0",
         &[("CLIPCAP__PLUGINS__ISOLATE_RESTART_MS", "0")],
@@ -700,7 +693,7 @@ fn an_isolated_decoder_that_crashes_costs_one_caption_and_is_counted() {
     );
     let error = compared[1]["error"].as_str().unwrap();
     assert!(
-        error.contains("decoder `crash:kind=0,after=2`: its process crashed: killed by signal 11"),
+        error.contains("decoder `crash:after=2,kind=0`: its process crashed: killed by signal 11"),
         "{error}"
     );
     assert!(compared[2]["error"].is_null(), "restarted: {}", compared[2]);
@@ -714,7 +707,7 @@ fn an_isolated_decoder_that_crashes_costs_one_caption_and_is_counted() {
     assert_eq!(
         metric(
             &m,
-            "clipcap_decoder_failures_total{decoder=\"crash:kind=0,after=2\",fault=\"crashed\"}"
+            "clipcap_decoder_failures_total{decoder=\"crash:after=2,kind=0\",fault=\"crashed\"}"
         ),
         1.0
     );

@@ -13,6 +13,11 @@ use zune_jpeg::JpegDecoder;
 /// Largest accepted width or height, and the most memory one decode may allocate.
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_ALLOC: u64 = 512 * 1024 * 1024;
+/// What reading a header may allocate, and a decode beyond its pixels: room for ancillary data (a
+/// PNG's iCCP profile is inflated while the header is read; a bomb inflates until this bound).
+const ANCILLARY_ALLOC: u64 = 16 * 1024 * 1024;
+/// Bytes per pixel of the widest layout a decoder may produce (RGBA of 32-bit floats).
+const MAX_BYTES_PER_PIXEL: u64 = 16;
 
 /// An image file that could not be read or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +50,16 @@ pub enum DecodeFault {
     Jpeg(zune_jpeg::errors::DecodeErrors),
     #[error("cannot decode JPEG: it decoded to fewer pixels than its header says")]
     JpegSize,
+    #[error("cannot decode JPEG: its {bytes} bytes cannot hold the {width}x{height} pixels its header claims")]
+    JpegShort { bytes: usize, width: u32, height: u32 },
 }
 
-fn limits() -> Limits {
+/// Limits of a decode that may allocate `max_alloc` bytes.
+fn limits(max_alloc: u64) -> Limits {
     let mut l = Limits::default();
     l.max_image_width = Some(MAX_SIDE);
     l.max_image_height = Some(MAX_SIDE);
-    l.max_alloc = Some(MAX_ALLOC);
+    l.max_alloc = Some(max_alloc);
     l
 }
 
@@ -72,14 +80,18 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeFault> {
     decode_limited(bytes, u64::MAX)
 }
 
-/// Like [`decode`], refusing an image of more than `max_pixels` pixels before decoding it.
+/// Like [`decode`], refusing an image of more than `max_pixels` pixels before decoding it. The
+/// header is read within `ANCILLARY_ALLOC`, and the decode may allocate what its pixels need plus
+/// that: a small file cannot claim much memory, whatever it inflates to.
 pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFault> {
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
+    let reader = |max_alloc: u64| {
+        let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(DecodeFault::Header)
+            .map_err(DecodeFault::Header)?;
+        reader.limits(limits(max_alloc));
+        Ok(reader)
     };
-    let header = reader()?;
+    let header = reader(ANCILLARY_ALLOC)?;
     let format = header.format();
     if format.is_none() {
         return Err(DecodeFault::Format);
@@ -95,17 +107,29 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeF
         });
     }
     if format == Some(ImageFormat::Jpeg) {
-        return decode_jpeg(bytes);
+        return decode_jpeg(bytes, width, height);
     }
-    let mut reader = reader()?;
-    reader.limits(limits());
-    let image = reader.decode().map_err(DecodeFault::Image)?;
+    let max_alloc = (pixels * MAX_BYTES_PER_PIXEL + ANCILLARY_ALLOC).min(MAX_ALLOC);
+    let image = reader(max_alloc)?.decode().map_err(DecodeFault::Image)?;
     Ok(image.into_rgb8())
 }
 
 /// JPEG through zune-jpeg (the decoder `image` uses) in strict mode: `image` runs it leniently, which
 /// turns a truncated file into an image padded with grey instead of an error.
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, DecodeFault> {
+///
+/// Strict mode does not catch an end-of-image marker before the last block: zune-jpeg, like libjpeg,
+/// fills the rest with grey. Every 8x8 block of the full-resolution component costs at least one bit
+/// (its DC code), so a file with fewer bits than blocks claims pixels it does not hold: a few
+/// kilobytes cannot make the daemon decode millions of pixels.
+fn decode_jpeg(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, DecodeFault> {
+    let blocks = width.div_ceil(8) as u64 * height.div_ceil(8) as u64;
+    if (bytes.len() as u64) * 8 < blocks {
+        return Err(DecodeFault::JpegShort {
+            bytes: bytes.len(),
+            width,
+            height,
+        });
+    }
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(MAX_SIDE as usize)
@@ -115,4 +139,35 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, DecodeFault> {
     let pixels = decoder.decode().map_err(DecodeFault::Jpeg)?;
     let (w, h) = decoder.dimensions().ok_or(DecodeFault::JpegSize)?;
     RgbImage::from_raw(w as u32, h as u32, pixels).ok_or(DecodeFault::JpegSize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 50)
+            .encode_image(image)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_jpeg_too_short_for_its_header_is_refused_but_a_uniform_one_decodes() {
+        // One colour compresses best of all: still more than a bit per block.
+        let uniform = jpeg(&RgbImage::from_pixel(2048, 2048, image::Rgb([0, 0, 0])));
+        assert_eq!(decode(&uniform).unwrap().dimensions(), (2048, 2048));
+
+        let mut lying = jpeg(&RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([x as u8 * 4, y as u8 * 4, 90])
+        }));
+        let sof = lying.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        lying[sof + 5..sof + 9].copy_from_slice(&[0x19, 0xC8, 0x17, 0x70]); // 6600 high, 6000 wide
+        let error = decode(&lying).unwrap_err().to_string();
+        assert!(
+            error.contains("cannot hold the 6000x6600 pixels its header claims"),
+            "{error}"
+        );
+    }
 }

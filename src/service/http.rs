@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -46,6 +46,21 @@ pub struct Api {
     pub access: Arc<Access>,
     /// Ends the event streams, so that the server can drain.
     pub shutdown: Shutdown,
+    /// Uploads being decoded at once (MAX_DECODES).
+    pub decodes: tokio::sync::Semaphore,
+}
+
+/// Uploads decoded at once; each may allocate up to imageio::MAX_ALLOC, and the pipeline captions one
+/// image at a time anyway.
+pub const MAX_DECODES: usize = 2;
+
+/// Most bytes of a vote's body (`{"decoder": LABEL}`).
+const MAX_VOTE_BYTES: usize = 64 * 1024;
+
+impl Api {
+    fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.service.body_timeout_ms)
+    }
 }
 
 type Shared = Arc<Api>;
@@ -63,6 +78,43 @@ fn too_many(wait: std::time::Duration, what: &str) -> Response {
         Json(json!({"error": format!("{what}; try again in {seconds} s")})),
     )
         .into_response()
+}
+
+/// A request body of at most `limit` bytes that arrives within `deadline`: 413 beyond the limit, 400
+/// when its framing is broken (a bad chunk, a body shorter than its Content-Length), 408 when the
+/// client stops sending.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, (StatusCode, String)> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over the {limit} bytes allowed"),
+                ))
+            } else {
+                Err((StatusCode::BAD_REQUEST, format!("could not read the body: {e}")))
+            }
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {} ms", deadline.as_millis()),
+        )),
+    }
+}
+
+/// A query's parameters, each at most once: a repeated one is refused (400, with this message)
+/// rather than one of its values silently chosen.
+fn single(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        if params.contains_key(&key) {
+            return Err(format!("query parameter `{key}` is given more than once"));
+        }
+        params.insert(key, value);
+    }
+    Ok(params)
 }
 
 pub fn router(api: Api) -> Router {
@@ -137,7 +189,11 @@ async fn latest(Extract(api): Extract<Shared>) -> Response {
     }
 }
 
-async fn recent(Extract(api): Extract<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn recent(Extract(api): Extract<Shared>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let q = match single(q) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => api.config.service.history,
         Some(Ok(n)) if n > 0 => n,
@@ -232,10 +288,17 @@ async fn upload(
     Extract(api): Extract<Shared>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     axum::Extension(client): axum::Extension<Client>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let q = match single(q) {
+        Ok(q) => q,
+        Err(message) => {
+            api.state.metrics.error("upload");
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+    };
     if let Some(Err(wait)) = api.upload_limit.as_ref().map(|limit| limit.take(&client.name)) {
         api.state.metrics.error("upload");
         return too_many(wait, "too many uploads (service.uploads_per_minute)");
@@ -258,39 +321,36 @@ async fn caption_upload(
     body: Body,
 ) -> Result<Arc<CaptionEvent>, (StatusCode, String)> {
     let received = SystemTime::now();
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
     if !api.state.model_ready.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading the model; try again shortly".into(),
-        ));
+        return Err(unavailable("loading the model; try again shortly"));
     }
     let limit = api.config.service.max_upload_bytes;
-    let too_large = |what: String| {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{what} (uploads are limited to {limit} bytes)"),
-        )
-    };
     // Refuse a declared length before reading anything, so a client that sent `Expect: 100-continue`
     // (curl does for large bodies) gets the answer without uploading; chunked bodies are cut at the limit.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(length) = declared.filter(|&n| n > limit as u64) {
-        return Err(too_large(format!("the body is {length} bytes")));
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is {length} bytes (uploads are limited to {limit} bytes)"),
+        ));
     }
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| too_large(format!("could not read the body: {e}")))?;
+    let body = read_body(body, limit, api.body_timeout()).await?;
     let decoder = decoder
         .map(|name| api.config.create_decoder(&api.plugins, name))
         .transpose()
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let max_pixels = api.config.service.max_image_pixels;
-    let image = tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels))
-        .await
-        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed".to_string()))?
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let image = {
+        // Each decode may claim hundreds of MB (imageio's limits): only a few at once.
+        let _permit = api.decodes.acquire().await.map_err(|_| unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels))
+            .await
+            .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed".to_string()))?
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?
+    };
     let (reply, answer) = oneshot::channel();
     let job = Upload {
         image,
@@ -299,7 +359,6 @@ async fn caption_upload(
         received,
         reply,
     };
-    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
     // Counted before sending, so that the pipeline never sees more taken than sent.
     api.state
         .uploads_waiting
@@ -353,7 +412,7 @@ async fn vote(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     axum::Extension(client): axum::Extension<Client>,
     axum::extract::Path(id): axum::extract::Path<String>,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
     let refuse = |status: StatusCode, message: String| {
         api.state.metrics.error("vote");
@@ -364,6 +423,10 @@ async fn vote(
     }
     let Ok(id) = id.parse::<u64>() else {
         return refuse(StatusCode::BAD_REQUEST, format!("caption id {id:?} is not a number"));
+    };
+    let body = match read_body(body, MAX_VOTE_BYTES, api.body_timeout()).await {
+        Ok(body) => body,
+        Err((status, message)) => return refuse(status, message),
     };
     let request: VoteRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the daemon (`GET /metrics`), one registry, registered once.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -8,6 +11,10 @@ use prometheus::{
 use super::compare::DecoderSummary;
 use clipcap_core::captioner::{Caption, CaptionError};
 use clipcap_core::decoding::DecodeError;
+
+/// Decoders other than the configured ones (uploads may name any `name:key=value` spec) get their
+/// own series up to this many; later ones share `decoder="other"`, so that /metrics stays bounded.
+const MAX_OTHER_DECODERS: usize = 32;
 
 /// Latency buckets from 1 ms to 30 s.
 const BUCKETS: &[f64] = &[
@@ -37,10 +44,32 @@ pub struct Metrics {
     pub publish_waiting: IntGauge,
     pub publish_acked: IntCounter,
     pub publish_dropped: IntCounter,
+    decoder_labels: DecoderLabels,
+}
+
+/// The `decoder` label values: every configured decoder, then the first `MAX_OTHER_DECODERS` others.
+struct DecoderLabels {
+    configured: HashSet<String>,
+    others: Mutex<HashSet<String>>,
+}
+
+impl DecoderLabels {
+    fn label<'a>(&self, decoder: &'a str) -> &'a str {
+        if self.configured.contains(decoder) {
+            return decoder;
+        }
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        if others.contains(decoder) || (others.len() < MAX_OTHER_DECODERS && others.insert(decoder.to_string())) {
+            decoder
+        } else {
+            "other"
+        }
+    }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `decoders`: the configured decoders' labels, which always have their own series.
+    pub fn new(decoders: impl IntoIterator<Item = String>) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let counter_vec = |name: &str, help: &str, label: &str| {
@@ -132,6 +161,10 @@ impl Metrics {
             decoder_seconds: histogram_vec("clipcap_decoder_seconds", "decoding time per decoder", "decoder"),
             upload_seconds,
             registry,
+            decoder_labels: DecoderLabels {
+                configured: decoders.into_iter().collect(),
+                others: Mutex::default(),
+            },
         }
     }
 
@@ -151,6 +184,7 @@ impl Metrics {
 
     /// One decoder's time on one caption (the published one's, or a comparison's).
     pub fn decoded(&self, decoder: &str, ms: f64) {
+        let decoder = self.decoder_labels.label(decoder);
         self.decoder_seconds.with_label_values(&[decoder]).observe(ms / 1e3);
     }
 
@@ -192,6 +226,7 @@ impl Metrics {
             Err(_) => None,
         };
         if let Some((decoder, fault)) = failed {
+            let decoder = self.decoder_labels.label(decoder);
             self.decoder_failures.with_label_values(&[decoder, fault]).inc();
         }
     }
@@ -215,10 +250,4 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: prome
     let metric = metric.expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("registered once");
     metric
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }

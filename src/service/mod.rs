@@ -8,6 +8,7 @@
 //! 4xx; the daemon keeps serving.
 
 mod access;
+mod caption_log;
 mod compare;
 mod http;
 mod metrics;
@@ -80,20 +81,6 @@ pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-fn caption_log(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
-    Ok(match target {
-        "" => None,
-        "-" => Some(Box::new(std::io::stdout())),
-        path => Some(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("caption log {path}"))?,
-        )),
-    })
-}
-
 /// The status and comparison messages of the MQTT publisher.
 fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow::Result<publish::Messages> {
     let device = config.publish.device().map_err(anyhow::Error::msg)?;
@@ -140,7 +127,11 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let server = Server::bind(&config.service.listen, tls)?;
     let shutdown = Shutdown::new();
 
-    let metrics = Metrics::new();
+    let configured = std::iter::once(&decoders.default)
+        .chain(&decoders.fallback)
+        .chain(&decoders.compare)
+        .map(|d| d.label().to_string());
+    let metrics = Metrics::new(configured);
     let access = Arc::new(access::Access::new(&config.service, metrics.errors.clone())?);
     let source_status = Arc::new(SourceStatus::new(SourceCounters {
         frames: metrics.frames_captured.clone(),
@@ -165,7 +156,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let state = Arc::new(State::new(
         config.service.history,
         Sinks {
-            log: caption_log(&config.service.caption_log)?,
+            log: caption_log::CaptionLog::open(&config.service.caption_log)?,
             outbox: outbox.clone(),
         },
         metrics,
@@ -189,6 +180,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         access,
         shutdown: shutdown.clone(),
         config: config.clone(),
+        decodes: tokio::sync::Semaphore::new(http::MAX_DECODES),
     };
     let setup = pipeline::Setup {
         decoders,
@@ -217,7 +209,6 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     if let Some(capture) = capture {
         capture.join_by(deadline);
     }
-    state.flush_log();
     // Last, so that the records of the captions finished above are spooled; they are sent now if the
     // broker is there, or at the next start.
     if let Some(publisher) = publisher {

@@ -2,13 +2,16 @@
 //! reloads), the tokio runtime serving the API (axum-server), the systemd notifications, and the
 //! decision to stop (a signal, or a model that failed to load).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use clipcap_core::captioner::CaptionError;
+use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use super::state::State;
@@ -72,8 +75,11 @@ impl Server {
             .enable_all()
             .build()?;
         let state = api.state.clone();
+        let timeout = Duration::from_millis(api.config.service.header_timeout_ms);
+        let max_connections = api.config.service.max_connections;
+        let refused = state.metrics.errors.with_label_values(&["connection"]);
         let result = rt.block_on(async {
-            let app = http::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let app = http::router(api).into_make_service_with_connect_info::<SocketAddr>();
             let decided = {
                 let (shutdown, listen) = (shutdown.clone(), self.listen.clone());
                 tokio::spawn(async move {
@@ -95,19 +101,24 @@ impl Server {
                     handle.graceful_shutdown(Some(bound));
                 }
             });
+            let capped = Capped {
+                handle: handle.clone(),
+                max: max_connections,
+                refused,
+            };
             match self.tls {
                 Some((files, config)) => {
                     tracing::info!("serving on https://{}", self.listen);
                     let config = RustlsConfig::from_config(config);
                     tokio::spawn(reload_on_sighup(files, config.clone()));
-                    axum_server::from_tcp_rustls(self.listener, config)?
-                        .handle(handle)
-                        .serve(app)
-                        .await
+                    let acceptor = RustlsAcceptor::new(config).handshake_timeout(timeout).acceptor(capped);
+                    let server = axum_server::from_tcp(self.listener)?.acceptor(acceptor);
+                    http1(server, timeout).handle(handle).serve(app).await
                 }
                 None => {
                     tracing::info!("serving on http://{}", self.listen);
-                    axum_server::from_tcp(self.listener)?.handle(handle).serve(app).await
+                    let server = axum_server::from_tcp(self.listener)?.acceptor(capped);
+                    http1(server, timeout).handle(handle).serve(app).await
                 }
             }
             .context("HTTP server")?;
@@ -116,6 +127,39 @@ impl Server {
         });
         rt.shutdown_timeout(Duration::from_millis(200));
         result
+    }
+}
+
+/// HTTP/1.1 only, with every wait on the client bounded by `timeout`: the first request (which also
+/// covers the protocol detection), each request's headers, and an idle keep-alive connection. HTTP/2
+/// would need bounds of its own, and the API gains nothing from it (tls.rs offers only http/1.1).
+fn http1<Acc>(server: axum_server::Server<SocketAddr, Acc>, timeout: Duration) -> axum_server::Server<SocketAddr, Acc> {
+    let mut server = server.http1_only().first_request_timeout(timeout);
+    server.http_builder().http1().header_read_timeout(timeout);
+    server
+}
+
+/// Closes a connection as it arrives when `max` are open already (axum-server's handle counts them,
+/// this one included), so that slow or idle clients cannot take every file descriptor.
+#[derive(Clone)]
+struct Capped {
+    handle: axum_server::Handle<SocketAddr>,
+    max: usize,
+    refused: IntCounter,
+}
+
+impl<I, S> Accept<I, S> for Capped {
+    type Stream = I;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(I, S)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(if self.handle.connection_count() > self.max {
+            self.refused.inc();
+            Err(std::io::Error::other("too many connections (service.max_connections)"))
+        } else {
+            Ok((stream, service))
+        })
     }
 }
 

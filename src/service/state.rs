@@ -3,7 +3,6 @@
 //! pipeline's heartbeat for the watchdog.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::caption_log::CaptionLog;
 use super::compare::CompareStats;
 use super::metrics::Metrics;
 use crate::capture::{FrameSlot, SourceStatus};
@@ -96,7 +96,7 @@ struct LogLine<'a, T: Serialize> {
 /// Where the records (captions, comparisons, votes) are written besides the history and the stream.
 pub struct Sinks {
     /// The caption log.
-    pub log: Option<Box<dyn Write + Send>>,
+    pub log: Option<CaptionLog>,
     /// The MQTT publisher's spool.
     pub outbox: Option<Arc<Outbox>>,
 }
@@ -106,7 +106,7 @@ pub struct State {
     capacity: usize,
     events: broadcast::Sender<Published>,
     next_id: AtomicU64,
-    log: Mutex<Option<Box<dyn Write + Send>>>,
+    log: Mutex<Option<CaptionLog>>,
     /// The MQTT publisher's spool: gets every log record, in log order.
     outbox: Option<Arc<Outbox>>,
     heartbeat: Mutex<Instant>,
@@ -173,9 +173,7 @@ impl State {
         }
         if let Some(log) = log.as_mut() {
             line.push('\n');
-            // One write of the whole line, so a reader of the file never sees half of it.
-            if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.flush()) {
-                tracing::warn!("caption log: {e}");
+            if log.append(&line).is_err() {
                 self.metrics.error("log");
             }
         }
@@ -249,12 +247,6 @@ impl State {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.events.subscribe()
-    }
-
-    pub fn flush_log(&self) {
-        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = log.flush();
-        }
     }
 
     pub fn beat(&self) {

@@ -143,11 +143,21 @@ pub fn truth(name: &str) -> Vec<String> {
 }
 
 /// `clipcap serve` running as a child process, killed when dropped.
+/// A sample's value in Prometheus text (`name` with its labels, e.g. `clipcap_errors_total{kind="upload"}`);
+/// 0 when absent, as Prometheus reads a labelled counter that has not appeared yet.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub struct Daemon {
     pub child: std::process::Child,
     pub url: String,
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// A command the daemon runs under (its arguments follow), e.g. `unshare`; empty: none.
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -160,15 +170,28 @@ impl Daemon {
     /// Like [`Daemon::start`], with `{dir}` in `extra` standing for the daemon's folder, and `prepare`
     /// called on that folder before the daemon starts.
     pub fn start_with(extra: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
+        Self::start_wrapped(&[], extra, env, prepare)
+    }
+
+    /// Like [`Daemon::start_with`], with the daemon run as `WRAPPER... clipcap ...` (`{dir}` in the
+    /// wrapper's arguments too); its pid is the wrapper's, which must exec the daemon.
+    pub fn start_wrapped(wrapper: &[&str], extra: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let extra = extra.replace("{dir}", dir.path().to_str().unwrap());
+        let in_dir = |s: &str| s.replace("{dir}", dir.path().to_str().unwrap());
+        let extra = in_dir(extra);
+        let wrapper: Vec<String> = wrapper.iter().map(|w| in_dir(w)).collect();
         std::fs::create_dir(dir.path().join("in")).unwrap();
         let port = free_port();
         let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle");
+        // The caption log is `<dir>/captions.jsonl` unless `extra` puts it elsewhere.
+        let log = if extra.contains("caption_log") {
+            String::new()
+        } else {
+            format!("caption_log = {:?}\n", dir.path().join("captions.jsonl"))
+        };
         let config = format!(
-            "[service]\nbundle = {bundle:?}\nlisten = \"127.0.0.1:{port}\"\ncaption_log = {log:?}\n{extra}\n\
+            "[service]\nbundle = {bundle:?}\nlisten = \"127.0.0.1:{port}\"\n{log}{extra}\n\
              [plugins]\ndirectories = [{plugins:?}]\nallow_insecure = true\n",
-            log = dir.path().join("captions.jsonl"),
             plugins = plugin_dir(),
         );
         let config = if config.contains("[source]") {
@@ -182,7 +205,7 @@ impl Daemon {
         std::fs::write(dir.path().join("clipcap.toml"), config).unwrap();
         prepare(dir.path());
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let child = Self::spawn(dir.path(), &env);
+        let child = Self::spawn(dir.path(), &env, &wrapper);
         let mut daemon = Daemon {
             child,
             url: format!(
@@ -191,6 +214,7 @@ impl Daemon {
             ),
             dir,
             env,
+            wrapper,
         };
         daemon.wait_listening();
         daemon
@@ -214,13 +238,22 @@ impl Daemon {
         }
     }
 
-    fn spawn(dir: &Path, env: &[(String, String)]) -> std::process::Child {
+    fn spawn(dir: &Path, env: &[(String, String)], wrapper: &[String]) -> std::process::Child {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("stderr.log"))
             .unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        let clipcap = env!("CARGO_BIN_EXE_clipcap");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(clipcap);
+                command
+            }
+            None => std::process::Command::new(clipcap),
+        };
+        command
             .arg("--config")
             .arg(dir.join("clipcap.toml"))
             .arg("serve")
@@ -236,7 +269,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         let status = self.terminate();
         assert_eq!(status.code(), Some(0), "exit status after SIGTERM:\n{}", self.stderr());
-        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.child = Self::spawn(self.dir.path(), &self.env, &self.wrapper);
         self.wait_listening();
     }
 
@@ -245,7 +278,7 @@ impl Daemon {
     pub fn kill_and_start(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.child = Self::spawn(self.dir.path(), &self.env, &self.wrapper);
         self.wait_listening();
     }
 
@@ -320,6 +353,27 @@ impl Daemon {
             .into_body()
             .read_to_string()
             .unwrap()
+    }
+
+    /// Sends `head` (request line and headers, without the final blank line; `{host}` stands for the
+    /// daemon's address) and `body` over plain TCP with `Connection: close`, and returns the status
+    /// and the whole response, for requests that must be exactly what a browser or an attacker sends.
+    pub fn raw(&self, head: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("http://");
+        let mut tcp = std::net::TcpStream::connect(address).unwrap();
+        let head = head.replace("{host}", address);
+        write!(
+            tcp,
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        tcp.write_all(body).unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).unwrap();
+        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, response)
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -41,25 +41,45 @@ pub struct DecoderRequest {
 }
 
 impl DecoderRequest {
-    /// `beam` or `beam:num_beams=5,length_penalty=1.0`.
+    /// `beam` or `beam:num_beams=5,length_penalty=1.0`, each parameter once. The label is the spec
+    /// in one canonical form (keys sorted, numbers as Rust prints them), so that `beam:num_beams=5.0`
+    /// and `beam: num_beams = 5` are one decoder in metrics, logs and history.
     pub fn parse(spec: &str) -> Result<Self, RequestError> {
         let bad = |reason: String| RequestError::Spec {
             spec: spec.into(),
             reason,
         };
-        let (decoder, args) = spec.split_once(':').unwrap_or((spec, ""));
+        let (decoder, args) = match spec.split_once(':') {
+            Some((decoder, args)) => (decoder.trim(), Some(args)),
+            None => (spec.trim(), None),
+        };
         if decoder.is_empty() {
             return Err(bad("no decoder name".into()));
         }
         let mut params = BTreeMap::new();
-        for item in args.split(',').filter(|s| !s.is_empty()) {
+        for item in args.into_iter().flat_map(|args| args.split(',')) {
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| bad(format!("{item:?} is not key=value")))?;
-            params.insert(key.trim().to_string(), ParamValue::Text(value.trim().to_string()));
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| match item.trim() {
+                    "" => bad("an empty parameter (a stray comma or colon)".into()),
+                    _ => bad(format!("{item:?} is not key=value")),
+                })?;
+            if params
+                .insert(key.to_string(), ParamValue::Text(canonical(value)))
+                .is_some()
+            {
+                return Err(bad(format!("parameter `{key}` is given twice")));
+            }
+        }
+        let mut label = decoder.to_string();
+        for (i, (key, value)) in params.iter().enumerate() {
+            label.push(if i == 0 { ':' } else { ',' });
+            label.push_str(&format!("{key}={value}"));
         }
         DecoderRequest {
-            label: spec.to_string(),
+            label,
             decoder: decoder.to_string(),
             params,
             isolate: None,
@@ -165,5 +185,54 @@ impl DecoderRequest {
                 Ok(number)
             })
             .collect()
+    }
+}
+
+/// A finite number as Rust prints it (`5.0` and `5` alike as `5`); anything else as given.
+fn canonical(value: &str) -> String {
+    match value.parse::<f64>() {
+        Ok(number) if number.is_finite() => number.to_string(),
+        _ => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_has_one_canonical_label() {
+        for spec in [
+            "beam:num_beams=5.0,length_penalty=1",
+            "beam: length_penalty = 1.00 ,num_beams=5",
+        ] {
+            let request = DecoderRequest::parse(spec).unwrap();
+            assert_eq!(request.label, "beam:length_penalty=1,num_beams=5", "{spec}");
+            assert_eq!(request.decoder, "beam");
+        }
+        assert_eq!(DecoderRequest::parse("greedy").unwrap().label, "greedy");
+        let isolated = DecoderRequest::parse("greedy:isolate=true").unwrap();
+        assert_eq!(
+            (isolated.label.as_str(), isolated.isolate),
+            ("greedy:isolate=true", Some(true))
+        );
+    }
+
+    #[test]
+    fn malformed_specs_are_refused_with_the_reason() {
+        for (spec, reason) in [
+            ("beam:num_beams=5,num_beams=6", "parameter `num_beams` is given twice"),
+            ("beam:num_beams=5,num_beams=5.0", "given twice"),
+            ("beam:,,,", "an empty parameter"),
+            ("beam:", "an empty parameter"),
+            ("beam:num_beams=5,", "an empty parameter"),
+            ("beam:num_beams", "\"num_beams\" is not key=value"),
+            ("beam:=5", "\"=5\" is not key=value"),
+            ("beam:num_beams=", "is not key=value"),
+            (":num_beams=5", "no decoder name"),
+        ] {
+            let error = DecoderRequest::parse(spec).unwrap_err().to_string();
+            assert!(error.contains(reason), "{spec}: {error}");
+        }
     }
 }

@@ -1,0 +1,103 @@
+//! Faults of the machine the daemon runs on, survived, reported and counted: the caption log's disk
+//! fills up and frees again. (A camera unplugged and returning: tests/vivid.rs.)
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use common::{Daemon, demo_image, metric};
+
+fn upload(daemon: &Daemon) -> u64 {
+    let png = std::fs::read(demo_image("08209.png")).unwrap();
+    let (status, response) = daemon.raw("POST /v1/caption HTTP/1.1\r\nHost: {host}", &png);
+    assert_eq!(status, 200, "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The log's lines; every one must be a whole JSON record.
+fn logged_ids(log: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the log ends mid-line:\n{text}"
+    );
+    text.lines()
+        .map(|l| {
+            let record: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn line ({e}): {l:?}\nlog:\n{text}"));
+            record["id"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_costs_the_log_only_what_did_not_fit_and_the_log_resumes() {
+    // The log lives on a 64 KiB tmpfs of the daemon's own mount namespace (root only, as CI runs).
+    let daemon = Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs \"$0\" && exec \"$@\"",
+            "{dir}/disk",
+        ],
+        "caption_log = \"{dir}/disk/captions.jsonl\"\n[source]\nkind = \"none\"",
+        &[],
+        |dir| std::fs::create_dir(dir.join("disk")).unwrap(),
+    );
+    daemon.wait_until(
+        || daemon.raw("GET /readyz HTTP/1.1\r\nHost: {host}", b"").0 == 200,
+        "the model to load",
+    );
+    // The tmpfs as the daemon sees it.
+    let disk = PathBuf::from(format!("/proc/{}/root", daemon.child.id()))
+        .join(daemon.dir.path().join("disk").strip_prefix("/").unwrap());
+    let log = disk.join("captions.jsonl");
+    let mut published = vec![upload(&daemon)];
+    assert_eq!(logged_ids(&log), published, "the log is on the tmpfs");
+
+    // Fill the disk to the last byte, then caption on: the log's last page still takes a few lines
+    // (tmpfs allocates whole pages), then one line fits in part, then none.
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let block = vec![0u8; 512];
+    while filler.write_all(&block).is_ok() {}
+    while filler.write_all(&block[..1]).is_ok() {}
+    drop(filler);
+    published.extend((0..20).map(|_| upload(&daemon)));
+    let metrics = daemon.raw("GET /metrics HTTP/1.1\r\nHost: {host}", b"").1;
+    let lost = metric(&metrics, "clipcap_errors_total{kind=\"log\"}");
+    assert!(
+        lost >= 5.0,
+        "captions on a full disk are counted as lost to the log:\n{metrics}"
+    );
+
+    // Room again: the log resumes where it stopped, with no torn line between.
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    let after: Vec<u64> = (0..3).map(|_| upload(&daemon)).collect();
+    published.extend(&after);
+    let ids = logged_ids(&log);
+    assert_eq!(
+        ids.len() as f64 + lost,
+        published.len() as f64,
+        "every caption is logged or counted as lost: logged {ids:?}, published {published:?}"
+    );
+    assert!(ids.ends_with(&after), "the log resumed: {ids:?}");
+    assert!(ids.iter().all(|id| published.contains(id)));
+    let stderr = daemon.stderr();
+    assert_eq!(
+        stderr.matches("records are lost until it can be written").count(),
+        1,
+        "the failure is logged once, not per caption:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("written again, after losing {lost} records")),
+        "{stderr}"
+    );
+}
