@@ -150,7 +150,7 @@ fn a_fault_costs_one_caption_and_the_process_is_restarted() {
     ];
     for (kind, why, options) in cases {
         let plugins = plugins_with(options);
-        let spec = format!("crash:kind={kind},after=2");
+        let spec = format!("crash:after=2,kind={kind}");
         let mut d = isolated(&plugins, &spec);
         assert_eq!(children(&spec).len(), 1, "{spec}: one process");
         let eos = [50256];
