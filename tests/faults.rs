@@ -52,10 +52,7 @@ fn a_full_disk_costs_the_log_only_what_did_not_fit_and_the_log_resumes() {
         &[],
         |dir| std::fs::create_dir(dir.join("disk")).unwrap(),
     );
-    daemon.wait_until(
-        || daemon.raw("GET /readyz HTTP/1.1\r\nHost: {host}", b"").0 == 200,
-        "the model to load",
-    );
+    daemon.wait_ready();
     // The tmpfs as the daemon sees it.
     let disk = PathBuf::from(format!("/proc/{}/root", daemon.child.id()))
         .join(daemon.dir.path().join("disk").strip_prefix("/").unwrap());

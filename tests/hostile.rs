@@ -39,20 +39,13 @@ fn png() -> Vec<u8> {
     std::fs::read(demo_image("08209.png")).unwrap()
 }
 
-fn wait_model(daemon: &Daemon) {
-    daemon.wait_until(
-        || daemon.raw("GET /readyz HTTP/1.1\r\nHost: {host}", b"").0 == 200,
-        "the model to load",
-    );
-}
-
 #[test]
 fn slow_silent_and_surplus_clients_are_cut_off_while_event_streams_live_on() {
     let daemon = Daemon::start(
         "header_timeout_ms = 1000\nbody_timeout_ms = 2000\nmax_connections = 4\n[source]\nkind = \"none\"",
         &[],
     );
-    wait_model(&daemon);
+    daemon.wait_ready();
 
     // Connects and sends nothing.
     let received = until_closed(&mut connect(&daemon));
@@ -110,18 +103,11 @@ fn slow_silent_and_surplus_clients_are_cut_off_while_event_streams_live_on() {
     assert_eq!(received, "", "a connection over max_connections is closed unanswered");
     std::thread::sleep(Duration::from_millis(1500)); // past the header timeout
     drop(streams.pop());
-    let (status, response) = {
-        let mut answer = (0, String::new());
-        daemon.wait_until(
-            || {
-                answer = daemon.raw("POST /v1/caption HTTP/1.1\r\nHost: {host}", &png());
-                answer.0 == 200
-            },
-            "a connection once a stream closed",
-        );
-        answer
-    };
-    assert_eq!(status, 200, "{response}");
+    daemon.raw_until_ok(
+        "POST /v1/caption HTTP/1.1\r\nHost: {host}",
+        &png(),
+        "an upload once a stream closed",
+    );
     // The caption reached the three streams still open, past the header timeout.
     for stream in &mut streams {
         let mut seen = String::new();
@@ -133,17 +119,7 @@ fn slow_silent_and_surplus_clients_are_cut_off_while_event_streams_live_on() {
         }
     }
     drop(streams);
-    let (_, metrics) = {
-        let mut answer = (0, String::new());
-        daemon.wait_until(
-            || {
-                answer = daemon.raw("GET /metrics HTTP/1.1\r\nHost: {host}", b"");
-                answer.0 == 200
-            },
-            "/metrics",
-        );
-        answer
-    };
+    let metrics = daemon.raw_until_ok("GET /metrics HTTP/1.1\r\nHost: {host}", b"", "/metrics");
     assert!(
         metric(&metrics, "clipcap_errors_total{kind=\"connection\"}") >= 1.0,
         "{metrics}"
@@ -202,7 +178,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 #[test]
 fn hostile_bodies_get_their_status_and_bombs_cost_no_memory() {
     let daemon = Daemon::start("[source]\nkind = \"none\"", &[]);
-    wait_model(&daemon);
+    daemon.wait_ready();
     let post = "POST /v1/caption HTTP/1.1\r\nHost: 127.0.0.1\r\n";
 
     // Chunked framing that is not hex sizes.
@@ -249,7 +225,7 @@ fn hostile_bodies_get_their_status_and_bombs_cost_no_memory() {
 #[test]
 fn repeated_or_mangled_parameters_are_refused_and_decoder_labels_stay_bounded() {
     let daemon = Daemon::start("[source]\nkind = \"none\"", &[]);
-    wait_model(&daemon);
+    daemon.wait_ready();
     let upload = |query: &str| daemon.raw(&format!("POST /v1/caption{query} HTTP/1.1\r\nHost: {{host}}"), &png());
     assert_eq!(upload("").0, 200, "the configured decoder (greedy) captions");
     for (query, reason) in [

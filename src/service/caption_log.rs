@@ -46,8 +46,17 @@ impl CaptionLog {
                 out.write_all(line.as_bytes()).and_then(|_| out.flush())
             }
             CaptionLog::File { file, path, lost } => {
-                let end = file.metadata()?.len();
-                let written = file.write_all(line.as_bytes());
+                // A failure to read the length counts as a failed append like any other.
+                let written = file.metadata().and_then(|m| {
+                    let end = m.len();
+                    file.write_all(line.as_bytes()).inspect_err(|_| {
+                        // What part of the line got in is cut off again (truncating frees space,
+                        // so this works on a full disk too).
+                        if let Err(e) = file.set_len(end) {
+                            tracing::error!("caption log {}: cannot cut off a partial line: {e}", path.display());
+                        }
+                    })
+                });
                 match (&written, *lost) {
                     (Err(e), 0) => {
                         tracing::error!(
@@ -64,13 +73,6 @@ impl CaptionLog {
                     _ => {}
                 }
                 *lost = if written.is_ok() { 0 } else { *lost + 1 };
-                if written.is_err() {
-                    // What part of the line got in is cut off again (truncating frees space, so this
-                    // works on a full disk too).
-                    if let Err(e) = file.set_len(end) {
-                        tracing::error!("caption log {}: cannot cut off a partial line: {e}", path.display());
-                    }
-                }
                 written
             }
         }

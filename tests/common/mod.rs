@@ -142,7 +142,6 @@ pub fn truth(name: &str) -> Vec<String> {
         .references
 }
 
-/// `clipcap serve` running as a child process, killed when dropped.
 /// A sample's value in Prometheus text (`name` with its labels, e.g. `clipcap_errors_total{kind="upload"}`);
 /// 0 when absent, as Prometheus reads a labelled counter that has not appeared yet.
 pub fn metric(text: &str, name: &str) -> f64 {
@@ -151,6 +150,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `clipcap serve` running as a child process, killed when dropped.
 pub struct Daemon {
     pub child: std::process::Child,
     pub url: String,
@@ -374,6 +374,25 @@ impl Daemon {
         tcp.read_to_string(&mut response).unwrap();
         let status = response.split(' ').nth(1).unwrap().parse().unwrap();
         (status, response)
+    }
+
+    /// Sends `head` like [`Daemon::raw`] until the answer is 200 (for up to 60 s), and returns it.
+    pub fn raw_until_ok(&self, head: &str, body: &[u8], what: &str) -> String {
+        let mut answer = String::new();
+        self.wait_until(
+            || {
+                let (status, response) = self.raw(head, body);
+                answer = response;
+                status == 200
+            },
+            what,
+        );
+        answer
+    }
+
+    /// Waits until `/readyz` answers 200: the model is loaded and the source delivers.
+    pub fn wait_ready(&self) {
+        self.raw_until_ok("GET /readyz HTTP/1.1\r\nHost: {host}", b"", "the model to load");
     }
 
     /// Sends SIGTERM and waits for the exit status.
