@@ -374,6 +374,15 @@ pub struct ConfigError {
 impl Config {
     /// Defaults, then `file`, then `CLIPCAP__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(file, None)
+    }
+
+    /// `load` with `environment` in place of the process's variables when given (the fuzz harness's
+    /// way to vary them without touching the process).
+    pub fn load_with(
+        file: Option<&Path>,
+        environment: Option<config::Map<String, String>>,
+    ) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             file: file.map(Path::to_path_buf),
             message,
@@ -396,7 +405,8 @@ impl Config {
                 .with_list_parse_key("captioning.compare")
                 .with_list_parse_key("service.allowed_hosts")
                 .with_list_parse_key("service.cors_origins")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(environment),
         );
         let config: Config = builder
             .build()

@@ -1,5 +1,5 @@
-//! The `clipcap` command line, and the daemon (`serve`). The model path is the `clipcap-core` crate;
-//! this crate adds the configuration, the commands, capture and the service.
+//! The `clipcap` command line: parses the arguments and runs the commands of the library (src/lib.rs);
+//! `serve` is the daemon.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,16 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-mod bench;
-mod capture;
-mod config;
-mod eval;
-mod publish;
-mod report;
-mod service;
-mod shutdown;
-mod tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,7 +16,8 @@ use clipcap_core::decoding::{DecoderInstance, HostArgs, Plugins, decoder_host};
 use clipcap_core::imageio;
 use clipcap_core::runtime::Runtime;
 
-use crate::config::Config;
+use clipcap::config::Config;
+use clipcap::{bench, eval, report, service};
 
 #[derive(Parser)]
 #[command(
@@ -247,7 +238,7 @@ fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { bundle } => {
             let bundle = bundle_path(&config, bundle)?;
-            let loaded = service::load(&config, &bundle)?;
+            let loaded = service::load(&config, &bundle, &config.plugins.options())?;
             Captioner::load(&loaded.bundle, &Runtime::init(&config.runtime)?)?;
             let d = &loaded.decoders;
             // Each decoder as it will run: isolated ones have started their process to get here.
@@ -376,7 +367,7 @@ fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         } => {
             let logs = match mqtt {
                 Some(url) => {
-                    let broker = config::PublishConfig {
+                    let broker = clipcap::config::PublishConfig {
                         url,
                         ..config.publish.clone()
                     };

@@ -27,9 +27,9 @@ use anyhow::Context;
 use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
 use crate::publish::{self, Outbox, PublishCounters};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Worker};
 use clipcap_core::bundle::Bundle;
-use clipcap_core::decoding::{DecoderInstance, Plugins};
+use clipcap_core::decoding::{DecoderInstance, PluginOptions, Plugins};
 use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
 pub use pipeline::Decoders;
@@ -47,11 +47,12 @@ pub struct Loaded {
     pub decoders: Decoders,
 }
 
-/// Opens the bundle and creates every configured decoder, so that a bad bundle, plugin folder or
-/// decoder parameter is an error before anything starts.
-pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
+/// Opens the bundle, loads the plugins with `plugins` (config.plugins.options(), but for the fuzz
+/// harness) and creates every configured decoder, so that a bad bundle, plugin folder or decoder
+/// parameter is an error before anything starts.
+pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Loaded> {
     let bundle = Bundle::open(bundle)?;
-    let plugins = Arc::new(Plugins::load(&config.plugins.options()));
+    let plugins = Arc::new(Plugins::load(plugins));
     let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
         config
             .create_decoder(&plugins, name)
@@ -81,52 +82,24 @@ pub fn load(config: &Config, bundle: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-/// The status and comparison messages of the MQTT publisher.
-fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow::Result<publish::Messages> {
-    let device = config.publish.device().map_err(anyhow::Error::msg)?;
-    let status = |online: bool| {
-        let mut status = serde_json::json!({
-            "state": if online { "online" } else { "offline" },
-            "device": device,
-            "run": state.run,
-        });
-        if online {
-            status["version"] = env!("CARGO_PKG_VERSION").into();
-            status["bundle"] = bundle.into();
-            status["decoder"] = config.decoding.decoder.clone().into();
-            status["compare"] = config.captioning.compare.clone().into();
-        }
-        status.to_string()
-    };
-    let (online, offline) = (status(true), status(false));
-    let stats = state.clone();
-    Ok(publish::Messages {
-        online,
-        offline,
-        compare: Box::new(move || {
-            serde_json::json!({"run": stats.run, "decoders": stats.compare.snapshot()}).to_string()
-        }),
-        compare_every: Duration::from_secs(config.publish.compare_interval_s),
-    })
+/// The daemon's parts wired together, before anything runs: the shared state, the API, the captioning
+/// thread's set-up, the source's frame slot and status, and the MQTT outbox when publishing.
+struct Parts {
+    state: Arc<State>,
+    api: http::Api,
+    setup: pipeline::Setup,
+    frames: Arc<FrameSlot>,
+    source_status: Arc<SourceStatus>,
+    outbox: Option<Arc<Outbox>>,
 }
 
-/// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
-pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
-    // First, before anything slow: a watched folder's "already there" is what was there at start.
-    let source = capture::Source::new(&config.source, config.service.max_image_pixels).map_err(anyhow::Error::msg)?;
-    let Loaded {
-        bundle,
-        plugins,
-        decoders,
-    } = load(&config, bundle)?;
-    let runtime = Runtime::init(&config.runtime)?;
-    let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
-        cert: config.service.tls_cert.clone(),
-        key: config.service.tls_key.clone(),
-    });
-    let server = Server::bind(&config.service.listen, tls)?;
-    let shutdown = Shutdown::new();
-
+fn assemble(
+    config: &Config,
+    bundle: &Bundle,
+    plugins: Arc<Plugins>,
+    decoders: Decoders,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Parts> {
     let configured = std::iter::once(&decoders.default)
         .chain(&decoders.fallback)
         .chain(&decoders.compare)
@@ -166,7 +139,6 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         decoders.default.label(),
     ));
 
-    let capture = source.spawn(frames, source_status, shutdown.clone())?;
     let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
     let api = http::Api {
         state: state.clone(),
@@ -191,6 +163,119 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         uploads: queue,
         shutdown: shutdown.clone(),
     };
+    Ok(Parts {
+        state,
+        api,
+        setup,
+        frames,
+        source_status,
+        outbox,
+    })
+}
+
+/// The API and the captioning thread without a listener or a source (source.kind is not opened):
+/// requests go to `router` in the process, with a `ConnectInfo<SocketAddr>` extension standing for the
+/// peer, and frames put in `frames` are captioned as a source's. The fuzz harnesses of the HTTP path
+/// (fuzz/src/lib.rs) and tests/camera_frames.rs drive the daemon this way.
+pub struct Offline {
+    pub router: axum::Router,
+    /// The source's frame slot: a frame put here is captioned as the camera's would be.
+    pub frames: Arc<FrameSlot>,
+    shutdown: Shutdown,
+    captioning: Option<Worker>,
+}
+
+impl Offline {
+    /// Loads as `serve` does (with `plugins` for config.plugins.options(): the process is not
+    /// clipcap, so its isolated decoders need clipcap's path) and returns once the models are loaded.
+    pub fn start(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Offline> {
+        let Loaded {
+            bundle,
+            plugins,
+            decoders,
+        } = load(config, bundle, plugins)?;
+        let runtime = Runtime::init(&config.runtime)?;
+        let shutdown = Shutdown::new();
+        let parts = assemble(config, &bundle, plugins, decoders, &shutdown)?;
+        let (captioning, model) = pipeline::spawn(bundle, runtime, parts.setup)?;
+        let offline = Offline {
+            router: http::router(parts.api),
+            frames: parts.frames,
+            shutdown,
+            captioning: Some(captioning),
+        };
+        model
+            .blocking_recv()
+            .context("the captioning thread ended before loading the models")?
+            .context("cannot load the models")?;
+        Ok(offline)
+    }
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(captioning) = self.captioning.take() {
+            captioning.join_by(Instant::now() + Duration::from_secs(5));
+        }
+    }
+}
+
+/// The status and comparison messages of the MQTT publisher.
+fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow::Result<publish::Messages> {
+    let device = config.publish.device().map_err(anyhow::Error::msg)?;
+    let status = |online: bool| {
+        let mut status = serde_json::json!({
+            "state": if online { "online" } else { "offline" },
+            "device": device,
+            "run": state.run,
+        });
+        if online {
+            status["version"] = env!("CARGO_PKG_VERSION").into();
+            status["bundle"] = bundle.into();
+            status["decoder"] = config.decoding.decoder.clone().into();
+            status["compare"] = config.captioning.compare.clone().into();
+        }
+        status.to_string()
+    };
+    let (online, offline) = (status(true), status(false));
+    let stats = state.clone();
+    Ok(publish::Messages {
+        online,
+        offline,
+        compare: Box::new(move || {
+            serde_json::json!({"run": stats.run, "decoders": stats.compare.snapshot()}).to_string()
+        }),
+        compare_every: Duration::from_secs(config.publish.compare_interval_s),
+    })
+}
+
+/// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
+pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
+    // First, before anything slow: a watched folder's "already there" is what was there at start.
+    let source = capture::Source::new(&config.source, config.service.max_image_pixels).map_err(anyhow::Error::msg)?;
+    let Loaded {
+        bundle,
+        plugins,
+        decoders,
+    } = load(&config, bundle, &config.plugins.options())?;
+    let runtime = Runtime::init(&config.runtime)?;
+    let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
+        cert: config.service.tls_cert.clone(),
+        key: config.service.tls_key.clone(),
+    });
+    let server = Server::bind(&config.service.listen, tls)?;
+    let shutdown = Shutdown::new();
+
+    let Parts {
+        state,
+        api,
+        setup,
+        frames,
+        source_status,
+        outbox,
+    } = assemble(&config, &bundle, plugins, decoders, &shutdown)?;
+    let capture = source.spawn(frames, source_status, shutdown.clone())?;
     let publisher = match outbox {
         Some(outbox) => {
             let messages = status_messages(&config, &state, &bundle.dir.display().to_string())?;
