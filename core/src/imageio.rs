@@ -126,7 +126,8 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeF
 /// Strict mode does not catch an end-of-image marker before the last block: zune-jpeg, like libjpeg,
 /// fills the rest with grey. Every 8x8 block of the full-resolution component costs at least one bit
 /// (its DC code), so a file with fewer bits than blocks claims pixels it does not hold: a few
-/// kilobytes cannot make the daemon decode millions of pixels.
+/// kilobytes cannot make the daemon decode millions of pixels. A sequential file (any camera's) is
+/// also decoded without its end marker, so that data that ends early is an error.
 fn decode_jpeg(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, DecodeFault> {
     let blocks = width.div_ceil(8) as u64 * height.div_ceil(8) as u64;
     if (bytes.len() as u64) * 8 < blocks {
@@ -141,10 +142,27 @@ fn decode_jpeg(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, Decode
         .set_max_width(MAX_SIDE as usize)
         .set_max_height(MAX_SIDE as usize)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let mut headers = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    headers.decode_headers().map_err(DecodeFault::Jpeg)?;
+    // A progressive file's scans need their end marker; the bits-per-block check above bounds it.
+    let bytes = if headers.info().is_some_and(|info| info.sof.is_progressive()) {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        std::borrow::Cow::Owned(without_end_marker(bytes))
+    };
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(&bytes[..]), options);
     let pixels = decoder.decode().map_err(DecodeFault::Jpeg)?;
     let (w, h) = decoder.dimensions().ok_or(DecodeFault::JpegSize)?;
     RgbImage::from_raw(w as u32, h as u32, pixels).ok_or(DecodeFault::JpegSize)
+}
+
+/// A sequential JPEG up to its last end-of-image marker, then zero bytes, enough for the decoder's
+/// read-ahead past the last block. At the marker zune-jpeg would feed zeros forever and grey out what
+/// the data did not cover (a camera frame whose header claims more than its data holds, say); at the
+/// end of the input, strict mode refuses the image instead.
+fn without_end_marker(bytes: &[u8]) -> Vec<u8> {
+    let end = bytes.windows(2).rposition(|m| m == [0xFF, 0xD9]).unwrap_or(bytes.len());
+    [&bytes[..end], &[0; 8][..]].concat()
 }
 
 #[cfg(test)]
@@ -175,5 +193,17 @@ mod tests {
             error.contains("cannot hold the 6000x6600 pixels its header claims"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_jpeg_whose_data_ends_before_its_last_block_is_refused() {
+        // Enough bits for a block each, not for 640x480 pixels: the data runs out at the end marker.
+        let mut lying = jpeg(&RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([x as u8 * 4, y as u8 * 4, 90])
+        }));
+        let sof = lying.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        lying[sof + 5..sof + 9].copy_from_slice(&[0x01, 0xE0, 0x02, 0x80]);
+        let error = decode(&lying).unwrap_err().to_string();
+        assert!(error.starts_with("cannot decode JPEG"), "{error}");
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use v4l::buffer::Type;
+use v4l::buffer::{Flags, Type};
 use v4l::io::mmap::Stream;
 use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
@@ -72,12 +72,34 @@ fn stream(
         format.fourcc
     );
     status.set_up();
+    // Frames the driver flagged as corrupt since the last good one.
+    let mut flagged = 0u64;
     while !shutdown.is_set() {
         let (data, meta) = match stream.next() {
             Ok(frame) => frame,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("no frame for a second".into()),
             Err(e) => return Err(format!("capture failed: {e}")),
         };
+        // V4L2_BUF_FLAG_ERROR: the data may be corrupt (a USB transfer lost, say). Not captioned,
+        // counted as source errors; logged when it starts and when good frames return.
+        if meta.flags.contains(Flags::ERROR) {
+            if flagged == 0 {
+                tracing::warn!(
+                    "camera {}: frames flagged corrupt by the driver; dropping them",
+                    config.device.display()
+                );
+            }
+            flagged += 1;
+            status.counters.errors.inc();
+            continue;
+        }
+        if flagged > 0 {
+            tracing::info!(
+                "camera {}: good frames again after {flagged} flagged corrupt",
+                config.device.display()
+            );
+            flagged = 0;
+        }
         let used = (meta.bytesused as usize).min(data.len());
         // Copied out of the driver's buffer as it is; converted only if it is captioned or shown.
         let dropped = slot.put(pixels(&format, &data[..used]), config.device.display().to_string());
