@@ -134,7 +134,9 @@ ls .cache/vm/vmlinuz
 step "cargo-afl and AFL++ for scripts/fuzz.sh"
 # cargo-afl builds AFL++ from the sources in its crate (make and gcc; no LLVM plugins needed).
 command -v cargo-afl >/dev/null || cargo install --locked cargo-afl --version "=$CARGO_AFL"
-cargo afl fuzz -h >/dev/null 2>&1 || cargo afl config --build
+# afl-fuzz -h exits 1 even when AFL++ is built: its banner tells.
+afl_help=$(cargo afl fuzz -h 2>&1 || true)
+[[ $afl_help == *afl-fuzz++* ]] || cargo afl config --build
 
 step "release build (target/release/clipcap and its decoder plugins)"
 cargo build --release --locked --workspace
