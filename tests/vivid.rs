@@ -204,13 +204,13 @@ fn captions_a_v4l2_camera_that_appears_late_and_is_unplugged() {
     assert!(stall["errors"] >= 1 && stall["up"] == 1, "{stall:?}");
     assert_eq!(found["stall-readyz"], "not-ready");
     assert!(found["log-YUYV"].contains("no frame for a second"));
-    // A hundred unplugs at random intervals (every tenth a driver unbind and module reload): each one
-    // reconnected with frames flowing again, a new frame captioned after each reload, and no
-    // descriptor leaked.
+    // A hundred unplugs at random intervals (every twentieth a driver unbind and module reload):
+    // each one reconnected with frames flowing again, a new frame captioned after each reload, and
+    // no descriptor leaked.
     let replug = fields(&found["replug"]);
     assert_eq!(
         (replug["unplugs"], replug["reconnects"], replug["captioned"]),
-        (100, 100, 10),
+        (100, 100, 5),
         "{replug:?}"
     );
     assert!(replug["fds_after"] <= replug["fds_before"], "{replug:?}");
