@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
@@ -40,14 +38,6 @@ fn send(daemon: &Offline, method: Method, path: &str, body: Vec<u8>) -> (StatusC
 fn source_errors(daemon: &Offline) -> f64 {
     let (_, metrics) = send(daemon, Method::GET, "/metrics", vec![]);
     common::metric(&metrics, "clipcap_errors_total{kind=\"source\"}")
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn jpeg(image: &image::RgbImage) -> Vec<u8> {
@@ -101,9 +91,8 @@ fn corrupt_mjpeg_frames_are_counted_and_the_camera_goes_on() {
     ];
     for (n, (what, frame)) in corrupt.into_iter().enumerate() {
         daemon.frames.put(Pixels::Jpeg(frame), "/dev/video0".into());
-        wait_until(&format!("frame {what} counted"), || {
-            source_errors(&daemon) == (n + 1) as f64
-        });
+        let counted = || source_errors(&daemon) == (n + 1) as f64;
+        common::poll(&format!("frame {what} counted"), counted, String::new);
     }
     let (status, _) = send(&daemon, Method::GET, "/v1/caption/latest", vec![]);
     assert_eq!(status, StatusCode::NOT_FOUND, "a corrupt frame was captioned");
@@ -111,11 +100,12 @@ fn corrupt_mjpeg_frames_are_counted_and_the_camera_goes_on() {
     // The next good frame is captioned, as an upload of the same JPEG is.
     daemon.frames.put(Pixels::Jpeg(good.clone()), "/dev/video0".into());
     let mut latest = serde_json::Value::Null;
-    wait_until("the good frame captioned", || {
+    let captioned = || {
         let (status, body) = send(&daemon, Method::GET, "/v1/caption/latest", vec![]);
         latest = serde_json::from_str(&body).unwrap_or_default();
         status == StatusCode::OK
-    });
+    };
+    common::poll("the good frame captioned", captioned, String::new);
     let (status, body) = send(&daemon, Method::POST, "/v1/caption", good);
     assert_eq!(status, StatusCode::OK, "{body}");
     let upload: serde_json::Value = serde_json::from_str(&body).unwrap();

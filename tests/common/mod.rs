@@ -150,6 +150,19 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls `ok` every 50 ms for up to 60 s; a timeout names `what`, then says `context()`.
+pub fn poll(what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "timed out waiting for {what}{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `clipcap serve` running as a child process, killed when dropped.
 pub struct Daemon {
     pub child: std::process::Child,
@@ -324,16 +337,8 @@ impl Daemon {
     }
 
     /// Polls `ok` for up to 60 s.
-    pub fn wait_until(&self, mut ok: impl FnMut() -> bool, what: &str) {
-        let start = std::time::Instant::now();
-        while !ok() {
-            assert!(
-                start.elapsed().as_secs() < 60,
-                "timed out waiting for {what}; daemon stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+    pub fn wait_until(&self, ok: impl FnMut() -> bool, what: &str) {
+        poll(what, ok, || format!("; daemon stderr:\n{}", self.stderr()));
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
