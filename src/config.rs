@@ -25,6 +25,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub decoding: DecodingConfig,
     pub publish: PublishConfig,
+    pub ros2: Ros2Config,
     /// Named decoder instances: `[decoders.NAME]` with `decoder = "..."` (default NAME) and parameters.
     pub decoders: BTreeMap<String, BTreeMap<String, ParamValue>>,
 }
@@ -96,6 +97,8 @@ pub enum SourceKind {
     V4l2,
     /// A folder watched for new image files.
     Folder,
+    /// A ROS 2 image topic (`[ros2]`).
+    Ros2,
     /// No source: only images POSTed to the API are captioned.
     None,
 }
@@ -261,6 +264,43 @@ impl Default for DecodingConfig {
             decoder: "greedy".into(),
             fallback: String::new(),
             seed: 0,
+        }
+    }
+}
+
+/// `[ros2]`: the daemon as a ROS 2 node (src/ros2/, docs/ros2.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ros2Config {
+    /// Join the ROS 2 graph to publish captions with any source; `source.kind = "ros2"` joins anyway.
+    pub enabled: bool,
+    /// The DDS domain (ROS_DOMAIN_ID), 0 to 232.
+    pub domain_id: u16,
+    /// The `sensor_msgs/Image` topic (`source.kind = "ros2"`).
+    pub image_topic: String,
+    /// Subscribe to `{image_topic}/compressed` (`sensor_msgs/CompressedImage`, JPEG or PNG) instead.
+    pub compressed: bool,
+    /// The image subscription's reliability, "best_effort" (the sensor-data profile) or "reliable".
+    pub reliability: String,
+    /// The image subscription's history depth (keep last N).
+    pub depth: u32,
+    /// `std_msgs/String` topic of the caption texts; empty: not published.
+    pub caption_topic: String,
+    /// `std_msgs/String` topic of the caption events as JSON (as on HTTP); empty: not published.
+    pub caption_json_topic: String,
+}
+
+impl Default for Ros2Config {
+    fn default() -> Self {
+        Ros2Config {
+            enabled: false,
+            domain_id: 0,
+            image_topic: "/camera/image_raw".into(),
+            compressed: false,
+            reliability: "best_effort".into(),
+            depth: 1,
+            caption_topic: "/clipcap/caption".into(),
+            caption_json_topic: "/clipcap/caption_json".into(),
         }
     }
 }
@@ -513,6 +553,9 @@ impl Config {
             return Err("source.poll_ms and reconnect_min_ms must be > 0, reconnect_max_ms >= reconnect_min_ms".into());
         }
         self.publish.validate()?;
+        if v.kind == SourceKind::Ros2 || self.ros2.enabled {
+            crate::ros2::validate(&self.ros2)?;
+        }
         let r = &self.runtime;
         if r.providers.is_empty() {
             return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());

@@ -8,6 +8,7 @@ pub mod config;
 pub mod eval;
 mod publish;
 pub mod report;
+mod ros2;
 pub mod service;
 mod shutdown;
 mod tls;

@@ -16,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
-use clipcap::capture::Pixels;
+use clipcap::capture::{Layout, Pixels};
 use clipcap::config::Config;
 use clipcap::service::Offline;
 use clipcap_core::bundle::Bundle;
@@ -85,7 +85,7 @@ pub fn image(data: &[u8]) {
     }
 }
 
-/// A camera frame: a format byte (0 YUYV, 1 RGB24, else MJPEG), width, height and stride as
+/// A frame: a layout byte (0 YUYV, 1 UYVY, 2 RGB, 3 BGR, 4 RGBA, 5 BGRA, 6 mono, else MJPEG), width, height and stride as
 /// little-endian u16, then the frame's bytes; converted to RGB as the capture thread does.
 pub fn frame(data: &[u8]) {
     let Some((head, bytes)) = data.split_first_chunk::<7>() else {
@@ -94,20 +94,24 @@ pub fn frame(data: &[u8]) {
     let u16_at = |i: usize| u32::from(u16::from_le_bytes([head[i], head[i + 1]]));
     let (width, height, stride) = (u16_at(1), u16_at(3), u16_at(5));
     let data = bytes.to_vec();
-    let pixels = match head[0] {
-        0 => Pixels::Yuyv {
+    let layout = [
+        Layout::Yuyv,
+        Layout::Uyvy,
+        Layout::Rgb,
+        Layout::Bgr,
+        Layout::Rgba,
+        Layout::Bgra,
+        Layout::Mono,
+    ];
+    let pixels = match layout.get(head[0] as usize) {
+        Some(&layout) => Pixels::Raw {
+            layout,
             data,
             width,
             height,
             stride,
         },
-        1 => Pixels::Rgb24 {
-            data,
-            width,
-            height,
-            stride,
-        },
-        _ => Pixels::Jpeg(data),
+        None => Pixels::Jpeg(data),
     };
     if let Ok(rgb) = pixels.to_rgb()
         && !matches!(pixels, Pixels::Jpeg(_))

@@ -1,4 +1,4 @@
-//! Camera pixel formats to RGB8. YUYV is 4:2:2 Y'CbCr with BT.601 coefficients and limited range
+//! Uncompressed frames (a camera's, a ROS 2 image's) to RGB8. YUYV is 4:2:2 Y'CbCr with BT.601 coefficients and limited range
 //! (what UVC webcams and vivid send), converted in 20-bit fixed point; tests hold it to OpenCV's
 //! `COLOR_YUV2RGB_YUYV` on the same frames.
 
@@ -27,40 +27,71 @@ fn yuv_pixel(y: u8, u: i32, v: i32) -> [u8; 3] {
     ]
 }
 
-/// YUYV (Y0 U Y1 V per two pixels); `stride` is the bytes per row the driver reports.
-pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, String> {
-    let (w, h, stride) = (width as usize, height as usize, stride.max(width * 2) as usize);
-    if w == 0 || h == 0 || w % 2 != 0 || data.len() < stride * (h - 1) + w * 2 {
+/// How an uncompressed frame's bytes are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// YUV 4:2:2, Y0 U Y1 V per two pixels (V4L2's YUYV, ROS's `yuyv`/`yuv422_yuy2`).
+    Yuyv,
+    /// YUV 4:2:2, U Y0 V Y1 per two pixels (ROS's `uyvy`, and `yuv422`, its old name).
+    Uyvy,
+    Rgb,
+    Bgr,
+    Rgba,
+    Bgra,
+    /// One grey byte per pixel.
+    Mono,
+}
+
+impl Layout {
+    pub fn bytes_per_pixel(self) -> u32 {
+        match self {
+            Layout::Mono => 1,
+            Layout::Yuyv | Layout::Uyvy => 2,
+            Layout::Rgb | Layout::Bgr => 3,
+            Layout::Rgba | Layout::Bgra => 4,
+        }
+    }
+}
+
+/// A frame of `width` x `height` pixels in `layout`, rows `stride` bytes apart (a smaller stride, as
+/// drivers report 0, means unpadded rows), to RGB8.
+pub fn to_rgb(layout: Layout, data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, String> {
+    let (w, h) = (width as usize, height as usize);
+    let row = w * layout.bytes_per_pixel() as usize;
+    let stride = (stride as usize).max(row);
+    let pairs = matches!(layout, Layout::Yuyv | Layout::Uyvy);
+    if w == 0 || h == 0 || (pairs && w % 2 != 0) || data.len() < stride * (h - 1) + row {
         return Err(format!(
-            "YUYV frame of {} bytes is too short for {width}x{height}",
+            "{layout:?} frame of {} bytes is too short for {width}x{height}",
             data.len()
         ));
     }
     let mut out = Vec::with_capacity(w * h * 3);
-    for row in data.chunks(stride).take(h) {
-        for quad in row[..w * 2].chunks_exact(4) {
-            let (u, v) = (quad[1] as i32 - 128, quad[3] as i32 - 128);
-            out.extend_from_slice(&yuv_pixel(quad[0], u, v));
-            out.extend_from_slice(&yuv_pixel(quad[2], u, v));
+    for line in data.chunks(stride).take(h) {
+        let line = &line[..row];
+        match layout {
+            Layout::Yuyv | Layout::Uyvy => {
+                for q in line.chunks_exact(4) {
+                    let [y0, u, y1, v] = if layout == Layout::Yuyv {
+                        [q[0], q[1], q[2], q[3]]
+                    } else {
+                        [q[1], q[0], q[3], q[2]]
+                    };
+                    let (u, v) = (u as i32 - 128, v as i32 - 128);
+                    out.extend_from_slice(&yuv_pixel(y0, u, v));
+                    out.extend_from_slice(&yuv_pixel(y1, u, v));
+                }
+            }
+            Layout::Rgb => out.extend_from_slice(line),
+            Layout::Rgba => line.chunks_exact(4).for_each(|p| out.extend_from_slice(&p[..3])),
+            Layout::Bgr | Layout::Bgra => {
+                let n = layout.bytes_per_pixel() as usize;
+                line.chunks_exact(n)
+                    .for_each(|p| out.extend_from_slice(&[p[2], p[1], p[0]]));
+            }
+            Layout::Mono => line.iter().for_each(|&g| out.extend_from_slice(&[g, g, g])),
         }
     }
-    Ok(RgbImage::from_raw(width, height, out).expect("sized above"))
-}
-
-/// RGB24 (RGB3): packed R, G, B; rows may be padded to `stride` bytes.
-pub fn rgb24_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, String> {
-    let (w, h, stride) = (width as usize, height as usize, stride.max(width * 3) as usize);
-    if w == 0 || h == 0 || data.len() < stride * (h - 1) + w * 3 {
-        return Err(format!(
-            "RGB24 frame of {} bytes is too short for {width}x{height}",
-            data.len()
-        ));
-    }
-    let out: Vec<u8> = data
-        .chunks(stride)
-        .take(h)
-        .flat_map(|row| row[..w * 3].iter().copied())
-        .collect();
     Ok(RgbImage::from_raw(width, height, out).expect("sized above"))
 }
 
@@ -71,9 +102,9 @@ mod tests {
     #[test]
     fn grey_and_primaries() {
         // Y=16 is black, Y=235 white; neutral chroma gives grey; the limits clamp.
-        let f = yuyv_to_rgb(&[16, 128, 235, 128], 2, 1, 4).unwrap();
+        let f = to_rgb(Layout::Yuyv, &[16, 128, 235, 128], 2, 1, 4).unwrap();
         assert_eq!(f.as_raw(), &[0, 0, 0, 255, 255, 255]);
-        let red = yuyv_to_rgb(&[81, 90, 81, 240], 2, 1, 4).unwrap(); // BT.601 red (Y 81, Cb 90, Cr 240)
+        let red = to_rgb(Layout::Yuyv, &[81, 90, 81, 240], 2, 1, 4).unwrap(); // BT.601 red (Y 81, Cb 90, Cr 240)
         assert!(
             red.as_raw()[0] >= 254 && red.as_raw()[1] <= 1 && red.as_raw()[2] <= 1,
             "{:?}",
@@ -85,11 +116,54 @@ mod tests {
     fn strides_and_short_frames() {
         let padded = [10, 20, 30, 99, 99, 40, 50, 60, 99, 99];
         assert_eq!(
-            rgb24_to_rgb(&padded, 1, 2, 5).unwrap().as_raw(),
+            to_rgb(Layout::Rgb, &padded, 1, 2, 5).unwrap().as_raw(),
             &[10, 20, 30, 40, 50, 60]
         );
-        assert!(yuyv_to_rgb(&[0; 7], 2, 2, 4).unwrap_err().contains("too short"));
-        assert!(yuyv_to_rgb(&[], 0, 0, 0).is_err() && rgb24_to_rgb(&[], 4, 0, 12).is_err());
+        assert!(
+            to_rgb(Layout::Yuyv, &[0; 7], 2, 2, 4)
+                .unwrap_err()
+                .contains("too short")
+        );
+        assert!(to_rgb(Layout::Yuyv, &[], 0, 0, 0).is_err() && to_rgb(Layout::Rgb, &[], 4, 0, 12).is_err());
+        assert!(
+            to_rgb(Layout::Uyvy, &[0; 6], 3, 1, 6).is_err(),
+            "4:2:2 needs an even width"
+        );
+    }
+
+    #[test]
+    fn every_layout_gives_the_same_pixels() {
+        // Two pixels, padded rows of two: the same RGB from each layout's bytes of it.
+        let rgb = [[200u8, 100, 50], [0, 255, 7]];
+        let pad = [9u8; 3];
+        let rows = |pixel: &dyn Fn([u8; 3]) -> Vec<u8>| -> Vec<u8> {
+            let row: Vec<u8> = rgb.iter().flat_map(|p| pixel(*p)).chain(pad).collect();
+            [row.clone(), row].concat()
+        };
+        let cases: [(Layout, Vec<u8>); 4] = [
+            (Layout::Rgb, rows(&|p| p.to_vec())),
+            (Layout::Bgr, rows(&|[r, g, b]| vec![b, g, r])),
+            (Layout::Rgba, rows(&|[r, g, b]| vec![r, g, b, 255])),
+            (Layout::Bgra, rows(&|[r, g, b]| vec![b, g, r, 0])),
+        ];
+        let want: Vec<u8> = [rgb.concat(), rgb.concat()].concat();
+        for (layout, data) in cases {
+            let stride = data.len() as u32 / 2;
+            assert_eq!(
+                to_rgb(layout, &data, 2, 2, stride).unwrap().as_raw(),
+                &want,
+                "{layout:?}"
+            );
+        }
+        let mono = to_rgb(Layout::Mono, &[7, 250, 0, 1, 2, 0], 2, 2, 3).unwrap();
+        assert_eq!(mono.as_raw(), &[7, 7, 7, 250, 250, 250, 1, 1, 1, 2, 2, 2]);
+        // UYVY is YUYV with each byte pair swapped.
+        let yuyv = [81, 90, 120, 240, 16, 128, 235, 128];
+        let uyvy = [90, 81, 240, 120, 128, 16, 128, 235];
+        assert_eq!(
+            to_rgb(Layout::Uyvy, &uyvy, 4, 1, 8).unwrap(),
+            to_rgb(Layout::Yuyv, &yuyv, 4, 1, 8).unwrap()
+        );
     }
 
     #[test]
@@ -99,7 +173,7 @@ mod tests {
         for (name, w, h) in [("astronaut-160x120", 160, 120), ("noise-64x48", 64, 48)] {
             let yuyv = std::fs::read(dir.join(format!("{name}.yuyv"))).unwrap();
             let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
-            let got = yuyv_to_rgb(&yuyv, w, h, w * 2).unwrap();
+            let got = to_rgb(Layout::Yuyv, &yuyv, w, h, w * 2).unwrap();
             let differ = got.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
             assert_eq!((differ, got.as_raw().len()), (0, want.len()), "{name}");
         }

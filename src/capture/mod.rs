@@ -13,9 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use clipcap_core::imageio;
 use image::RgbImage;
 use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{SourceConfig, SourceKind};
 use crate::shutdown::{Shutdown, Worker};
+pub use convert::Layout;
 pub use folder::Ticket;
 
 /// A frame's pixels as the source delivered them. A camera's buffer is kept as it came and converted
@@ -26,15 +28,9 @@ pub enum Pixels {
     Rgb(RgbImage),
     /// A camera's JPEG (MJPEG), as it sent it.
     Jpeg(Vec<u8>),
-    /// Packed YUV 4:2:2 rows, `stride` bytes apart.
-    Yuyv {
-        data: Vec<u8>,
-        width: u32,
-        height: u32,
-        stride: u32,
-    },
-    /// Packed RGB24 rows, `stride` bytes apart.
-    Rgb24 {
+    /// Uncompressed rows, `stride` bytes apart.
+    Raw {
+        layout: Layout,
         data: Vec<u8>,
         width: u32,
         height: u32,
@@ -49,20 +45,30 @@ impl Pixels {
         Ok(match self {
             Pixels::Rgb(image) => Borrowed(image),
             Pixels::Jpeg(bytes) => Owned(imageio::decode(bytes).map_err(|e| e.to_string())?),
-            &Pixels::Yuyv {
+            &Pixels::Raw {
+                layout,
                 ref data,
                 width,
                 height,
                 stride,
-            } => Owned(convert::yuyv_to_rgb(data, width, height, stride)?),
-            &Pixels::Rgb24 {
-                ref data,
-                width,
-                height,
-                stride,
-            } => Owned(convert::rgb24_to_rgb(data, width, height, stride)?),
+            } => Owned(convert::to_rgb(layout, data, width, height, stride)?),
         })
     }
+}
+
+/// A ROS 2 image's `std_msgs/Header`: when the camera took it, in which coordinate frame. Carried from
+/// the frame into its caption event, so that ROS 2 consumers can match captions to images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub stamp: Stamp,
+    pub frame_id: String,
+}
+
+/// `builtin_interfaces/Time`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub sec: i32,
+    pub nanosec: u32,
 }
 
 pub struct Frame {
@@ -73,6 +79,8 @@ pub struct Frame {
     pub origin: String,
     /// A queued file (folder queue mode): the captioning thread reports how it ended.
     pub ticket: Option<Ticket>,
+    /// A ROS 2 image's header.
+    pub header: Option<Header>,
 }
 
 /// The newest frame, and which frame was last taken for captioning.
@@ -95,7 +103,15 @@ impl FrameSlot {
     pub fn put(&self, image: Pixels, origin: String) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let dropped = s.waiting();
-        s.store(image, origin, None);
+        s.store(image, origin, None, None);
+        dropped
+    }
+
+    /// [`FrameSlot::put`] for a ROS 2 image, keeping its header.
+    pub fn put_with_header(&self, image: Pixels, origin: String, header: Header) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = s.waiting();
+        s.store(image, origin, None, Some(header));
         dropped
     }
 
@@ -114,7 +130,7 @@ impl FrameSlot {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        s.store(image, origin, Some(ticket));
+        s.store(image, origin, Some(ticket), None);
         true
     }
 
@@ -144,7 +160,7 @@ impl SlotState {
         self.latest.as_ref().is_some_and(|f| f.seq > self.taken)
     }
 
-    fn store(&mut self, pixels: Pixels, origin: String, ticket: Option<Ticket>) {
+    fn store(&mut self, pixels: Pixels, origin: String, ticket: Option<Ticket>, header: Option<Header>) {
         self.next_seq += 1;
         self.latest = Some(Arc::new(Frame {
             pixels,
@@ -152,6 +168,7 @@ impl SlotState {
             captured: SystemTime::now(),
             origin,
             ticket,
+            header,
         }));
     }
 }
@@ -224,7 +241,8 @@ impl SourceStatus {
 /// The configured source, created before anything slow happens at start (so that a folder's
 /// "already there" means there when the daemon started), and started later with [`Source::spawn`].
 pub enum Source {
-    /// `kind = "none"`: only uploads are captioned.
+    /// No thread of its own: `kind = "none"` (only uploads are captioned), or `"ros2"`, whose images
+    /// the daemon's ROS 2 node (src/ros2) puts in the slot.
     None,
     V4l2(SourceConfig),
     Folder(folder::Watcher),
@@ -234,13 +252,13 @@ impl Source {
     /// Lists a watched folder now (and loads a queue's journal: an unreadable one is an error).
     pub fn new(config: &SourceConfig, max_pixels: u64) -> Result<Source, String> {
         Ok(match config.kind {
-            SourceKind::None => Source::None,
+            SourceKind::None | SourceKind::Ros2 => Source::None,
             SourceKind::V4l2 => Source::V4l2(config.clone()),
             SourceKind::Folder => Source::Folder(folder::Watcher::new(config, max_pixels)?),
         })
     }
 
-    /// Starts the source's thread (none for `kind = "none"`).
+    /// Starts the source's thread (none for `kind = "none"` or `"ros2"`).
     pub fn spawn(
         self,
         slot: Arc<FrameSlot>,
@@ -273,14 +291,16 @@ mod tests {
 
     #[test]
     fn kept_camera_buffers_convert_when_asked() {
-        let yuyv = Pixels::Yuyv {
+        let yuyv = Pixels::Raw {
+            layout: Layout::Yuyv,
             data: vec![16, 128, 235, 128, 99, 99],
             width: 2,
             height: 1,
             stride: 6,
         };
         assert_eq!(yuyv.to_rgb().unwrap().as_raw(), &[0, 0, 0, 255, 255, 255]);
-        let rgb24 = Pixels::Rgb24 {
+        let rgb24 = Pixels::Raw {
+            layout: Layout::Rgb,
             data: vec![1, 2, 3, 4, 5, 6],
             width: 1,
             height: 2,

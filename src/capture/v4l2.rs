@@ -12,7 +12,7 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
-use super::{FrameSlot, Pixels, SourceStatus};
+use super::{FrameSlot, Layout, Pixels, SourceStatus};
 use crate::config::SourceConfig;
 use crate::shutdown::Shutdown;
 
@@ -137,19 +137,16 @@ fn fourcc_bytes(name: &str) -> Result<[u8; 4], String> {
 /// The frame in the negotiated format: MJPG, YUYV or RGB3, the only ones `source.formats` may name.
 fn pixels(format: &Format, data: &[u8]) -> Pixels {
     let (data, width, height, stride) = (data.to_vec(), format.width, format.height, format.stride);
-    match &format.fourcc.repr {
-        b"YUYV" => Pixels::Yuyv {
-            data,
-            width,
-            height,
-            stride,
-        },
-        b"RGB3" => Pixels::Rgb24 {
-            data,
-            width,
-            height,
-            stride,
-        },
-        _ => Pixels::Jpeg(data),
+    let layout = match &format.fourcc.repr {
+        b"YUYV" => Layout::Yuyv,
+        b"RGB3" => Layout::Rgb,
+        _ => return Pixels::Jpeg(data),
+    };
+    Pixels::Raw {
+        layout,
+        data,
+        width,
+        height,
+        stride,
     }
 }

@@ -175,6 +175,9 @@ async fn metrics(Extract(api): Extract<Shared>) -> Response {
     s.metrics
         .source_up
         .set(s.source.up.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    s.metrics
+        .source_frame_age
+        .set(s.source.since_last_frame().unwrap_or(f64::NAN));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 use super::compare::DecoderSummary;
@@ -28,6 +29,7 @@ pub struct Metrics {
     pub frames_skipped: IntCounter,
     pub source_reconnects: IntCounter,
     pub source_up: IntGauge,
+    pub source_frame_age: Gauge,
     pub captions: IntCounterVec,
     pub errors: IntCounterVec,
     decoder_failures: IntCounterVec,
@@ -44,6 +46,10 @@ pub struct Metrics {
     pub publish_waiting: IntGauge,
     pub publish_acked: IntCounter,
     pub publish_dropped: IntCounter,
+    #[cfg(feature = "ros2")]
+    pub ros2_publishers: IntGauge,
+    #[cfg(feature = "ros2")]
+    pub ros2_published: IntCounter,
     decoder_labels: DecoderLabels,
 }
 
@@ -145,6 +151,23 @@ impl Metrics {
                 "times the source was open again after a failure",
             ),
             source_up: gauge("clipcap_source_up", "1 while the frame source delivers"),
+            source_frame_age: registered(
+                &registry,
+                Gauge::new(
+                    "clipcap_source_frame_age_seconds",
+                    "seconds since the source's last frame (NaN before the first)",
+                ),
+            ),
+            #[cfg(feature = "ros2")]
+            ros2_publishers: gauge(
+                "clipcap_ros2_image_publishers",
+                "publishers matched on the ROS 2 image topic (source.kind = \"ros2\")",
+            ),
+            #[cfg(feature = "ros2")]
+            ros2_published: counter(
+                "clipcap_ros2_captions_published_total",
+                "captions published on ROS 2 (each on caption_topic and caption_json_topic)",
+            ),
             captions: counter_vec("clipcap_captions_total", "captions published, by source", "source"),
             errors: counter_vec("clipcap_errors_total", "errors, by kind", "kind"),
             decoder_failures: registered(

@@ -34,7 +34,7 @@ use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
 pub use pipeline::Decoders;
 use server::{Server, Stop};
-pub use state::{Comparison, Vote};
+pub use state::{Comparison, Published, Vote};
 use state::{Sinks, State};
 
 /// Uploads waiting for the captioning thread before new ones get 503.
@@ -250,6 +250,28 @@ fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow:
     })
 }
 
+/// The ROS 2 node, when the source is a ROS 2 topic or `ros2.enabled` asks to publish captions.
+#[cfg(feature = "ros2")]
+fn ros2_node(config: &Config, state: &Arc<State>, shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
+    let source = config.source.kind == crate::config::SourceKind::Ros2;
+    if !source && !config.ros2.enabled {
+        return Ok(None);
+    }
+    let feed = source.then(|| crate::ros2::Feed {
+        slot: state.frames.clone(),
+        status: state.source.clone(),
+        max_pixels: config.service.max_image_pixels,
+    });
+    let m = &state.metrics;
+    let counters = crate::ros2::Counters {
+        publishers: m.ros2_publishers.clone(),
+        published: m.ros2_published.clone(),
+        errors: m.errors.with_label_values(&["ros2"]),
+    };
+    let node = crate::ros2::spawn(&config.ros2, feed, state.subscribe(), counters, shutdown.clone())?;
+    Ok(Some(node))
+}
+
 /// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
@@ -283,6 +305,8 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         }
         None => None,
     };
+    #[cfg(feature = "ros2")]
+    let ros2 = ros2_node(&config, &state, &shutdown)?;
     let (captioning, model) = pipeline::spawn(bundle, runtime, setup)?;
 
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
@@ -293,6 +317,10 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     captioning.join_by(deadline);
     if let Some(capture) = capture {
         capture.join_by(deadline);
+    }
+    #[cfg(feature = "ros2")]
+    if let Some(ros2) = ros2 {
+        ros2.join_by(deadline);
     }
     // Last, so that the records of the captions finished above are spooled; they are sent now if the
     // broker is there, or at the next start.

@@ -141,7 +141,11 @@ impl Pipeline {
             }
         };
         let result = result
-            .map(|caption| self.s.state.publish("upload", upload.origin, upload.received, caption))
+            .map(|caption| {
+                self.s
+                    .state
+                    .publish("upload", upload.origin, None, upload.received, caption)
+            })
             .inspect_err(|_| self.s.state.metrics.error("caption"));
         if let Ok(since) = upload.received.elapsed() {
             self.s.state.metrics.upload_seconds.observe(since.as_secs_f64());
@@ -156,10 +160,10 @@ impl Pipeline {
 
     /// Captions a source frame: the published caption's id, or why there is none.
     fn camera(&mut self, frame: &Frame, last_scene: &mut Option<Vec<f32>>) -> Result<u64, String> {
-        let source = if self.s.state.source_kind == SourceKind::Folder {
-            "folder"
-        } else {
-            "camera"
+        let source = match self.s.state.source_kind {
+            SourceKind::Folder => "folder",
+            SourceKind::Ros2 => "ros2",
+            _ => "camera",
         };
         let image = match frame.pixels.to_rgb() {
             Ok(image) => image,
@@ -190,10 +194,13 @@ impl Pipeline {
         match outcome {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
-                let event = self
-                    .s
-                    .state
-                    .publish(source, frame.origin.clone(), frame.captured, caption);
+                let event = self.s.state.publish(
+                    source,
+                    frame.origin.clone(),
+                    frame.header.clone(),
+                    frame.captured,
+                    caption,
+                );
                 // Published first: comparing never delays the caption.
                 if !self.s.decoders.compare.is_empty() && self.compare_due() {
                     self.compare(&prepared, &event);

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use super::caption_log::CaptionLog;
 use super::compare::CompareStats;
 use super::metrics::Metrics;
-use crate::capture::{FrameSlot, SourceStatus};
+use crate::capture::{FrameSlot, Header, SourceStatus};
 use crate::config::SourceKind;
 use crate::publish::Outbox;
 use clipcap_core::captioner::Caption;
@@ -70,10 +70,13 @@ pub struct CaptionEvent {
     pub id: u64,
     /// When the frame was captured (or the image uploaded), RFC 3339.
     pub time: String,
-    /// "camera", "folder" or "upload".
+    /// "camera", "folder", "ros2" or "upload".
     pub source: String,
-    /// The device, file or client it came from.
+    /// The device, file, topic or client it came from.
     pub origin: String,
+    /// The ROS 2 image's header (stamp and frame id), when it came from a ROS 2 topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<Header>,
     #[serde(flatten)]
     pub caption: Caption,
     /// CLIPScore of the caption, once a comparison of its frame ran.
@@ -180,7 +183,14 @@ impl State {
     }
 
     /// Stores, broadcasts and logs a caption; returns the event.
-    pub fn publish(&self, source: &str, origin: String, time: SystemTime, caption: Caption) -> Arc<CaptionEvent> {
+    pub fn publish(
+        &self,
+        source: &str,
+        origin: String,
+        header: Option<Header>,
+        time: SystemTime,
+        caption: Caption,
+    ) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
         self.metrics.captions.with_label_values(&[source]).inc();
         let event = Arc::new(CaptionEvent {
@@ -188,6 +198,7 @@ impl State {
             time: humantime::format_rfc3339_millis(time).to_string(),
             source: source.to_string(),
             origin,
+            header,
             caption,
             clip_score: None,
             compare: Vec::new(),
@@ -258,8 +269,9 @@ impl State {
         self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < window
     }
 
-    /// Ready: the model is loaded and the source delivers (a camera sent a frame in the last 5 s, a
-    /// watched folder can be read); with no source, the model alone. Otherwise the reason.
+    /// Ready: the model is loaded and the source delivers (a camera, or a ROS 2 topic's publisher, sent
+    /// a frame in the last 5 s, a watched folder can be read); with no source, the model alone.
+    /// Otherwise the reason.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.model_ready.load(Ordering::Relaxed) {
             return Err("loading the model".into());
@@ -268,12 +280,22 @@ impl State {
             return Err(format!("publishing: {refusal}"));
         }
         let up = self.source.up.load(Ordering::Relaxed);
-        let reason = || self.source.last_error().unwrap_or_else(|| "source not open yet".into());
+        let fresh = up && self.source.since_last_frame().is_some_and(|s| s < 5.0);
+        let reason = || {
+            let never = match self.source_kind {
+                SourceKind::Ros2 => "no publisher on the ROS 2 image topic yet",
+                _ => "source not open yet",
+            };
+            self.source.last_error().unwrap_or_else(|| never.into())
+        };
         match self.source_kind {
             SourceKind::None => Ok(()),
             SourceKind::Folder if up => Ok(()),
-            SourceKind::V4l2 if up && self.source.since_last_frame().is_some_and(|s| s < 5.0) => Ok(()),
+            SourceKind::V4l2 | SourceKind::Ros2 if fresh => Ok(()),
             SourceKind::V4l2 if up => Err("camera open but no frame in the last 5 s".into()),
+            SourceKind::Ros2 if up => {
+                Err("the ROS 2 image topic has a publisher but sent no frame in the last 5 s".into())
+            }
             _ => Err(reason()),
         }
     }

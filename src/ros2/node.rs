@@ -1,0 +1,267 @@
+//! The node's thread: the DDS participant, the image subscription (when ROS 2 is the source) and the
+//! caption publishers, driven by one single-threaded async runtime.
+
+use std::collections::HashSet;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use prometheus::{IntCounter, IntGauge};
+use ros2_client::{
+    Context, ContextOptions, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Subscription,
+    qos::History,
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::image::{CompressedImage, Image, Refused, RosImage};
+use crate::capture::{FrameSlot, SourceStatus};
+use crate::config::Ros2Config;
+use crate::service::Published;
+use crate::shutdown::{Shutdown, Worker};
+
+/// Where the images go (`source.kind = "ros2"`).
+pub struct Feed {
+    pub slot: Arc<FrameSlot>,
+    pub status: Arc<SourceStatus>,
+    /// Larger images are refused (service.max_image_pixels).
+    pub max_pixels: u64,
+}
+
+/// The node's metrics (service/metrics.rs registers them).
+pub struct Counters {
+    pub publishers: IntGauge,
+    pub published: IntCounter,
+    pub errors: IntCounter,
+}
+
+/// The topic the images come from: `image_topic`, or its `/compressed` sibling.
+fn image_topic(config: &Ros2Config) -> String {
+    if config.compressed {
+        format!("{}/compressed", config.image_topic.trim_end_matches('/'))
+    } else {
+        config.image_topic.clone()
+    }
+}
+
+pub fn validate(config: &Ros2Config) -> Result<(), String> {
+    // RTPS ports are 7400 + 250 * domain + ...: 232 is the largest domain whose ports fit in 16 bits.
+    if config.domain_id > 232 {
+        return Err(format!("ros2.domain_id = {} is over 232", config.domain_id));
+    }
+    let topics = [
+        ("image_topic", image_topic(config)),
+        ("caption_topic", config.caption_topic.clone()),
+        ("caption_json_topic", config.caption_json_topic.clone()),
+    ];
+    for (key, topic) in topics {
+        if key != "image_topic" && topic.is_empty() {
+            continue;
+        }
+        Name::parse(&topic).map_err(|e| format!("ros2.{key}: {topic:?} is not a ROS 2 topic name: {e}"))?;
+    }
+    if !["best_effort", "reliable"].contains(&config.reliability.as_str()) {
+        return Err(format!(
+            "ros2.reliability = {:?} is not \"best_effort\" or \"reliable\"",
+            config.reliability
+        ));
+    }
+    if config.depth == 0 {
+        return Err("ros2.depth must be >= 1".into());
+    }
+    Ok(())
+}
+
+/// Joins the DDS domain and creates the subscription and the publishers now (so that a failure stops
+/// the start), then runs them on the `ros2` thread until `shutdown`.
+pub fn spawn(
+    config: &Ros2Config,
+    feed: Option<Feed>,
+    captions: broadcast::Receiver<Published>,
+    counters: Counters,
+    shutdown: Shutdown,
+) -> anyhow::Result<Worker> {
+    let context = Context::with_options(ContextOptions::new().domain_id(config.domain_id))
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot join DDS domain {}: {e:?}", config.domain_id))?;
+    let mut node = context
+        .new_node(NodeName::new("/", "clipcap")?, NodeOptions::new().enable_rosout(false))
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot create the node: {e:?}"))?;
+    let images = match feed {
+        None => None,
+        Some(feed) if config.compressed => Some(Images::Compressed(subscribe(&mut node, config)?, feed)),
+        Some(feed) => Some(Images::Raw(subscribe(&mut node, config)?, feed)),
+    };
+    let text = publisher(&mut node, &config.caption_topic)?;
+    let json = publisher(&mut node, &config.caption_json_topic)?;
+    let spinner = node
+        .spinner()
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot start the node: {e:?}"))?;
+    let topic = image_topic(config);
+    tracing::info!(
+        "ROS 2: node /clipcap in domain {}{}{}",
+        config.domain_id,
+        if images.is_some() {
+            format!(", images from {topic}")
+        } else {
+            String::new()
+        },
+        match (&text, &json) {
+            (None, None) => String::new(),
+            _ => format!(", captions on {} {}", config.caption_topic, config.caption_json_topic),
+        }
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    Ok(Worker::spawn("ros2", move || {
+        runtime.block_on(async {
+            let take = async {
+                match &images {
+                    Some(Images::Raw(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
+                    Some(Images::Compressed(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.wait() => {}
+                spun = spinner.spin() => tracing::error!("ROS 2: the node stopped: {spun:?}"),
+                () = take => {}
+                () = publish(captions, text, json, &counters) => {}
+            }
+        })
+    })?)
+}
+
+enum Images {
+    Raw(Subscription<Image>, Feed),
+    Compressed(Subscription<CompressedImage>, Feed),
+}
+
+fn subscribe<M: RosImage>(node: &mut Node, config: &Ros2Config) -> anyhow::Result<Subscription<M>> {
+    let mut qos = QosProfile::subscription_default().history(History::KeepLast {
+        depth: config.depth as usize,
+    });
+    if config.reliability == "reliable" {
+        qos = qos.reliability_reliable(ros2_client::qos::WhenFull::DEFAULT);
+    }
+    let (package, name) = M::TYPE;
+    let topic = node
+        .create_topic(
+            &Name::parse(&image_topic(config))?,
+            MessageTypeName::new(package, name),
+            &qos,
+        )
+        .map_err(|e| anyhow::anyhow!("ROS 2: topic {}: {e:?}", image_topic(config)))?;
+    node.create_subscription(&topic, Some(qos))
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot subscribe to {}: {e:?}", image_topic(config)))
+}
+
+/// A `std_msgs/String` publisher on `topic` (reliable, keep last 10: ROS 2's default), none if empty.
+fn publisher(node: &mut Node, topic: &str) -> anyhow::Result<Option<Publisher<String>>> {
+    if topic.is_empty() {
+        return Ok(None);
+    }
+    let qos = QosProfile::publisher_default().history(History::KeepLast { depth: 10 });
+    let dds_topic = node
+        .create_topic(&Name::parse(topic)?, MessageTypeName::new("std_msgs", "String"), &qos)
+        .map_err(|e| anyhow::anyhow!("ROS 2: topic {topic}: {e:?}"))?;
+    let publisher = node
+        .create_publisher(&dds_topic, Some(qos))
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot publish on {topic}: {e:?}"))?;
+    Ok(Some(publisher))
+}
+
+/// Puts each image in the frame slot, and keeps the source's status: up while a publisher is
+/// matched (or images arrive), down when the last one goes.
+async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed: &Feed, counters: &Counters) {
+    let mut images = pin!(sub.async_stream());
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut up = false;
+    // Kinds of images refused (encodings): each is reported once, not for every image.
+    let mut refused = HashSet::new();
+    loop {
+        tokio::select! {
+            next = images.next() => match next {
+                Some(Ok((message, _))) => {
+                    if !up {
+                        feed.status.set_up();
+                        up = true;
+                    }
+                    match message.into_frame(feed.max_pixels) {
+                        (header, Ok(pixels)) => {
+                            let dropped = feed.slot.put_with_header(pixels, topic.to_string(), header);
+                            feed.status.frame(dropped);
+                        }
+                        (_, Err(Refused::Kind(why))) => {
+                            if refused.insert(why.clone()) {
+                                tracing::warn!("ROS 2 {topic}: {why}; such images are skipped");
+                                feed.status.counters.errors.inc();
+                            }
+                        }
+                        (_, Err(Refused::Image(why))) => {
+                            tracing::warn!("ROS 2 {topic}: {why}");
+                            feed.status.counters.errors.inc();
+                        }
+                    }
+                }
+                // A message that does not deserialise as the topic's type.
+                Some(Err(e)) => {
+                    tracing::warn!("ROS 2 {topic}: unreadable message: {e:?}");
+                    feed.status.counters.errors.inc();
+                }
+                None => return,
+            },
+            _ = check.tick() => {
+                let publishers = sub.get_publisher_count(node);
+                counters.publishers.set(publishers as i64);
+                let quiet = feed.status.since_last_frame().is_none_or(|s| s > 1.0);
+                if publishers > 0 && !up {
+                    feed.status.set_up();
+                    up = true;
+                } else if publishers == 0 && up && quiet {
+                    feed.status.fail(format!("no publisher on {topic} any more"));
+                    up = false;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes each caption's text and event (as JSON) until the daemon's events end.
+async fn publish(
+    mut captions: broadcast::Receiver<Published>,
+    text: Option<Publisher<String>>,
+    json: Option<Publisher<String>>,
+    counters: &Counters,
+) {
+    if text.is_none() && json.is_none() {
+        return std::future::pending().await;
+    }
+    loop {
+        let event = match captions.recv().await {
+            Ok(Published::Caption(event)) => event,
+            Ok(Published::Comparison(_)) => continue,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!("ROS 2: {missed} caption(s) not published: the node fell behind");
+                counters.errors.inc_by(missed);
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let messages = [
+            (&text, event.caption.caption.clone()),
+            (&json, serde_json::to_string(&*event).expect("caption events serialise")),
+        ];
+        let mut sent = true;
+        for (publisher, message) in messages {
+            if let Some(publisher) = publisher
+                && let Err(e) = publisher.async_publish(message).await
+            {
+                tracing::warn!("ROS 2: caption {} not published: {e:?}", event.id);
+                counters.errors.inc();
+                sent = false;
+            }
+        }
+        if sent {
+            counters.published.inc();
+        }
+    }
+}
