@@ -84,7 +84,10 @@ pub fn spawn(
     let context = Context::with_options(ContextOptions::new().domain_id(config.domain_id))
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot join DDS domain {}: {e:?}", config.domain_id))?;
     let mut node = context
-        .new_node(NodeName::new("/", "clipcap")?, NodeOptions::new().enable_rosout(false))
+        .new_node(
+            NodeName::new("/", "clipcap")?,
+            NodeOptions::new().enable_rosout(false).start_parameter_services(false),
+        )
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot create the node: {e:?}"))?;
     let images = match feed {
         None => None,
@@ -112,21 +115,32 @@ pub fn spawn(
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     Ok(Worker::spawn("ros2", move || {
-        runtime.block_on(async {
-            let take = async {
-                match &images {
-                    Some(Images::Raw(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
-                    Some(Images::Compressed(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.wait() => {}
-                spun = spinner.spin() => tracing::error!("ROS 2: the node stopped: {spun:?}"),
-                () = take => {}
-                () = publish(captions, text, json, &counters) => {}
+        let spin = async {
+            if let Err(e) = spinner.spin().await {
+                tracing::error!("ROS 2: the node stopped: {e:?}");
             }
-        })
+        };
+        let work = async move {
+            {
+                let take = async {
+                    match &images {
+                        Some(Images::Raw(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
+                        Some(Images::Compressed(sub, feed)) => take(sub, &node, &topic, feed, &counters).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = shutdown.wait() => {}
+                    () = take => {}
+                    () = publish(captions, text, json, &counters) => {}
+                }
+            }
+            // The subscription and publishers go first, then the node, whose drop stops the spinner:
+            // in another order RustDDS and ros2-client log errors about entities they cannot remove.
+            drop(images);
+            drop(node);
+        };
+        runtime.block_on(async { tokio::join!(spin, work) });
     })?)
 }
 
@@ -169,12 +183,15 @@ fn publisher(node: &mut Node, topic: &str) -> anyhow::Result<Option<Publisher<St
     Ok(Some(publisher))
 }
 
-/// Puts each image in the frame slot, and keeps the source's status: up while a publisher is
-/// matched (or images arrive), down when the last one goes.
+/// Puts each image in the frame slot, and keeps the source's status: up from the first matched
+/// publisher (or image), down when the last publisher goes.
 async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed: &Feed, counters: &Counters) {
     let mut images = pin!(sub.async_stream());
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let mut up = false;
+    // The node counts a subscription's publishers only once one was matched (before, it logs an
+    // error for each count): until then, wait for that match instead.
+    let mut matched = false;
     // Kinds of images refused (encodings): each is reported once, not for every image.
     let mut refused = HashSet::new();
     loop {
@@ -209,7 +226,15 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
                 }
                 None => return,
             },
-            _ = check.tick() => {
+            () = sub.wait_for_publisher(node), if !matched => {
+                matched = true;
+                tracing::info!("ROS 2: a publisher on {topic} matched");
+                if !up {
+                    feed.status.set_up();
+                    up = true;
+                }
+            }
+            _ = check.tick(), if matched => {
                 let publishers = sub.get_publisher_count(node);
                 counters.publishers.set(publishers as i64);
                 let quiet = feed.status.since_last_frame().is_none_or(|s| s > 1.0);
