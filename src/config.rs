@@ -268,6 +268,16 @@ impl Default for DecodingConfig {
     }
 }
 
+/// A ROS 2 subscription's reliability QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reliability {
+    /// The sensor-data profile: matches best-effort and reliable publishers.
+    BestEffort,
+    /// Matches reliable publishers only.
+    Reliable,
+}
+
 /// `[ros2]`: the daemon as a ROS 2 node (src/ros2/, docs/ros2.md).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,8 +290,8 @@ pub struct Ros2Config {
     pub image_topic: String,
     /// Subscribe to `{image_topic}/compressed` (`sensor_msgs/CompressedImage`, JPEG or PNG) instead.
     pub compressed: bool,
-    /// The image subscription's reliability, "best_effort" (the sensor-data profile) or "reliable".
-    pub reliability: String,
+    /// The image subscription's reliability.
+    pub reliability: Reliability,
     /// The image subscription's history depth (keep last N).
     pub depth: u32,
     /// `std_msgs/String` topic of the caption texts; empty: not published.
@@ -297,7 +307,7 @@ impl Default for Ros2Config {
             domain_id: 0,
             image_topic: "/camera/image_raw".into(),
             compressed: false,
-            reliability: "best_effort".into(),
+            reliability: Reliability::BestEffort,
             depth: 1,
             caption_topic: "/clipcap/caption".into(),
             caption_json_topic: "/clipcap/caption_json".into(),

@@ -101,17 +101,18 @@ struct SlotState {
 impl FrameSlot {
     /// Makes `image` the newest frame; true when it replaced one that was never taken (a dropped frame).
     pub fn put(&self, image: Pixels, origin: String) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let dropped = s.waiting();
-        s.store(image, origin, None, None);
-        dropped
+        self.put_newest(image, origin, None)
     }
 
     /// [`FrameSlot::put`] for a ROS 2 image, keeping its header.
     pub fn put_with_header(&self, image: Pixels, origin: String, header: Header) -> bool {
+        self.put_newest(image, origin, Some(header))
+    }
+
+    fn put_newest(&self, image: Pixels, origin: String, header: Option<Header>) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let dropped = s.waiting();
-        s.store(image, origin, None, Some(header));
+        s.store(image, origin, None, header);
         dropped
     }
 

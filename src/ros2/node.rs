@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,7 +17,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::image::{CompressedImage, Image, Refused, RosImage};
 use crate::capture::{FrameSlot, SourceStatus};
-use crate::config::Ros2Config;
+use crate::config::{Reliability, Ros2Config};
 use crate::service::Published;
 use crate::shutdown::{Shutdown, Worker};
 
@@ -60,12 +61,6 @@ pub fn validate(config: &Ros2Config) -> Result<(), String> {
         }
         Name::parse(&topic).map_err(|e| format!("ros2.{key}: {topic:?} is not a ROS 2 topic name: {e}"))?;
     }
-    if !["best_effort", "reliable"].contains(&config.reliability.as_str()) {
-        return Err(format!(
-            "ros2.reliability = {:?} is not \"best_effort\" or \"reliable\"",
-            config.reliability
-        ));
-    }
     if config.depth == 0 {
         return Err("ros2.depth must be >= 1".into());
     }
@@ -89,17 +84,17 @@ pub fn spawn(
             NodeOptions::new().enable_rosout(false).start_parameter_services(false),
         )
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot create the node: {e:?}"))?;
+    let topic = image_topic(config);
     let images = match feed {
         None => None,
-        Some(feed) if config.compressed => Some(Images::Compressed(subscribe(&mut node, config)?, feed)),
-        Some(feed) => Some(Images::Raw(subscribe(&mut node, config)?, feed)),
+        Some(feed) if config.compressed => Some(Images::Compressed(subscribe(&mut node, config, &topic)?, feed)),
+        Some(feed) => Some(Images::Raw(subscribe(&mut node, config, &topic)?, feed)),
     };
     let text = publisher(&mut node, &config.caption_topic)?;
     let json = publisher(&mut node, &config.caption_json_topic)?;
     let spinner = node
         .spinner()
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot start the node: {e:?}"))?;
-    let topic = image_topic(config);
     tracing::info!(
         "ROS 2: node /clipcap in domain {}{}{}",
         config.domain_id,
@@ -149,23 +144,20 @@ enum Images {
     Compressed(Subscription<CompressedImage>, Feed),
 }
 
-fn subscribe<M: RosImage>(node: &mut Node, config: &Ros2Config) -> anyhow::Result<Subscription<M>> {
+/// The subscription to `topic` (the configured image topic), with the configured QoS.
+fn subscribe<M: RosImage>(node: &mut Node, config: &Ros2Config, topic: &str) -> anyhow::Result<Subscription<M>> {
     let mut qos = QosProfile::subscription_default().history(History::KeepLast {
         depth: config.depth as usize,
     });
-    if config.reliability == "reliable" {
+    if config.reliability == Reliability::Reliable {
         qos = qos.reliability_reliable(ros2_client::qos::WhenFull::DEFAULT);
     }
     let (package, name) = M::TYPE;
-    let topic = node
-        .create_topic(
-            &Name::parse(&image_topic(config))?,
-            MessageTypeName::new(package, name),
-            &qos,
-        )
-        .map_err(|e| anyhow::anyhow!("ROS 2: topic {}: {e:?}", image_topic(config)))?;
-    node.create_subscription(&topic, Some(qos))
-        .map_err(|e| anyhow::anyhow!("ROS 2: cannot subscribe to {}: {e:?}", image_topic(config)))
+    let dds_topic = node
+        .create_topic(&Name::parse(topic)?, MessageTypeName::new(package, name), &qos)
+        .map_err(|e| anyhow::anyhow!("ROS 2: topic {topic}: {e:?}"))?;
+    node.create_subscription(&dds_topic, Some(qos))
+        .map_err(|e| anyhow::anyhow!("ROS 2: cannot subscribe to {topic}: {e:?}"))
 }
 
 /// A `std_msgs/String` publisher on `topic` (reliable, keep last 10: ROS 2's default), none if empty.
@@ -188,7 +180,7 @@ fn publisher(node: &mut Node, topic: &str) -> anyhow::Result<Option<Publisher<St
 async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed: &Feed, counters: &Counters) {
     let mut images = pin!(sub.async_stream());
     let mut check = tokio::time::interval(Duration::from_millis(500));
-    let mut up = false;
+    let up = || feed.status.up.load(Ordering::Relaxed);
     // The node counts a subscription's publishers only once one was matched (before, it logs an
     // error for each count): until then, wait for that match instead.
     let mut matched = false;
@@ -198,9 +190,8 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
         tokio::select! {
             next = images.next() => match next {
                 Some(Ok((message, _))) => {
-                    if !up {
+                    if !up() {
                         feed.status.set_up();
-                        up = true;
                     }
                     match message.into_frame(feed.max_pixels) {
                         (header, Ok(pixels)) => {
@@ -229,21 +220,18 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
             () = sub.wait_for_publisher(node), if !matched => {
                 matched = true;
                 tracing::info!("ROS 2: a publisher on {topic} matched");
-                if !up {
+                if !up() {
                     feed.status.set_up();
-                    up = true;
                 }
             }
             _ = check.tick(), if matched => {
                 let publishers = sub.get_publisher_count(node);
                 counters.publishers.set(publishers as i64);
                 let quiet = feed.status.since_last_frame().is_none_or(|s| s > 1.0);
-                if publishers > 0 && !up {
+                if publishers > 0 && !up() {
                     feed.status.set_up();
-                    up = true;
-                } else if publishers == 0 && up && quiet {
+                } else if publishers == 0 && up() && quiet {
                     feed.status.fail(format!("no publisher on {topic} any more"));
-                    up = false;
                 }
             }
         }
