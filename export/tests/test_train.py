@@ -43,6 +43,37 @@ def test_loss_scores_caption_tokens_only_and_keeps_exclamation_marks(tokenizer):
     assert abs(float(ce) - alone) < 1e-3 * alone
 
 
+def test_loss_and_gradients_equal_pytorchs_cross_entropy_over_the_lm_head():
+    """The chunked vocabulary-wide loss (train.py) against the plain one it replaces: 150 tokens, so
+    several chunks and a partial last one; the head is tied to the token embeddings."""
+    models = build_models(Source.random("tiny"))
+    gpt = models.gpt
+    tokens = torch.randint(0, gpt.config.vocab_size, (10, 15), generator=torch.Generator().manual_seed(0))
+    batch = collate([(torch.randn(32), t) for t in tokens])
+
+    def loss_and_gradients(plain: bool):
+        gpt.zero_grad(set_to_none=True)
+        models.clipcap.clip_project.zero_grad(set_to_none=True)
+        if plain:
+            embeds, ids, mask = batch
+            prefix = models.clipcap.prefix(embeds)
+            k = prefix.shape[1]
+            hidden = gpt.transformer(inputs_embeds=torch.cat([prefix, gpt.transformer.wte(ids)], 1)).last_hidden_state
+            ce = torch.nn.functional.cross_entropy(gpt.lm_head(hidden[:, k - 1:-1].reshape(-1, hidden.shape[-1])),
+                                                   ids.reshape(-1), reduction="sum")
+        else:
+            ce, _ = CaptionLoss(models)(*batch)
+        ce.backward()
+        return ce.item(), {n: p.grad.clone() for n, p in models.clipcap.named_parameters() if p.grad is not None}
+
+    plain, chunked = loss_and_gradients(True), loss_and_gradients(False)
+    assert abs(chunked[0] - plain[0]) < 1e-5 * plain[0]
+    assert chunked[1].keys() == plain[1].keys() and "gpt.transformer.wte.weight" in plain[1]
+    for name, grad in plain[1].items():
+        # float32 sums in another order: differences of a millionth of the gradient's largest element
+        torch.testing.assert_close(chunked[1][name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()), msg=name)
+
+
 def _train_args(embeddings, gpt2_files, out, extra=()):
     return ["train", "--embeddings", str(embeddings), "--gpt2", "random:tiny", "--tokenizer-dir", str(gpt2_files),
             "--out", str(out), "--batch-size", "8", "--epochs", "1", "--no-shuffle", "--dropout", "0",
