@@ -7,6 +7,7 @@
 # (its queue), the crashes and the hangs. Fails when a target saved a crash or a hang: the inputs are
 # in target/afl/findings/TARGET/default/{crashes,hangs}/; each becomes a regression test in
 # fuzz/regressions/TARGET/ with its fix. The HTTP targets need the release build and the demo bundle.
+# AFL_OPT_LEVEL (cargo-afl's; default 3) sets the targets' optimisation: lower builds faster, runs slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}

@@ -115,10 +115,11 @@ step "llama.cpp for scripts/bench_rivals.py (export/.venv, .cache/llama.cpp)"
 # llama_decode segfaults in ggml_backend_amx_mul_mat on the tests' tiny GGUF files. -U of the
 # compiler's own __AMX_INT8__ is what compiles them out, since -march=native is added after CXXFLAGS.
 # --no-cache-dir: pip's wheel cache does not key on these flags. A build with AMX is replaced.
+# LLAVA_BUILD=OFF leaves out the multimodal library (mtmd), which bench_rivals does not load.
 if ! export/.venv/bin/python -c 'import llama_cpp, sys
 sys.exit("AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode())' 2>/dev/null; then
     export/.venv/bin/pip uninstall -q -y llama-cpp-python 2>/dev/null || true
-    CFLAGS=-U__AMX_INT8__ CXXFLAGS=-U__AMX_INT8__ CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    CFLAGS=-U__AMX_INT8__ CXXFLAGS=-U__AMX_INT8__ CMAKE_ARGS=-DLLAVA_BUILD=OFF CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
         export/.venv/bin/pip install -q --disable-pip-version-check --no-cache-dir "llama-cpp-python==$LLAMA_CPP_PYTHON"
 fi
 if [ ! -f .cache/llama.cpp/convert_hf_to_gguf.py ]; then
