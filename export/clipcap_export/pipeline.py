@@ -106,7 +106,7 @@ class DemoRecipe:
 
 
 # The demo: a world small and regular enough to learn on two CPU cores in about a quarter of an hour
-# (`full`, what demo/bundle is), and a smaller one that CI trains end to end in about 8 minutes (`ci`).
+# (`full`, what demo/bundle is), and a smaller one that CI trains end to end in about 7 minutes (`ci`).
 DEMO_RECIPES = {
     "full": DemoRecipe(world=dict(train=8000, val=200, test=200), clip_steps=2000, clip_lr=2e-3,
                        clip_attribute_weight=3.0, clip_shift=3,

@@ -1,4 +1,4 @@
-"""The offline demo, end to end as CI runs it (`demo --recipe ci`, about 10 minutes on 2 CPU cores): a
+"""The offline demo, end to end as CI runs it (`demo --recipe ci`, about 7 minutes on 2 CPU cores): a
 synthetic world, a CLIP trained contrastively on it, ClipCap trained on its embeddings, evaluated,
 exported; then the Rust runtime on the exported bundle: the same greedy captions as PyTorch, the
 same scores from `clipcap eval` as pycocoevalcap's, and the same CLIPScores as PyTorch's CLIP.
