@@ -567,9 +567,6 @@ impl Config {
             crate::ros2::validate(&self.ros2)?;
         }
         let r = &self.runtime;
-        if r.providers.is_empty() {
-            return Err("runtime.providers must name at least one provider (\"cpu\" always works)".into());
-        }
         if r.inter_threads == 0 {
             return Err("runtime.inter_threads must be >= 1".into());
         }

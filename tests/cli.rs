@@ -217,10 +217,39 @@ fn check_config_refuses_bad_daemon_settings_naming_them() {
 }
 
 #[test]
+fn a_cpu_build_is_the_quiet_default_and_only_a_provider_asked_for_is_warned_about() {
+    let image = fixtures().join("images/coffee.png");
+    let bundle = tiny_bundle();
+    let caption = |providers: Option<&str>, verbose: bool| {
+        let mut c = command();
+        if let Some(p) = providers {
+            c.env("CLIPCAP__RUNTIME__PROVIDERS", p);
+        }
+        c.args(["caption", "--bundle", bundle.to_str().unwrap(), image.to_str().unwrap()])
+            .args(verbose.then_some("-v"));
+        let out = c.env_remove("RUST_LOG").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    // The wheel's library is a CPU build: by default that is the expected path, not a warning.
+    assert_eq!(caption(None, false), "");
+    let noted = caption(None, true);
+    let lines: Vec<&str> = noted.lines().filter(|l| l.contains("clipcap_core::runtime")).collect();
+    assert_eq!(lines.len(), 1, "{noted}");
+    assert!(lines[0].contains("INFO") && lines[0].contains("has no tensorrt or cuda provider; using cpu"));
+    // Asked for by name, a missing provider is a warning.
+    let warned = caption(Some("cuda,cpu"), false);
+    assert!(
+        warned.contains("WARN") && warned.contains("execution provider cuda is not in this ONNX Runtime build"),
+        "{warned}"
+    );
+}
+
+#[test]
 fn the_same_binary_runs_on_an_older_onnx_runtime() {
     // api-17 asks ONNX Runtime for nothing newer than 1.17, so older builds (as Jetson images ship) work.
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");
-    assert!(lib.is_file(), "{} missing: run scripts/setup.sh", lib.display());
+    assert!(lib.is_file(), "{} missing: run scripts/setup-lab.sh", lib.display());
     let r = &references("greedy")[0];
     let bundle = tiny_bundle();
     let out = command()

@@ -4,16 +4,17 @@
 //! oldest that serves (api-17: ONNX Runtime 1.17 or newer; tested with 1.19.2, tests/cli.rs, and the
 //! pinned 1.23.2, [`PINNED_WHEEL`]), so the same binary runs on the runtime builds that
 //! Jetson images ship as well as on the pinned wheel used here. Execution providers are registered in
-//! the configured order, and each node runs on the first that takes it; one that this build of ONNX
-//! Runtime lacks, or that fails to start (no GPU, missing CUDA libraries), is skipped with a warning,
-//! and CPU is always the last resort. The GPU providers'
-//! options are built in `providers`.
+//! the configured order (by default the best this build has: TensorRT, CUDA, CPU), and each node runs
+//! on the first that takes it; one that this build of ONNX Runtime lacks is skipped (noted at info
+//! level when the default list names it, a warning when the configuration does), one that fails to
+//! start (no GPU, missing CUDA libraries) with a warning, and CPU is always the last resort. The GPU
+//! providers' options are built in `providers`.
 
 mod providers;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
@@ -27,6 +28,9 @@ use crate::bundle::TensorSpec;
 
 pub use providers::Arena;
 
+/// The providers tried when none are configured, best first.
+pub const AUTOMATIC: [Provider; 3] = [Provider::Tensorrt, Provider::Cuda, Provider::Cpu];
+
 /// The library file name the system loader is asked for when nothing else is configured.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
 /// The wheel whose `libonnxruntime.so` this project is tested with.
@@ -36,7 +40,7 @@ pub const PINNED_WHEEL: &str = "onnxruntime==1.23.2";
 pub enum RuntimeError {
     #[error(
         "cannot load ONNX Runtime from {path}: {source}\n\
-         Install it with `pip install {PINNED_WHEEL}` (scripts/setup.sh does) and point \
+         Install it with `pip install {PINNED_WHEEL}` (scripts/setup.sh takes it from that wheel) and point \
          runtime.onnxruntime_library in the config, or ORT_DYLIB_PATH, at \
          <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>"
     )]
@@ -91,7 +95,7 @@ pub struct RuntimeOptions {
     /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the executable's folder, then the
     /// system's library search path.
     pub onnxruntime_library: PathBuf,
-    /// Execution providers in order of preference; unavailable ones are skipped with a warning.
+    /// Execution providers in order of preference; empty: [`AUTOMATIC`], those this build has.
     pub providers: Vec<Provider>,
     /// Threads inside one operator; 0 lets ONNX Runtime choose (one per core).
     pub intra_threads: usize,
@@ -114,7 +118,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             onnxruntime_library: PathBuf::new(),
-            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+            providers: Vec::new(),
             intra_threads: 0,
             inter_threads: 1,
             gpu_device: 0,
@@ -153,18 +157,32 @@ impl Runtime {
                 }
             }
         };
-        let (providers, missing) = usable(&options.providers, |p| match p {
+        let explicit = !options.providers.is_empty();
+        let wanted = if explicit {
+            &options.providers[..]
+        } else {
+            &AUTOMATIC[..]
+        };
+        let (providers, missing) = usable(wanted, |p| match p {
             Provider::Tensorrt => ep::TensorRT::is_available(),
             Provider::Cuda => ep::CUDA::is_available(),
             Provider::Cpu => Ok(true),
         })?;
+        // Said once a process: every later `init` finds the same library. A GPU provider missing from
+        // a CPU build is the expected path unless the configuration asked for it.
+        static REPORTED: Once = Once::new();
         if !missing.is_empty() {
-            tracing::warn!(
-                "execution providers {} are not in this ONNX Runtime build ({}); using {}",
-                missing.join(", "),
-                path.display(),
-                providers.first().map_or("cpu", |p| p.name())
-            );
+            REPORTED.call_once(|| {
+                let (missing, library) = (missing.join(" or "), path.display());
+                let using = providers.first().map_or("cpu", |p| p.name());
+                if explicit {
+                    tracing::warn!(
+                        "execution provider {missing} is not in this ONNX Runtime build ({library}); using {using}"
+                    );
+                } else {
+                    tracing::info!("this ONNX Runtime build ({library}) has no {missing} provider; using {using}");
+                }
+            });
         }
         Ok(Runtime {
             env,
