@@ -8,13 +8,19 @@ a greedy caption of a fixed length from a prefix of embeddings, on GPT-2 with th
   runtime itself);
 - llama.cpp F32, F16, Q8_0 and Q4_0: the same weights converted to GGUF with llama.cpp's own
   converter, driven through llama-cpp-python's C API with the prefix fed as embeddings
-  (`llama_batch.embd`); installed by scripts/setup.sh (`--no-llama` leaves them out);
+  (`llama_batch.embd`); built by scripts/setup-rivals.sh, which this script runs on first use
+  (`--no-llama` leaves them out);
 - clipcap: `clipcap bench --json` on the same bundle, and on each `--quantized` copy of it
   (`clipcap-export quantize`), in a subprocess, between the rounds.
 
 `--device cuda` runs PyTorch on the GPU and ONNX Runtime (from Python, and clipcap) with its CUDA
 provider, for a machine with an NVIDIA GPU and the onnxruntime-gpu wheel (llama.cpp stays out: the
-build setup.sh makes is for the CPU).
+build setup-rivals.sh makes is for the CPU).
+
+The systems that compute in fp32 on the same weights (PyTorch with a KV cache, ONNX Runtime, llama.cpp
+F32) must choose the reference loop's tokens: if one does not, the run fails before any timing,
+naming it and its tokens. The 16-, 8- and 4-bit ones may differ; their share of the reference's
+tokens is reported.
 
 Rounds alternate between the systems, so that drift of a noisy machine spreads over all of them.
 Per-step time is counted as clipcap's `model/step`: (prefix pass + steps) / steps, a caption of
@@ -23,7 +29,6 @@ Per-step time is counted as clipcap's `model/step`: (prefix pass + steps) / step
 
     (cd export && .venv/bin/clipcap-export bundle --random-init full --max-tokens 20 --out /tmp/full20 &&
      for q in int8 int4; do .venv/bin/clipcap-export quantize /tmp/full20 --precision $q --out /tmp/full20-$q; done)
-    bash scripts/setup.sh  # once: it also builds llama-cpp-python and brings llama.cpp's converter
     export/.venv/bin/python scripts/bench_rivals.py --bundle /tmp/full20 --quantized /tmp/full20-int8 /tmp/full20-int4
 """
 
@@ -47,9 +52,11 @@ import torch
 from clipcap_export.models import Source, load_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
-LLAMA_SOURCE = REPO / ".cache" / "llama.cpp"  # llama.cpp's converter, put there by scripts/setup.sh
+LLAMA_SOURCE = REPO / ".cache" / "llama.cpp"  # llama.cpp's converter, put there by scripts/setup-rivals.sh
 # llama.cpp's file types, named as llama.cpp names them; Q4_0 is made from F32 by llama.cpp's quantiser.
 GGUF_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": None}
+# The rivals that compute what the reference loop computes, in fp32 on the same weights.
+MUST_AGREE = ("pytorch-kv", "onnxruntime", "llama.cpp F32")
 
 
 def reference(model, prefix: torch.Tensor, tokens: int) -> list[int]:
@@ -188,6 +195,27 @@ class LlamaLoop:
         return out
 
 
+def set_up_llama(source: Path) -> None:
+    """llama-cpp-python and llama.cpp's converter, built by scripts/setup-rivals.sh on first use."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: building it with scripts/setup-rivals.sh (once)", file=sys.stderr)
+        subprocess.run(["bash", str(REPO / "scripts" / "setup-rivals.sh")], check=True)
+    if not (source / "convert_hf_to_gguf.py").is_file():
+        sys.exit(f"{source}: no convert_hf_to_gguf.py (scripts/setup-rivals.sh puts llama.cpp's there)")
+
+
+def check_agreement(outputs: dict[str, list[int]]) -> None:
+    """Fails the run when a rival of MUST_AGREE chose other tokens than the reference loop."""
+    truth = outputs["reference"]
+    wrong = [name for name in MUST_AGREE if name in outputs and outputs[name] != truth]
+    if wrong:
+        lines = "\n".join(f"  {name:<14} {outputs[name]}" for name in wrong)
+        sys.exit(f"bench_rivals: FAILED: {', '.join(wrong)} chose other tokens than the reference loop, which "
+                 f"fp32 on the same weights must reproduce:\n  {'reference':<14} {truth}\n{lines}")
+
+
 def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int, device: str) -> dict:
     env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads),
                CLIPCAP__RUNTIME__PROVIDERS="cuda,cpu" if device == "cuda" else "cpu")
@@ -213,7 +241,7 @@ def main() -> None:
     p.add_argument("--clipcap", type=Path, default=REPO / "target/release/clipcap")
     p.add_argument("--image", type=Path, default=REPO / "tests/fixtures/images/coffee.png")
     p.add_argument("--llama-source", type=Path, default=LLAMA_SOURCE,
-                   help="llama.cpp's source folder, for its GGUF converter (default: where setup.sh puts it)")
+                   help="llama.cpp's source folder, for its GGUF converter (default: where setup-rivals.sh puts it)")
     p.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: PyTorch on the GPU, ONNX Runtime with its CUDA provider (needs --no-llama)")
@@ -235,12 +263,7 @@ def main() -> None:
     if args.device == "cuda" and not args.no_llama:
         sys.exit("--device cuda: pass --no-llama too (llama-cpp-python is built for the CPU here)")
     if not args.no_llama:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            sys.exit("llama-cpp-python is not installed: run `bash scripts/setup.sh`, or pass --no-llama")
-        if not (args.llama_source / "convert_hf_to_gguf.py").is_file():
-            sys.exit(f"{args.llama_source}: no convert_hf_to_gguf.py; run `bash scripts/setup.sh`")
+        set_up_llama(args.llama_source)
     config, seed = source.removeprefix("random:").split(" seed=")
     torch.set_num_threads(args.threads)
     model = load_gpt2(Source.random(config, int(seed))).eval().to(args.device)
@@ -263,6 +286,7 @@ def main() -> None:
             systems[f"llama.cpp {name}"] = lambda loop=loop: loop(prefix, tokens)
     with torch.inference_mode():
         outputs = {name: run() for name, run in systems.items()}  # warm-up, and the tokens to compare
+        check_agreement(outputs)
         times: dict[str, list[float]] = {name: [] for name in [*systems, *(f"clipcap {b}" for b in bundles)]}
         steps = []
         for _ in range(args.rounds):
@@ -277,7 +301,6 @@ def main() -> None:
     work.cleanup()
 
     truth = outputs["reference"]
-    agree = outputs["pytorch-kv"] == outputs["onnxruntime"] == truth
     base = statistics.median(times["clipcap fp32"])
     rows = [
         dict(system=name, caption_ms=statistics.median(t), ms_per_step=statistics.median(t) / (tokens - 1),
@@ -290,11 +313,11 @@ def main() -> None:
     ]
     if args.json:
         print(json.dumps(dict(tokens=tokens, threads=args.threads, rounds=args.rounds, clipcap_steps=steps,
-                              same_tokens=agree, systems=rows), indent=2))
+                              systems=rows), indent=2))
         return
     print(f"greedy, {tokens} tokens ({tokens - 1} steps after the prefix pass), {args.threads} threads, "
           f"medians of {args.rounds} alternating rounds; clipcap's steps: {steps}")
-    print(f"reference, pytorch-kv and onnxruntime chose the same tokens: {agree}")
+    print(f"{', '.join(n for n in MUST_AGREE if n in outputs)} chose the reference loop's tokens")
     print(f"{'system':<16} {'caption ms':>11} {'ms/step':>8} {'x clipcap fp32':>15} {'tokens as reference':>20}")
     for r in rows:
         share = "" if r["token_agreement"] is None else f"{r['token_agreement']:.0%}"
