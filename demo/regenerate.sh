@@ -5,7 +5,7 @@
 # with their ground-truth captions (annotations.json, COCO format), the PyTorch reference captions
 # the Rust tests compare against, the evaluation report (with evaluation-before.md, the recipe before
 # the attribute fix, appended), and eval/: `clipcap eval` of five decoders on the 200 held-out images.
-# Needs scripts/setup.sh's build (target/release).
+# Needs scripts/setup.sh's build (target/release) and the export tool (scripts/setup-export.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONWARNINGS=ignore

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of every parser of outside input (the harnesses of fuzz/src/lib.rs) with
-# AFL++, through cargo-afl (scripts/setup.sh installs it):
+# AFL++, through cargo-afl (installed and AFL++ built by this script on first use):
 #   bash scripts/fuzz.sh SECONDS [TARGET...]      (default: every target of fuzz/corpus/)
+# Whoever changes a parser of outside input runs it (docs/reliability.md); scripts/test.sh only keeps
+# the targets compiling and replays their corpora (fuzz/tests/corpus.rs).
 # builds the targets instrumented (in target/afl), fuzzes each for SECONDS from its committed corpus
 # fuzz/corpus/TARGET/, and prints per target the executions, the inputs AFL++ kept for new coverage
 # (its queue), the crashes and the hangs. Fails when a target saved a crash or a hang: the inputs are
@@ -18,6 +20,13 @@ else
     targets=()
     for dir in fuzz/corpus/*/; do targets+=("$(basename "$dir")"); done
 fi
+
+CARGO_AFL=0.18.2
+# cargo-afl builds AFL++ from the sources in its crate (make and gcc; no LLVM plugins needed).
+command -v cargo-afl >/dev/null || cargo install --locked cargo-afl --version "=$CARGO_AFL"
+# afl-fuzz -h exits 1 even when AFL++ is built: its banner tells.
+afl_help=$(cargo afl fuzz -h 2>&1 || true)
+[[ $afl_help == *afl-fuzz++* ]] || cargo afl config --build
 
 export CARGO_TARGET_DIR=target/afl
 cargo afl build --release --locked -p clipcap-fuzz --features afl --bins

@@ -5,7 +5,7 @@
 # finish within 10 minutes on a data-centre GPU with 16 cores; everything goes to OUT (default
 # target/gpu-bench), the tables to OUT/tables.md.
 #
-# Needs scripts/setup.sh's build and export virtualenv, with two changes the machine must already
+# Needs scripts/setup.sh's build and the export virtualenv (scripts/setup-export.sh), with two changes the machine must already
 # have or be able to install: the `onnxruntime-gpu` wheel in place of `onnxruntime` (its library
 # brings the CUDA and TensorRT providers; TensorRT's own libraries must be on the loader's path for
 # the TensorRT rows), and a CUDA build of PyTorch for the PyTorch rows. Both ONNX Runtime wheels

@@ -1,4 +1,4 @@
-//! The aarch64 build (scripts/cross.sh) run under qemu-user with the aarch64 onnxruntime wheel's
+//! The aarch64 build (`scripts/cross.sh --test`, the cross-test profile) run under qemu-user with the aarch64 onnxruntime wheel's
 //! library: the same captions and token ids as this x86-64 build, on the tiny and the demo bundle,
 //! greedy and beam search (both from a decoder plugin), and on the oldest ONNX Runtime the project
 //! supports (api-17; the oldest wheel with the C library).
@@ -19,11 +19,19 @@ fn root() -> &'static Path {
 /// `clipcap` for aarch64, run by qemu-user on `library` (a folder of .cache), with the plugins
 /// cross.sh built next to it.
 fn aarch64(library: &str) -> Command {
-    let build = root().join("target").join(TARGET).join("release");
+    let build = root().join("target").join(TARGET).join("cross-test");
     let binary = build.join("clipcap");
-    assert!(binary.is_file(), "{} missing: run scripts/cross.sh", binary.display());
+    assert!(
+        binary.is_file(),
+        "{} missing: run scripts/cross.sh --test",
+        binary.display()
+    );
     let library = root().join(".cache").join(library).join("libonnxruntime.so");
-    assert!(library.is_file(), "{} missing: run scripts/setup.sh", library.display());
+    assert!(
+        library.is_file(),
+        "{} missing: run scripts/cross.sh and scripts/setup-lab.sh",
+        library.display()
+    );
     let mut command = Command::new("qemu-aarch64");
     command
         .args(["-L", "/usr/aarch64-linux-gnu"])
@@ -109,7 +117,7 @@ fn the_aarch64_build_runs_on_the_oldest_onnx_runtime_and_lists_the_same_plugins(
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|line| !line.starts_with("refused "))
-            .map(|line| line.replace(&format!("target/{TARGET}/release"), "target/release"))
+            .map(|line| line.replace(&format!("target/{TARGET}/cross-test"), "target/release"))
             .collect::<Vec<_>>()
     };
     let x86 = listed(x86_64());

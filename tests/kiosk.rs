@@ -25,7 +25,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver (Debian package chromium-driver; scripts/setup.sh installs it)");
+            .expect("chromedriver (Debian package chromium-driver; scripts/setup-lab.sh installs it)");
         let mut browser = Browser {
             driver,
             session: format!("http://127.0.0.1:{port}/session"),

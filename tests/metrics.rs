@@ -271,7 +271,9 @@ fn jar() -> PathBuf {
         &root.join("export/.venv/lib"),
         "pycocoevalcap/tokenizer/stanford-corenlp-3.4.1.jar",
     );
-    found.unwrap_or_else(|| panic!("pycocoevalcap's PTBTokenizer jar not found in export/.venv (run scripts/setup.sh)"))
+    found.unwrap_or_else(|| {
+        panic!("pycocoevalcap's PTBTokenizer jar not found in export/.venv (run scripts/setup-lab.sh)")
+    })
 }
 
 /// `lib/python3.X/site-packages/<tail>` under `lib`.
@@ -297,7 +299,7 @@ fn the_tokenizer_equals_stanfords_ptbtokenizer() {
         .args(["edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"])
         .arg(&file)
         .output()
-        .expect("java (Debian default-jre-headless; scripts/setup.sh installs it)");
+        .expect("java (Debian default-jre-headless; scripts/setup-lab.sh installs it)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = String::from_utf8(out.stdout).unwrap();
     let got = ptb::tokenize(&text);
@@ -372,7 +374,7 @@ fn pycocoevalcap(results: &Path, annotations: &Path) -> Value {
         .arg(root.join("tests/metrics/pycocoevalcap_scores.py"))
         .args([results, annotations])
         .output()
-        .expect("export/.venv (scripts/setup.sh)");
+        .expect("export/.venv (scripts/setup-lab.sh)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

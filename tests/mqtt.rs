@@ -66,7 +66,7 @@ impl Broker {
             .arg(&passwd)
             .args([USER, PASSWORD])
             .status()
-            .expect("mosquitto_passwd (Debian's mosquitto; scripts/setup.sh installs it)");
+            .expect("mosquitto_passwd (Debian's mosquitto; scripts/setup-lab.sh installs it)");
         assert!(status.success());
         std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
         std::fs::write(d.join("wrong-password"), "not-it\n").unwrap();

@@ -106,7 +106,8 @@ fn publish_images(dir: &Path, topic: &str, images: &[Value]) -> Value {
     let name = topic.replace('/', "-");
     let (mut peer, out) = cyclone_peer(dir, &name, json!({"domain": DOMAIN, "topic": topic, "images": images}));
     read_back(
-        peer.output().expect("export/.venv with cyclonedds (scripts/setup.sh)"),
+        peer.output()
+            .expect("export/.venv with cyclonedds (scripts/setup-lab.sh)"),
         &out,
     )
 }

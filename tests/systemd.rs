@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 fn run(command: &mut Command) -> Output {
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e} (scripts/setup.sh installs it)"));
+        .unwrap_or_else(|e| panic!("{command:?}: {e} (scripts/setup-lab.sh installs it)"));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     assert!(
         output.status.success(),

