@@ -44,10 +44,13 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from transformers import GPT2LMHeadModel
 
 from clipcap_export.models import Source, load_gpt2
 
@@ -59,7 +62,7 @@ GGUF_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": None}
 MUST_AGREE = ("pytorch-kv", "onnxruntime", "llama.cpp F32")
 
 
-def reference(model, prefix: torch.Tensor, tokens: int) -> list[int]:
+def reference(model: GPT2LMHeadModel, prefix: torch.Tensor, tokens: int) -> list[int]:
     embeds, out = prefix, []
     for _ in range(tokens):
         logits = model(inputs_embeds=embeds).logits[:, -1]
@@ -69,7 +72,7 @@ def reference(model, prefix: torch.Tensor, tokens: int) -> list[int]:
     return out
 
 
-def pytorch_kv(model, prefix: torch.Tensor, tokens: int) -> list[int]:
+def pytorch_kv(model: GPT2LMHeadModel, prefix: torch.Tensor, tokens: int) -> list[int]:
     result = model(inputs_embeds=prefix, use_cache=True)
     token, out = result.logits[:, -1].argmax(-1), []
     for _ in range(tokens - 1):
@@ -81,7 +84,7 @@ def pytorch_kv(model, prefix: torch.Tensor, tokens: int) -> list[int]:
 
 
 class OnnxLoop:
-    def __init__(self, path: Path, spec: dict, threads: int, providers: list[str]):
+    def __init__(self, path: Path, spec: dict, threads: int, providers: list[str]) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -97,7 +100,7 @@ class OnnxLoop:
         feeds = {"prefix_embeds": prefix, "input_ids": np.zeros((1, 0), np.int64), **past}
         out = []
         for step in range(tokens):
-            results = dict(zip(self.outputs, self.session.run(None, feeds)))
+            results = dict(zip(self.outputs, self.session.run(None, feeds), strict=True))
             token = int(results["logits"][0].argmax())
             out.append(token)
             if step == tokens - 1:
@@ -113,7 +116,7 @@ class OnnxLoop:
 _QUIET = []  # llama.cpp's log callback, referenced for as long as llama.cpp holds it
 
 
-def quiet_llama_cpp():
+def quiet_llama_cpp() -> ModuleType:
     """llama_cpp, with its log (every tensor as a model loads or is quantised) silenced."""
     import llama_cpp
 
@@ -123,7 +126,7 @@ def quiet_llama_cpp():
     return llama_cpp
 
 
-def gguf_files(model, bundle: Path, work: Path, source: Path) -> dict[str, Path]:
+def gguf_files(model: GPT2LMHeadModel, bundle: Path, work: Path, source: Path) -> dict[str, Path]:
     """The model in each of GGUF_TYPES, converted by llama.cpp's own convert_hf_to_gguf.py."""
     llama_cpp = quiet_llama_cpp()
 
@@ -155,7 +158,7 @@ class LlamaLoop:
     """Greedy decoding on llama.cpp: the prefix goes in as embeddings (llama_batch_init with embd =
     width), then one token per step, as clipcap does it."""
 
-    def __init__(self, path: Path, width: int, prefix_length: int, tokens: int, threads: int):
+    def __init__(self, path: Path, width: int, prefix_length: int, tokens: int, threads: int) -> None:
         ll = quiet_llama_cpp()
 
         self.ll = ll
@@ -172,7 +175,7 @@ class LlamaLoop:
         self.prefix = ll.llama_batch_init(prefix_length, width, 1)
         self.token = ll.llama_batch_init(1, 0, 1)
 
-    def _decode(self, batch, positions: range) -> int:
+    def _decode(self, batch: Any, positions: range) -> int:
         """Feeds `batch` at `positions`; the greedy choice after its last position."""
         for i, pos in enumerate(positions):
             batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = pos, 1, 0
@@ -220,7 +223,8 @@ def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: i
     env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads),
                CLIPCAP__RUNTIME__PROVIDERS="cuda,cpu" if device == "cuda" else "cpu")
     out = subprocess.run(
-        [str(binary), "bench", "--json", "--runs", str(runs), "--bundle", str(bundle), "--decoder", "greedy", str(image)],
+        [str(binary), "bench", "--json", "--runs", str(runs), "--bundle", str(bundle), "--decoder", "greedy",
+         str(image)],
         check=True, capture_output=True, text=True, env=env,
     )
     return json.loads(out.stdout)
@@ -307,7 +311,7 @@ def main() -> None:
              vs_clipcap=statistics.median(t) / base,
              # the share of the reference loop's tokens this system chose too (clipcap's own
              # agreement with PyTorch is tested in export/tests)
-             token_agreement=(sum(a == b for a, b in zip(outputs[name], truth)) / tokens
+             token_agreement=(sum(a == b for a, b in zip(outputs[name], truth, strict=True)) / tokens
                               if name in outputs else None))
         for name, t in times.items()
     ]

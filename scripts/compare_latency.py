@@ -36,7 +36,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(args, compare: list[str]) -> dict:
+def run(args: argparse.Namespace, compare: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
@@ -64,7 +64,7 @@ def run(args, compare: list[str]) -> dict:
             arrived: dict[str, float] = {}
             captions: list[dict] = []
 
-            def listen():
+            def listen() -> None:
                 stream = urllib.request.urlopen(f"{url}/v1/captions/stream")
                 event = None
                 for line in stream:
@@ -101,7 +101,7 @@ def run(args, compare: list[str]) -> dict:
                 compare_counters={k: v for k, v in counted.items() if "_total" in k})
 
 
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default=str(REPO / "demo" / "bundle"))
     p.add_argument("--images", default=str(REPO / "demo" / "images"))

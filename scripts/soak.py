@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ def proc_status(pid: int) -> dict:
 
 
 class Soak:
-    def __init__(self, work: Path, port: int):
+    def __init__(self, work: Path, port: int) -> None:
         self.work, self.port = work, port
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -71,7 +70,7 @@ class Soak:
         self.scrapes = 0
         self.failures = []
 
-    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60):
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers={"Host": "127.0.0.1"})
@@ -80,7 +79,7 @@ class Soak:
         finally:
             conn.close()
 
-    def feed(self):
+    def feed(self) -> None:
         n = 0
         while not self.stop.wait(0.5):
             image = IMAGES[n % len(IMAGES)]
@@ -91,7 +90,7 @@ class Soak:
             stale.unlink(missing_ok=True)
             n += 1
 
-    def upload(self, seed: int):
+    def upload(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self.stop.is_set():
             decoder, expected = rng.choice(DECODERS)
@@ -109,7 +108,7 @@ class Soak:
             # for as long as the daemon's 64-event backlog lasts would skip captions by design.
             time.sleep(rng.uniform(0.1, 0.5))
 
-    def stream(self, index: int, seed: int):
+    def stream(self, index: int, seed: int) -> None:
         """Reads the stream for 2-8 s at a time, then drops it and resumes from the last id seen."""
         rng = random.Random(seed)
         seen = []
@@ -147,7 +146,7 @@ class Soak:
                 return
             time.sleep(rng.uniform(0, 1))
 
-    def scrape(self, pid: int, samples: list):
+    def scrape(self, pid: int, samples: list) -> None:
         while not self.stop.wait(1):
             status, _ = self.request("GET", "/metrics")
             if status != 200:
@@ -155,7 +154,7 @@ class Soak:
             self.scrapes += 1
             samples.append(proc_status(pid))
 
-    def load(self, seconds: float, pid: int, samples: list, uploaders: int, streams: int):
+    def load(self, seconds: float, pid: int, samples: list, uploaders: int, streams: int) -> None:
         self.stop.clear()
         threads = [threading.Thread(target=self.feed)]
         threads += [threading.Thread(target=self.upload, args=(i,)) for i in range(uploaders)]
@@ -267,12 +266,18 @@ allow_insecure = true
         if line.startswith("clipcap_errors_total{")
     }
     peak = max(s["rss_kb"] for s in samples) if samples else after["rss_kb"]
-    print(f"soak: {args.seconds:.0f} s, {args.uploaders} uploaders, {args.streams} stream clients, /metrics scraped {soak.scrapes} times")
-    print(f"captions: {len(ids)} logged ({sum(r['source'] == 'folder' for r in logged if r['event'] == 'caption')} from the folder); uploads by status: {dict(sorted(statuses.items()))}")
+    print(f"soak: {args.seconds:.0f} s, {args.uploaders} uploaders, {args.streams} stream clients, "
+          f"/metrics scraped {soak.scrapes} times")
+    from_folder = sum(r["source"] == "folder" for r in logged if r["event"] == "caption")
+    print(f"captions: {len(ids)} logged ({from_folder} from the folder); "
+          f"uploads by status: {dict(sorted(statuses.items()))}")
     if latencies:
-        print(f"upload latency (200s): p50 {percentile(latencies, 0.5) * 1e3:.0f} ms, p99 {percentile(latencies, 0.99) * 1e3:.0f} ms, max {max(latencies) * 1e3:.0f} ms")
+        print(f"upload latency (200s): p50 {percentile(latencies, 0.5) * 1e3:.0f} ms, "
+              f"p99 {percentile(latencies, 0.99) * 1e3:.0f} ms, max {max(latencies) * 1e3:.0f} ms")
     print(f"stream clients saw {[len(s) for s in soak.streams]} captions")
-    print(f"at rest before/after: RSS {before['rss_kb']}/{after['rss_kb']} kB ({growth:+.1%}), fds {before['fds']}/{after['fds']}, threads {before['threads']}/{after['threads']}; peak RSS under load {peak} kB")
+    print(f"at rest before/after: RSS {before['rss_kb']}/{after['rss_kb']} kB ({growth:+.1%}), "
+          f"fds {before['fds']}/{after['fds']}, threads {before['threads']}/{after['threads']}; "
+          f"peak RSS under load {peak} kB")
     print(f"errors by kind: {errors}")
     for f in failures[:20]:
         print(f"FAILED: {f}")

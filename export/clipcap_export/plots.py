@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 @contextmanager
-def figure(png: Path, size: tuple[float, float]):
+def figure(png: Path, size: tuple[float, float]) -> Iterator[Axes]:
     """Axes to draw on; when the block ends, the legend is added and the figure saved to `png`."""
     import matplotlib
 

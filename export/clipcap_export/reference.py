@@ -21,6 +21,7 @@ Captions stop after a stop token (kept in the ids) or after `max_tokens` tokens.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,10 +157,13 @@ def magic(ctx: Context, top_k: int = 4, penalty_alpha: float = 0.6, beta: float 
     return contrastive(ctx, top_k, penalty_alpha, beta)
 
 
+# A decoder with its parameters bound: the token ids it chooses for one image.
+Decoder = Callable[[Context], list[int]]
+
 DECODERS = {"greedy": greedy, "beam": beam, "contrastive": contrastive, "magic": magic}
 
 
-def parse_decoder(spec: str):
+def parse_decoder(spec: str) -> Decoder:
     """`name` or `name:key=value,key=value` (the syntax of `clipcap caption --decoder`)."""
     name, _, args = spec.partition(":")
     if name not in DECODERS:
@@ -177,7 +181,7 @@ class Caption:
     image_embeds: torch.Tensor  # [embedding_dim], as the image encoder gives it
 
 
-def caption_image(models: Models, path: Path, decode, **context) -> Caption:
+def caption_image(models: Models, path: Path, decode: Decoder, **context: object) -> Caption:
     image_embeds = embed(models, preprocess(load_image(path), models.image_size))
     with torch.no_grad():
         prefix = models.clipcap.prefix(image_embeds[None])

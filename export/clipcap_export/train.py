@@ -60,7 +60,7 @@ class CaptionPairs(Dataset):
     `per_image` of each image's captions (a seeded choice, the same every epoch)."""
 
     def __init__(self, emb: EmbeddingSet, rows: list[int], tokenizer: Tokenizer, max_tokens: int,
-                 per_image: int | None = None, seed: int = 0):
+                 per_image: int | None = None, seed: int = 0) -> None:
         self.emb = emb
         rng = np.random.default_rng(seed)
         self.pairs = [(row, caption) for row in rows
@@ -68,14 +68,14 @@ class CaptionPairs(Dataset):
                                       rng.permutation(emb.records[row].captions)[:per_image].tolist())]
         self.tokens = [tokenizer.encode(c, add_special_tokens=False).ids[:max_tokens] for _, c in self.pairs]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.array(self.emb.embeddings[self.pairs[i][0]])), torch.tensor(self.tokens[i])
 
 
-def collate(batch):
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     embeds = torch.stack([b[0] for b in batch])
     length = max(len(b[1]) for b in batch)
     tokens = torch.zeros(len(batch), length, dtype=torch.long)
@@ -96,7 +96,8 @@ class _VocabularyCrossEntropy(torch.autograd.Function):
     CHUNK = 64  # rows: 64 x 50257 logits (13 MB) stay in cache; measured faster than 32 or 128
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
+    def forward(ctx: torch.autograd.function.FunctionCtx, hidden: torch.Tensor, weight: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
@@ -116,7 +117,8 @@ class _VocabularyCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad, grad_weight * grad, None
 
@@ -124,11 +126,12 @@ class _VocabularyCrossEntropy(torch.autograd.Function):
 class CaptionLoss(nn.Module):
     """Sum of the caption tokens' cross-entropy, and their number (so the caller chooses the divisor)."""
 
-    def __init__(self, models: Models):
+    def __init__(self, models: Models) -> None:
         super().__init__()
         self.model = models.clipcap
 
-    def forward(self, embeds, tokens, mask):
+    def forward(self, embeds: torch.Tensor, tokens: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self.model.prefix(embeds)
         k = prefix.shape[1]
         gpt = self.model.gpt
@@ -142,7 +145,8 @@ class CaptionLoss(nn.Module):
         return ce, mask.sum()
 
 
-def step_loss(model: nn.Module, embeds, tokens, mask, world: int) -> tuple[torch.Tensor, float]:
+def step_loss(model: nn.Module, embeds: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+              world: int) -> tuple[torch.Tensor, float]:
     """The loss to backpropagate in one of `world` processes, and this process's mean token loss.
 
     Each process divides its token sum by the global batch's token count (times `world`, since DDP

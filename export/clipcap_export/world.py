@@ -60,7 +60,8 @@ def attributes(count: int, color: str, shape: str, background: str, place: str |
 
 
 # The captions' grammar, read back: each template of `captions` as a pattern.
-_ONE = r"an? (?P<color>\w+) (?P<shape>\w+) (?P<position>on the left|on the right|at the top|at the bottom|in the middle)"
+_ONE = (r"an? (?P<color>\w+) (?P<shape>\w+) "
+        r"(?P<position>on the left|on the right|at the top|at the bottom|in the middle)")
 _ONE_BARE = _ONE.removeprefix("an? ")
 _MANY = r"(?P<count>two|three) (?P<color>\w+) (?P<shape>\w+)s"
 _BG = r"an? (?P<background>\w+) background"
@@ -86,7 +87,7 @@ def parse(caption: str) -> dict | None:
     return None
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, ...]) -> None:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":

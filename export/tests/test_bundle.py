@@ -8,11 +8,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import REPO
 
 from clipcap_export import graphs
 from clipcap_export.bundle import FORMAT_VERSION, MANIFEST, Provenance, read_manifest, write_bundle
 from clipcap_export.models import Source, build_models
-from conftest import REPO
 
 IMAGE_MATMULS = 6 * 2 + 1  # the tiny CLIP: q, k, v, out and the two MLP projections per block; the projection
 PROV = Provenance(image_encoder="test", language_model="test", mapper="test", training_data="none")
@@ -42,7 +42,8 @@ def test_manifest_describes_the_models(bundle, tiny):
     assert m["mapper"] == {"file": "mapper.onnx", "kind": "mlp", "prefix_length": 10}
     lm = m["language_model"]
     assert (lm["width"], lm["layers"], lm["heads"], lm["vocab_size"], lm["max_positions"]) == (32, 2, 2, 50257, 128)
-    assert m["tokenizer"] == {"file": "tokenizer.json", "eos_token": 50256, "stop_tokens": [13, 50256], "max_tokens": 67}
+    assert m["tokenizer"] == {"file": "tokenizer.json", "eos_token": 50256, "stop_tokens": [13, 50256],
+                              "max_tokens": 67}
     assert m["preprocess"]["size"] == 224 and m["preprocess"]["filter"] == "bicubic"
     te = m["text_encoder"]
     assert (te["file"], te["tokenizer"], te["context_length"], te["embedding_dim"]) == \
@@ -92,7 +93,8 @@ def test_lm_batches_are_independent(bundle, tiny):
     g = torch.Generator().manual_seed(0)
     prefix = torch.randn(2, 10, 32, generator=g).numpy()
     feeds = {"prefix_embeds": prefix, "input_ids": np.zeros((2, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), np.float32)
+              for i in range(2) for kv in ("key", "value")}
     both = s.run(["logits"], feeds)[0]
     one = {k: v[1:] for k, v in feeds.items()}
     assert np.abs(s.run(["logits"], one)[0][0] - both[1]).max() < 1e-5
@@ -128,7 +130,8 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     assert ops.count("MatMulNBits") == 4 * 2 + 1 and "Gemm" not in ops
     assert io(out / "lm.onnx") == io(bundle / "lm.onnx")
     q = read_manifest(out)["provenance"]["quantization"]
-    assert (q["weights"], q["method"], q["graphs"], q["matmuls"]) == (precision, "MatMulNBits", ["lm", "image_encoder"], 9)
+    assert (q["weights"], q["method"], q["graphs"], q["matmuls"]) == \
+        (precision, "MatMulNBits", ["lm", "image_encoder"], 9)
     # The image encoder, int8 at either precision: every projection of its blocks, and the last one.
     encoder = [n.op_type for n in onnx.load(str(out / "image_encoder.onnx")).graph.node]
     assert encoder.count("MatMulInteger") == q["image_encoder"]["matmuls"] == IMAGE_MATMULS and "Gemm" not in encoder
@@ -142,9 +145,10 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     # case (measured: mean error 1.1% / 12% of the logits' spread, correlation 0.9999 / 0.988).
     g = torch.Generator().manual_seed(1)
     feeds = {"prefix_embeds": torch.randn(1, 10, 32, generator=g).numpy(), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
-    fp32, quantised = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0][0]
-                       for b in (bundle, out))
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
+              for i in range(2) for kv in ("key", "value")}
+    fp32, quantised = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"])
+                       .run(["logits"], feeds)[0][0] for b in (bundle, out))
     error, correlation = np.abs(quantised - fp32).mean() / fp32.std(), np.corrcoef(quantised, fp32)[0, 1]
     assert error < {"int8": 0.03, "int4": 0.25}[precision], error
     assert correlation > {"int8": 0.999, "int4": 0.95}[precision], correlation
@@ -170,9 +174,10 @@ def test_an_fp16_bundle_halves_every_graph_and_keeps_the_contract(bundle, tiny, 
     # The prefix pass in fp32 and in fp16 (measured: mean error 0.05% of the logits' spread).
     g = torch.Generator().manual_seed(1)
     feeds = {"prefix_embeds": torch.randn(1, 10, 32, generator=g).numpy(), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
-    fp32, half = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0][0]
-                  for b in (bundle, out))
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
+              for i in range(2) for kv in ("key", "value")}
+    fp32, half = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"])
+                  .run(["logits"], feeds)[0][0] for b in (bundle, out))
     error = np.abs(half - fp32).mean() / fp32.std()
     assert error < 0.01, error
     image = REPO / "tests" / "fixtures" / "images" / "coffee.png"

@@ -69,7 +69,7 @@ def test_demo_trains_exports_and_rust_matches_pytorch(tmp_path, gpt2_files, clip
     rust_captions = {c["image"]: c for c in report["captions"][row["system"]]}
     assert {i: c["caption"] for i, c in rust_captions.items()} == python_captions
     theirs = summary["scores"]
-    ours = dict(zip(("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"), row["scores"]["bleu"]),
+    ours = dict(zip(("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"), row["scores"]["bleu"], strict=True),
                 **{"ROUGE-L": row["scores"]["rouge_l"], "CIDEr": row["scores"]["cider_d"]})
     assert all(abs(ours[m] - theirs[m]) < 1e-6 for m in ours), (ours, theirs)
 
@@ -90,4 +90,4 @@ def test_demo_trains_exports_and_rust_matches_pytorch(tmp_path, gpt2_files, clip
     cos = torch.nn.functional.cosine_similarity(image, text).double()
     expected = (2.5 * cos.clamp(min=0)).tolist()
     got = [rust_captions[str(i["cocoid"])]["clip_score"] for i in tests]
-    assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-5, (got, expected)
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)

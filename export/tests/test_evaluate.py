@@ -5,7 +5,8 @@ from clipcap_export.evaluate import METRICS, score, table
 
 REFERENCES = {
     1: ["two red circles on a blue background.", "a blue background with two red circles."],
-    2: ["a green square at the top on a white background.", "there is a green square at the top on a white background."],
+    2: ["a green square at the top on a white background.",
+        "there is a green square at the top on a white background."],
 }
 
 

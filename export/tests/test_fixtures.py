@@ -7,13 +7,12 @@ import json
 import numpy as np
 import onnxruntime as ort
 import torch
+from conftest import FIXTURES
 
 from clipcap_export.bundle import stop_tokens
 from clipcap_export.models import Source, build_models
 from clipcap_export.reference import caption_image, load_image, parse_decoder, preprocess
 from clipcap_export.tokenizer import clip_tokenizer
-
-from conftest import FIXTURES
 
 
 def test_reference_outputs_are_current(tokenizer):

@@ -9,12 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import FIXTURES
 
 from clipcap_export.bundle import read_manifest
 from clipcap_export.cli import main
 from clipcap_export.models import Source, build_models
-
-from conftest import FIXTURES
 
 IMAGES = [FIXTURES / "images" / n for n in ("astronaut.png", "rocket.jpg", "camera.png")]
 
@@ -64,7 +63,8 @@ def test_bundle_carries_the_checkpoint_weights(imported, checkpoint):
     # The LM is the checkpoint's GPT-2, not the random one of --random-init: its token embedding matches.
     lm = ort.InferenceSession(str(imported / "lm.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"prefix_embeds": np.zeros((1, 1, 32), np.float32), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32) for i in range(2) for kv in ("key", "value")}
+    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
+              for i in range(2) for kv in ("key", "value")}
     hidden = lm.run(["hidden_states"], feeds)[0][0, 0]
     wte = state["gpt.transformer.wte.weight"]
     logits = lm.run(["logits"], feeds)[0][0]
@@ -72,14 +72,15 @@ def test_bundle_carries_the_checkpoint_weights(imported, checkpoint):
 
 
 def test_rust_captions_the_imported_bundle_like_pytorch(imported, checkpoint, gpt2_files, clipcap_binary, rust_env):
-    ref = subprocess.run([sys.executable, "-m", "clipcap_export.cli", "caption", "--json", "--checkpoint", str(checkpoint),
-                          *source_args(gpt2_files), *map(str, IMAGES)], check=True, capture_output=True, text=True)
+    ref = subprocess.run([sys.executable, "-m", "clipcap_export.cli", "caption", "--json",
+                          "--checkpoint", str(checkpoint), *source_args(gpt2_files), *map(str, IMAGES)],
+                         check=True, capture_output=True, text=True)
     rust = subprocess.run([str(clipcap_binary), "caption", "--json", "--decoder", "greedy", "--bundle", str(imported),
                            *map(str, IMAGES)], check=True, capture_output=True, text=True, env=rust_env)
     want = [json.loads(line) for line in ref.stdout.splitlines()]
     got = [json.loads(line) for line in rust.stdout.splitlines()]
     assert len(got) == len(want) == len(IMAGES)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g["token_ids"] == w["token_ids"], g["image"]
         assert g["caption"] == w["caption"]
 

@@ -8,10 +8,10 @@ DynamicQuantizeLinear."""
 
 import onnx
 import pytest
+from conftest import FIXTURES
 from onnx import TensorProto as T
 
 from clipcap_export.bundle import quantize_bundle
-from conftest import FIXTURES
 
 TINY = FIXTURES / "tiny-bundle"
 

@@ -23,7 +23,7 @@ def test_matches_the_javascript_gpt2_encoder(tokenizer, gpt2_files):
     script = f"const e = require({json.dumps(str(gpt2_files))}); " \
              f"console.log(JSON.stringify({json.dumps(texts)}.map(t => e.encode(t))))"
     want = json.loads(subprocess.run(["node", "-e", script], check=True, capture_output=True, text=True).stdout)
-    for text, ids in zip(texts, want):
+    for text, ids in zip(texts, want, strict=True):
         assert tokenizer.encode(text, add_special_tokens=False).ids == ids, text
 
 

@@ -15,7 +15,8 @@ from clipcap_export.data import EmbeddingSet, Record, write_index
 from clipcap_export.models import Source, build_models, load_checkpoint
 from clipcap_export.train import CaptionLoss, TrainConfig, collate, train
 
-CAPTIONS = ["a red circle on a blue background.", "wow! two squares!", "three green triangles against a white background.",
+CAPTIONS = ["a red circle on a blue background.", "wow! two squares!",
+            "three green triangles against a white background.",
             "a picture of a yellow square at the top on a black background.", "one!"]
 
 

@@ -10,7 +10,7 @@ from clipcap_export.world import BACKGROUNDS, COLORS, COUNT_WORDS, generate, sce
 
 
 def nearest(rgb, palette: dict) -> str:
-    return min(palette, key=lambda name: sum((int(a) - b) ** 2 for a, b in zip(rgb, palette[name])))
+    return min(palette, key=lambda name: sum((int(a) - b) ** 2 for a, b in zip(rgb, palette[name], strict=True)))
 
 
 def test_captions_name_the_background_colour_shape_count():
@@ -74,7 +74,8 @@ def test_captions_are_read_attribute_by_attribute():
 def test_captions_use_the_right_article():
     from clipcap_export.world import captions
 
-    assert captions(1, "orange", "circle", "gray", "on the left")[0] == "an orange circle on the left on a gray background."
+    assert captions(1, "orange", "circle", "gray", "on the left")[0] == \
+        "an orange circle on the left on a gray background."
     assert captions(2, "red", "square", "white", None)[1] == "a white background with two red squares."
 
 

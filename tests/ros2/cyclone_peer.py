@@ -17,6 +17,7 @@ configured by CYCLONEDDS_URI (the test keeps it on the loopback of its own netwo
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def log(message: str) -> None:
     print(f"cyclone_peer: {message}", file=sys.stderr, flush=True)
 
 
-def message(image: dict, header: Header):
+def message(image: dict, header: Header) -> "Image | CompressedImage":
     """The image's message: its file's bytes for jpeg/png, else its pixels in the encoding, each row
     padded with `pad` bytes of 0xAB (which a reader that ignores `step` would show)."""
     data = Path(image["file"]).read_bytes()
@@ -99,7 +100,7 @@ def message(image: dict, header: Header):
                  data=list(rows.tobytes()))
 
 
-def wait(what: str, done, seconds: float) -> None:
+def wait(what: str, done: Callable[[], bool], seconds: float) -> None:
     end = time.monotonic() + seconds
     while not done():
         if time.monotonic() > end:
@@ -115,7 +116,7 @@ def main() -> None:
     texts = DataReader(participant, Topic(participant, "rt/clipcap/caption", String), qos=reliable)
     for reader in (events, texts):
         wait("match with clipcap's caption publishers",
-             lambda: reader.get_subscription_matched_status().current_count > 0, 30)
+             lambda reader=reader: reader.get_subscription_matched_status().current_count > 0, 30)
     got = {"captions": {}, "events": [], "texts": []}
 
     def drain() -> None:
