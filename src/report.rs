@@ -12,10 +12,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::PublishConfig;
 use crate::eval::{self, Image, System, Table};
-use crate::publish;
-use crate::service::{Comparison, Vote};
+use crate::publish::{self, PublishConfig};
+
+use crate::records::{Comparison, Vote};
 
 /// A log line: its kind and its daemon run.
 #[derive(Deserialize)]

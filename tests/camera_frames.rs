@@ -8,11 +8,20 @@ mod common;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
-use clipcap::capture::Pixels;
 use clipcap::config::Config;
 use clipcap::service::Offline;
+use clipcap::source::{Origin, Pixels, SourceLabel};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+
+/// Where the V4L2 thread says a camera's frame comes from.
+fn camera() -> Origin {
+    Origin {
+        source: SourceLabel::Camera,
+        name: "/dev/video0".into(),
+        header: None,
+    }
+}
 
 /// The daemon's answer to a request from loopback: status and body.
 fn send(daemon: &Offline, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, String) {
@@ -90,7 +99,7 @@ fn corrupt_mjpeg_frames_are_counted_and_the_camera_goes_on() {
         ("no bytes", vec![]),
     ];
     for (n, (what, frame)) in corrupt.into_iter().enumerate() {
-        daemon.frames.put(Pixels::Jpeg(frame), "/dev/video0".into());
+        daemon.frames.put(Pixels::Jpeg(frame), camera());
         let counted = || source_errors(&daemon) == (n + 1) as f64;
         common::poll(&format!("frame {what} counted"), counted, String::new);
     }
@@ -98,7 +107,7 @@ fn corrupt_mjpeg_frames_are_counted_and_the_camera_goes_on() {
     assert_eq!(status, StatusCode::NOT_FOUND, "a corrupt frame was captioned");
 
     // The next good frame is captioned, as an upload of the same JPEG is.
-    daemon.frames.put(Pixels::Jpeg(good.clone()), "/dev/video0".into());
+    daemon.frames.put(Pixels::Jpeg(good.clone()), camera());
     let mut latest = serde_json::Value::Null;
     let captioned = || {
         let (status, body) = send(&daemon, Method::GET, "/v1/caption/latest", vec![]);

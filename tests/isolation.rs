@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{Captioner, Prepared};
-use clipcap_core::decoding::{DecoderInstance, DecoderRequest, IsolationOptions, Plugins};
+use clipcap_core::decoding::{DecoderInstance, DecoderRequest, FaultKind, IsolationOptions, Plugins};
 use clipcap_core::imageio;
 use common::{
     RULE_BREAKERS, Reference, decoder, isolation, options, plugin_dir, plugins, references, runtime, tiny_bundle,
@@ -199,7 +199,7 @@ fn a_failed_decoder_waits_before_its_restart_and_the_fallback_takes_over() {
     assert_eq!((c.decoder.as_str(), &c.token_ids), ("greedy", &r.token_ids));
     let failed = c.fallback_from.unwrap();
     assert!(failed.error.contains("SIGSEGV"), "{}", failed.error);
-    assert_eq!(failed.fault, "crashed");
+    assert_eq!(failed.fault, FaultKind::Crashed);
     let err = captioner.decode(&p, &mut crash, None, 0).unwrap_err().to_string();
     assert!(
         err.contains("unavailable: its process failed (its process crashed: killed by signal 11")

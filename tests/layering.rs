@@ -1,8 +1,13 @@
 //! The layering ARCHITECTURE.md draws, held by the build: `clipcap-core` (the model path) depends on
 //! nothing of the configuration file, the command line or the daemon, directly or through another
-//! crate, and the plugin SDK depends on nothing at all. Read from `cargo metadata`'s resolved graph.
+//! crate, and the plugin SDK depends on nothing at all (read from `cargo metadata`'s resolved graph);
+//! and within each crate no modules depend on each other in a cycle (read from the sources: see
+//! tests/modules).
+
+mod modules;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -73,4 +78,60 @@ fn the_model_path_knows_nothing_of_config_cli_or_daemon() {
 fn the_plugin_sdk_depends_on_nothing() {
     let deps = closure(&metadata(), "clipcap-plugin-sdk");
     assert!(deps.is_empty(), "{deps:?}");
+}
+
+/// The cycles of the crate rooted at `root`, one line per edge.
+fn cycles(root: &Path) -> Vec<String> {
+    modules::Crate::read(root)
+        .cycles()
+        .into_iter()
+        .flat_map(|(parent, edges)| {
+            edges
+                .into_iter()
+                .map(move |e| format!("in {parent}: {} -> {} ({})", e.from, e.to, e.at))
+        })
+        .collect()
+}
+
+#[test]
+fn no_modules_depend_on_each_other_in_a_cycle() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for root in ["src/lib.rs", "src/main.rs", "core/src/lib.rs"] {
+        let found = cycles(&repo.join(root));
+        assert!(found.is_empty(), "module cycles in {root}:\n{}", found.join("\n"));
+    }
+}
+
+#[test]
+fn the_cycle_check_sees_a_planted_cycle_and_lets_modules_use_their_own_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("lib.rs", "mod a;\nmod b;\nmod c;\n");
+    // a and b use each other, b through a braced group over two lines and a path in a body.
+    write("a.rs", "use crate::b::Thing;\npub struct Other;\n");
+    write(
+        "b.rs",
+        "use crate::{\n    c,\n};\npub struct Thing;\nfn f() -> crate::a::Other { crate::a::Other }\n",
+    );
+    // c and its submodule use each other (a parent re-exporting a child's item): no cycle; nor is a
+    // path in a comment or a string.
+    write(
+        "c/mod.rs",
+        "mod d;\npub use d::Part;\npub struct Whole;\n// crate::a::Other\nconst S: &str = \"crate::a\";\n",
+    );
+    write("c/d.rs", "use super::Whole;\npub struct Part;\n");
+    let found = cycles(&dir.path().join("lib.rs"));
+    let lib = dir.path().display().to_string();
+    assert_eq!(
+        found,
+        [
+            format!("in crate: a -> b ({lib}/a.rs:1)"),
+            format!("in crate: b -> a ({lib}/b.rs:5)"),
+        ],
+        "{found:#?}"
+    );
 }

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, MANIFEST, TokenizerSpec};
 use crate::clip_text::{TextEncoder, TextError};
-use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, Generation};
+use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, FaultKind, Generation};
 use crate::lm::{LanguageModel, LmError};
 use crate::metrics::clipscore;
 use crate::preprocess::Preprocessor;
@@ -33,12 +33,12 @@ pub enum CaptionError {
 }
 
 impl CaptionError {
-    /// The kind of a decoder's failure (`DecoderFault::kind`: "crashed", "timeout", "violation",
-    /// ...), or "model" when the model path failed rather than the decoder.
-    pub fn fault(&self) -> &'static str {
+    /// The kind of a decoder's failure (`DecoderFault::kind`), or `Model` when the model path failed
+    /// rather than the decoder.
+    pub fn fault(&self) -> FaultKind {
         match self {
             CaptionError::Decode(DecodeError::Decoder { fault, .. }) => fault.kind(),
-            _ => "model",
+            _ => FaultKind::Model,
         }
     }
 }
@@ -67,7 +67,7 @@ pub struct FailedDecoder {
     pub decoder: String,
     pub error: String,
     /// The kind of failure ([`CaptionError::fault`]).
-    pub fault: &'static str,
+    pub fault: FaultKind,
 }
 
 #[derive(Debug, Clone, Serialize)]

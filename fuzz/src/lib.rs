@@ -16,9 +16,9 @@ use std::sync::{Mutex, OnceLock};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
-use clipcap::capture::{Layout, Pixels};
 use clipcap::config::Config;
 use clipcap::service::Offline;
+use clipcap::source::{Layout, Pixels};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::decoding::DecoderRequest;
 use clipcap_core::imageio;
@@ -154,7 +154,8 @@ pub fn coco(data: &[u8]) {
     }
 }
 
-/// The daemon of the HTTP harnesses, started once per process, with the captions uploaded at start.
+/// A daemon of the HTTP harnesses, started once per process and harness, with the captions uploaded
+/// at start.
 struct Daemon {
     runtime: tokio::runtime::Runtime,
     /// In a mutex only to be shareable (its captioning thread's handle is not `Sync`).
@@ -166,9 +167,14 @@ struct Daemon {
 /// Demo images uploaded when the daemon starts: the history a `Last-Event-ID` resumes from.
 const HISTORY: u64 = 3;
 
-fn daemon() -> &'static Daemon {
-    static DAEMON: OnceLock<Daemon> = OnceLock::new();
-    DAEMON.get_or_init(|| {
+/// The `http` harness's daemon.
+static HTTP: OnceLock<Daemon> = OnceLock::new();
+/// The `last_event_id` harness's own daemon: the `http` harness's uploads would lengthen the history it
+/// replays (fuzz/tests/corpus.rs runs both harnesses at once in one process).
+static REPLAY: OnceLock<Daemon> = OnceLock::new();
+
+fn daemon(cell: &'static OnceLock<Daemon>) -> &'static Daemon {
+    cell.get_or_init(|| {
         let repo = repo();
         let release = repo.join("target/release");
         let environment = BTreeMap::from([
@@ -292,7 +298,7 @@ pub fn http(data: &[u8]) {
             request.headers_mut().insert(name, value);
         }
     }
-    let (status, body) = daemon().send(request);
+    let (status, body) = daemon(&HTTP).send(request);
     assert!(
         !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
         "{status} for {method} {target}: {}",
@@ -311,7 +317,7 @@ pub fn http(data: &[u8]) {
 /// captions replayed are those after the id when it names the daemon's run, all of them when it names
 /// another run, none when it is no event id; in order, each once.
 pub fn last_event_id(data: &[u8]) {
-    let daemon = daemon();
+    let daemon = daemon(&REPLAY);
     let text = String::from_utf8_lossy(data).replace("{run}", &daemon.run.to_string());
     let Ok(value) = HeaderValue::from_str(&text) else {
         return;

@@ -9,6 +9,7 @@
 //! appends, so a slow or absent broker never delays a caption.
 
 mod mqtt;
+mod settings;
 pub mod spool;
 
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 
-use crate::config::PublishConfig;
 use crate::shutdown::{Shutdown, Worker};
-pub use mqtt::{Messages, client_options, describe, parse_url};
+pub use mqtt::{Messages, client_options, describe};
+pub use settings::{Broker, PublishConfig};
 use spool::Spool;
 
 /// The publishing metrics (service/metrics.rs registers them).

@@ -21,7 +21,7 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
 use super::Outbox;
-use crate::config::PublishConfig;
+use super::PublishConfig;
 use crate::shutdown::Shutdown;
 
 /// Spool records sent and not yet acknowledged, at most.
@@ -68,38 +68,6 @@ struct Session {
     sent: u64,
 }
 
-/// `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (8883): (TLS, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
-    let bad = |why: &str| format!("publish.url = {url:?}: {why}");
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(bad("must start with mqtt:// or mqtts://"));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
-        return Err(bad(
-            "only a host and a port (credentials go in username and password_file)",
-        ));
-    }
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| bad(&format!("{port:?} is not a port")))?,
-        ),
-        _ => (rest, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    Ok((tls, host.to_string(), port))
-}
-
 fn read_password(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("publish.password_file {}", path.display()))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
@@ -108,7 +76,7 @@ fn read_password(path: &Path) -> anyhow::Result<String> {
 /// Client options for the broker of `config` (address, credentials, TLS) as `client_id`, and the
 /// broker's "host:port" for messages.
 pub fn client_options(config: &PublishConfig, client_id: &str) -> anyhow::Result<(MqttOptions, String)> {
-    let (tls, host, port) = parse_url(&config.url).map_err(anyhow::Error::msg)?;
+    let super::Broker { tls, host, port } = config.broker()?;
     let mut options = MqttOptions::new(client_id, host.clone(), port);
     options
         .set_keep_alive(Duration::from_secs(30))
@@ -130,7 +98,7 @@ pub fn client_options(config: &PublishConfig, client_id: &str) -> anyhow::Result
 
 impl Connection {
     pub fn new(config: &PublishConfig, messages: Messages) -> anyhow::Result<Connection> {
-        let device = config.device().map_err(anyhow::Error::msg)?;
+        let device = config.device()?;
         let topic = |leaf: &str| format!("{}/{device}/{leaf}", config.topic_prefix);
         let topics = Topics {
             captions: topic("captions"),
@@ -355,27 +323,5 @@ fn rustls_error(e: &rumqttc::TlsError) -> Option<&rustls::Error> {
         rumqttc::TlsError::TLS(inner) => Some(inner),
         rumqttc::TlsError::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref()),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(parse_url("mqtt://broker"), Ok((false, "broker".into(), 1883)));
-        assert_eq!(parse_url("mqtts://broker:8884/"), Ok((true, "broker".into(), 8884)));
-        assert_eq!(parse_url("mqtt://[::1]:1884"), Ok((false, "::1".into(), 1884)));
-        assert_eq!(parse_url("mqtt://[::1]"), Ok((false, "::1".into(), 1883)));
-        for bad in [
-            "tcp://broker",
-            "mqtt://",
-            "mqtt://u:p@broker",
-            "mqtt://broker:x",
-            "mqtt://b/topic",
-        ] {
-            assert!(parse_url(bad).unwrap_err().contains("publish.url"), "{bad}");
-        }
     }
 }

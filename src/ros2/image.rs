@@ -4,7 +4,7 @@
 use clipcap_core::imageio;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{Header, Layout, Pixels};
+use crate::source::{Header, Layout, Pixels};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Image {
@@ -135,7 +135,7 @@ impl RosImage for CompressedImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::Stamp;
+    use crate::source::Stamp;
 
     fn header() -> Header {
         Header {

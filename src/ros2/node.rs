@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,10 +15,10 @@ use ros2_client::{
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::image::{CompressedImage, Image, Refused, RosImage};
-use crate::capture::{FrameSlot, SourceStatus};
-use crate::config::{Reliability, Ros2Config};
-use crate::service::Published;
+use super::{Reliability, Ros2Config};
+use crate::records::Published;
 use crate::shutdown::{Shutdown, Worker};
+use crate::source::{self, FrameSlot, SourceStatus};
 
 /// Where the images go (`source.kind = "ros2"`).
 pub struct Feed {
@@ -34,37 +33,6 @@ pub struct Counters {
     pub publishers: IntGauge,
     pub published: IntCounter,
     pub errors: IntCounter,
-}
-
-/// The topic the images come from: `image_topic`, or its `/compressed` sibling.
-fn image_topic(config: &Ros2Config) -> String {
-    if config.compressed {
-        format!("{}/compressed", config.image_topic.trim_end_matches('/'))
-    } else {
-        config.image_topic.clone()
-    }
-}
-
-pub fn validate(config: &Ros2Config) -> Result<(), String> {
-    // RTPS ports are 7400 + 250 * domain + ...: 232 is the largest domain whose ports fit in 16 bits.
-    if config.domain_id > 232 {
-        return Err(format!("ros2.domain_id = {} is over 232", config.domain_id));
-    }
-    let topics = [
-        ("image_topic", image_topic(config)),
-        ("caption_topic", config.caption_topic.clone()),
-        ("caption_json_topic", config.caption_json_topic.clone()),
-    ];
-    for (key, topic) in topics {
-        if key != "image_topic" && topic.is_empty() {
-            continue;
-        }
-        Name::parse(&topic).map_err(|e| format!("ros2.{key}: {topic:?} is not a ROS 2 topic name: {e}"))?;
-    }
-    if config.depth == 0 {
-        return Err("ros2.depth must be >= 1".into());
-    }
-    Ok(())
 }
 
 /// Joins the DDS domain and creates the subscription and the publishers now (so that a failure stops
@@ -84,7 +52,7 @@ pub fn spawn(
             NodeOptions::new().enable_rosout(false).start_parameter_services(false),
         )
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot create the node: {e:?}"))?;
-    let topic = image_topic(config);
+    let topic = config.image_topic();
     let images = match feed {
         None => None,
         Some(feed) if config.compressed => Some(Images::Compressed(subscribe(&mut node, config, &topic)?, feed)),
@@ -180,7 +148,7 @@ fn publisher(node: &mut Node, topic: &str) -> anyhow::Result<Option<Publisher<St
 async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed: &Feed, counters: &Counters) {
     let mut images = pin!(sub.async_stream());
     let mut check = tokio::time::interval(Duration::from_millis(500));
-    let up = || feed.status.up.load(Ordering::Relaxed);
+    let up = || feed.status.is_up();
     // The node counts a subscription's publishers only once one was matched (before, it logs an
     // error for each count): until then, wait for that match instead.
     let mut matched = false;
@@ -195,25 +163,25 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
                     }
                     match message.into_frame(feed.max_pixels) {
                         (header, Ok(pixels)) => {
-                            let dropped = feed.slot.put_with_header(pixels, topic.to_string(), header);
+                            let dropped = feed.slot.put(pixels, source::ros2::origin(topic, header));
                             feed.status.frame(dropped);
                         }
                         (_, Err(Refused::Kind(why))) => {
                             if refused.insert(why.clone()) {
                                 tracing::warn!("ROS 2 {topic}: {why}; such images are skipped");
-                                feed.status.counters.errors.inc();
+                                feed.status.bad_frame();
                             }
                         }
                         (_, Err(Refused::Image(why))) => {
                             tracing::warn!("ROS 2 {topic}: {why}");
-                            feed.status.counters.errors.inc();
+                            feed.status.bad_frame();
                         }
                     }
                 }
                 // A message that does not deserialise as the topic's type.
                 Some(Err(e)) => {
                     tracing::warn!("ROS 2 {topic}: unreadable message: {e:?}");
-                    feed.status.counters.errors.inc();
+                    feed.status.bad_frame();
                 }
                 None => return,
             },

@@ -18,8 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use prometheus::IntCounterVec;
-
+use super::metrics::{ErrorKind, Metrics};
 use crate::config::ServiceConfig;
 
 /// One line of the tokens file.
@@ -42,8 +41,8 @@ pub struct Access {
     allowed_hosts: Vec<String>,
     cors_origins: Vec<String>,
     scheme: &'static str,
-    /// clipcap_errors_total: `host`, `origin` and `auth` refusals.
-    errors: IntCounterVec,
+    /// Counts `host`, `origin` and `auth` refusals (clipcap_errors_total).
+    metrics: Arc<Metrics>,
 }
 
 /// Paths anyone may read, with tokens too: liveness, readiness, and the kiosk page's HTML (which then
@@ -109,7 +108,7 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<Token>> {
 }
 
 impl Access {
-    pub fn new(config: &ServiceConfig, errors: IntCounterVec) -> anyhow::Result<Access> {
+    pub fn new(config: &ServiceConfig, metrics: Arc<Metrics>) -> anyhow::Result<Access> {
         let tokens = if config.tokens_file.as_os_str().is_empty() {
             None
         } else {
@@ -124,7 +123,7 @@ impl Access {
             } else {
                 "https"
             },
-            errors,
+            metrics,
         })
     }
 
@@ -187,7 +186,7 @@ pub async fn guard(
 ) -> Response {
     let headers = request.headers().clone();
     let Some(host) = access.host_allowed(&headers, &request) else {
-        access.errors.with_label_values(&["host"]).inc();
+        access.metrics.error(ErrorKind::Host);
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
             "this Host is not served here (service.allowed_hosts)",
@@ -195,7 +194,7 @@ pub async fn guard(
     };
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if changes && !access.origin_allowed(&headers, &host) {
-        access.errors.with_label_values(&["origin"]).inc();
+        access.metrics.error(ErrorKind::Origin);
         return refuse(
             StatusCode::FORBIDDEN,
             "cross-origin request refused (service.cors_origins)",
@@ -207,7 +206,7 @@ pub async fn guard(
     if access.tokens.is_some() && !OPEN.contains(&request.uri().path()) {
         let presented = bearer(&headers).or_else(|| (!changes).then(|| query_token(&request)).flatten());
         let Some(token) = presented.and_then(|p| access.token(p.as_bytes())) else {
-            access.errors.with_label_values(&["auth"]).inc();
+            access.metrics.error(ErrorKind::Auth);
             let mut response = refuse(
                 StatusCode::UNAUTHORIZED,
                 "a valid bearer token is needed (service.tokens_file)",
@@ -218,7 +217,7 @@ pub async fn guard(
             return response;
         };
         if changes && token.read_only {
-            access.errors.with_label_values(&["auth"]).inc();
+            access.metrics.error(ErrorKind::Auth);
             return refuse(StatusCode::FORBIDDEN, "this token is read-only");
         }
         client.name = token.name.clone();

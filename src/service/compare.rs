@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::metrics::Metrics;
-use super::state::Comparison;
+use crate::records::Comparison;
 
 /// Latencies kept per decoder for the percentiles: the most recent ones.
 const LATENCIES: usize = 1000;
@@ -106,8 +106,8 @@ impl CompareStats {
         for other in &c.compare {
             update(&other.decoder, other.caption.as_deref(), other.clip_score, other.ms);
         }
-        for summary in Self::summaries(&self.primary, &decoders) {
-            metrics.compare_summary(&summary);
+        for s in Self::summaries(&self.primary, &decoders) {
+            metrics.compare_summary(&s.decoder, s.clip_score.map(|c| c.mean), s.win_rate);
         }
     }
 

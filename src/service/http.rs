@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
@@ -21,23 +20,33 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::access::{self, Access, Client};
-use super::pipeline::Upload;
+use super::metrics::{ErrorKind, Metrics};
+use super::pipeline::{NotQueued, Upload, UploadSender};
 use super::ratelimit::RateLimit;
-use super::state::{CaptionEvent, Published, State, Vote};
-use crate::capture::Pixels;
-use crate::config::Config;
+use super::state::State;
+use crate::config::{CaptioningConfig, DecodingConfig, ServiceConfig};
+use crate::decoders::DecoderFactory;
+use crate::records::{CaptionEvent, Published, Vote};
 use crate::shutdown::Shutdown;
+use crate::source::{FrameSlot, Pixels, SourceStatus};
 use clipcap_core::bundle::Manifest;
-use clipcap_core::decoding::Plugins;
 use clipcap_core::imageio;
 
 pub struct Api {
     pub state: Arc<State>,
-    pub config: Config,
-    pub plugins: Arc<Plugins>,
+    pub metrics: Arc<Metrics>,
+    /// The source's frames (the latest one is shown) and status (/metrics).
+    pub frames: Arc<FrameSlot>,
+    pub source: Arc<SourceStatus>,
+    /// The sections the API reads.
+    pub service: ServiceConfig,
+    pub captioning: CaptioningConfig,
+    pub decoding: DecodingConfig,
+    /// Makes the decoders uploads name.
+    pub decoders: DecoderFactory,
     pub manifest: Manifest,
     pub bundle_dir: String,
-    pub uploads: SyncSender<Upload>,
+    pub uploads: UploadSender,
     /// Per-client budget of votes.
     pub votes: RateLimit,
     /// Per-client budget of uploads (service.uploads_per_minute), if any.
@@ -59,7 +68,7 @@ const MAX_VOTE_BYTES: usize = 64 * 1024;
 
 impl Api {
     fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.service.body_timeout_ms)
+        Duration::from_millis(self.service.body_timeout_ms)
     }
 }
 
@@ -104,13 +113,21 @@ async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes
     }
 }
 
-/// A query's parameters, each at most once: a repeated one is refused (400, with this message)
-/// rather than one of its values silently chosen.
-fn single(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, String> {
+/// A query parameter given more than once.
+#[derive(Debug, thiserror::Error)]
+#[error("query parameter `{0}` is given more than once")]
+struct Repeated(String);
+
+/// A query's parameters by name.
+type Params = HashMap<String, String>;
+
+/// A query's parameters, each at most once: a repeated one is refused (400) rather than one of its
+/// values silently chosen.
+fn single(pairs: Vec<(String, String)>) -> Result<Params, Repeated> {
     let mut params = HashMap::with_capacity(pairs.len());
     for (key, value) in pairs {
         if params.contains_key(&key) {
-            return Err(format!("query parameter `{key}` is given more than once"));
+            return Err(Repeated(key));
         }
         params.insert(key, value);
     }
@@ -119,7 +136,7 @@ fn single(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, Strin
 
 pub fn router(api: Api) -> Router {
     let guard = axum::middleware::from_fn_with_state(api.access.clone(), access::guard);
-    let cors = cors(&api.config.service.cors_origins);
+    let cors = cors(&api.service.cors_origins);
     let router = Router::new()
         .route("/", get(page))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -164,23 +181,16 @@ async fn ready(Extract(api): Extract<Shared>) -> Response {
         Ok(()) => Json(json!({"ready": true})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
+            Json(json!({"ready": false, "reason": reason.to_string()})),
         )
             .into_response(),
     }
 }
 
 async fn metrics(Extract(api): Extract<Shared>) -> Response {
-    let s = &api.state;
-    s.metrics
-        .source_up
-        .set(s.source.up.load(std::sync::atomic::Ordering::Relaxed) as i64);
-    s.metrics
-        .source_frame_age
-        .set(s.source.since_last_frame().unwrap_or(f64::NAN));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        api.metrics.render(&api.source),
     )
         .into_response()
 }
@@ -195,10 +205,10 @@ async fn latest(Extract(api): Extract<Shared>) -> Response {
 async fn recent(Extract(api): Extract<Shared>, Query(q): Query<Vec<(String, String)>>) -> Response {
     let q = match single(q) {
         Ok(q) => q,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(repeated) => return error(StatusCode::BAD_REQUEST, repeated.to_string()),
     };
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => api.config.service.history,
+        None => api.service.history,
         Some(Ok(n)) if n > 0 => n,
         Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer"),
     };
@@ -222,7 +232,7 @@ async fn stream(
     let missed: Vec<Arc<CaptionEvent>> = match seen {
         None => Vec::new(),
         Some((run, id)) => {
-            let after = if run == state.run { id } else { 0 };
+            let after = if run == state.run() { id } else { 0 };
             let mut missed: Vec<_> = state.recent(usize::MAX).into_iter().filter(|e| e.id > after).collect();
             missed.reverse();
             missed
@@ -236,7 +246,7 @@ async fn stream(
             Published::Comparison(c) => c.id > replayed,
         })
     });
-    let run = state.run;
+    let run = state.run();
     let events = futures_util::stream::iter(missed.into_iter().map(Published::Caption))
         .chain(live)
         .filter_map(move |published| async move {
@@ -258,24 +268,24 @@ async fn stream(
 }
 
 async fn frame(Extract(api): Extract<Shared>) -> Response {
-    let Some(frame) = api.state.frames.latest() else {
+    let Some(frame) = api.frames.latest() else {
         return error(StatusCode::NOT_FOUND, "no frame yet");
     };
     // The camera's own JPEG when it sent one; anything else is converted and encoded here.
     let encoded = tokio::task::spawn_blocking(move || match &frame.pixels {
-        Pixels::Jpeg(jpeg) => Ok(jpeg.clone()),
+        Pixels::Jpeg(jpeg) => Some(jpeg.clone()),
         pixels => {
-            let image = pixels.to_rgb()?;
+            let image = pixels.to_rgb().ok()?;
             let mut out = std::io::Cursor::new(Vec::new());
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
                 .encode_image(&*image)
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(out.into_inner())
+                .ok()?;
+            Some(out.into_inner())
         }
     })
     .await;
     match encoded {
-        Ok(Ok(jpeg)) => (
+        Ok(Some(jpeg)) => (
             [
                 (header::CONTENT_TYPE, "image/jpeg"),
                 (header::CACHE_CONTROL, "no-store"),
@@ -297,19 +307,19 @@ async fn upload(
 ) -> Response {
     let q = match single(q) {
         Ok(q) => q,
-        Err(message) => {
-            api.state.metrics.error("upload");
-            return error(StatusCode::BAD_REQUEST, message);
+        Err(repeated) => {
+            api.metrics.error(ErrorKind::Upload);
+            return error(StatusCode::BAD_REQUEST, repeated.to_string());
         }
     };
     if let Some(Err(wait)) = api.upload_limit.as_ref().map(|limit| limit.take(&client.name)) {
-        api.state.metrics.error("upload");
+        api.metrics.error(ErrorKind::Upload);
         return too_many(wait, "too many uploads (service.uploads_per_minute)");
     }
     match caption_upload(&api, peer, q.get("decoder"), &headers, body).await {
         Ok(event) => Json(event).into_response(),
         Err((status, message)) => {
-            api.state.metrics.error("upload");
+            api.metrics.error(ErrorKind::Upload);
             error(status, message)
         }
     }
@@ -325,10 +335,10 @@ async fn caption_upload(
 ) -> Result<Arc<CaptionEvent>, (StatusCode, String)> {
     let received = SystemTime::now();
     let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
-    if !api.state.model_ready.load(std::sync::atomic::Ordering::Relaxed) {
+    if !api.state.model_ready() {
         return Err(unavailable("loading the model; try again shortly"));
     }
-    let limit = api.config.service.max_upload_bytes;
+    let limit = api.service.max_upload_bytes;
     // Refuse a declared length before reading anything, so a client that sent `Expect: 100-continue`
     // (curl does for large bodies) gets the answer without uploading; chunked bodies are cut at the limit.
     let declared = headers
@@ -342,10 +352,10 @@ async fn caption_upload(
     }
     let body = read_body(body, limit, api.body_timeout()).await?;
     let decoder = decoder
-        .map(|name| api.config.create_decoder(&api.plugins, name))
+        .map(|name| api.decoders.create(name))
         .transpose()
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    let max_pixels = api.config.service.max_image_pixels;
+    let max_pixels = api.service.max_image_pixels;
     let image = {
         // Each decode may claim hundreds of MB (imageio's limits): only a few at once.
         let _permit = api.decodes.acquire().await.map_err(|_| unavailable("shutting down"))?;
@@ -358,45 +368,35 @@ async fn caption_upload(
     let job = Upload {
         image,
         decoder,
-        origin: peer.to_string(),
+        client: peer.to_string(),
         received,
         reply,
     };
-    // Counted before sending, so that the pipeline never sees more taken than sent.
-    api.state
-        .uploads_waiting
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    api.uploads.try_send(job).map_err(|e| {
-        api.state
-            .uploads_waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        match e {
-            TrySendError::Full(_) => unavailable("busy: too many uploads waiting"),
-            TrySendError::Disconnected(_) => unavailable("shutting down"),
-        }
+    api.uploads.try_send(job).map_err(|e| match e {
+        NotQueued::Busy => unavailable("busy: too many uploads waiting"),
+        NotQueued::Stopping => unavailable("shutting down"),
     })?;
     match answer.await {
-        Ok(result) => result.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(result) => result.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(_) => Err(unavailable("shutting down")),
     }
 }
 
 async fn decoders(Extract(api): Extract<Shared>) -> Json<Value> {
-    let c = &api.config;
     Json(json!({
-        "decoders": api.plugins.decoders(),
-        "default": c.decoding.decoder,
-        "fallback": c.decoding.fallback,
-        "compare": c.captioning.compare,
-        "configured": c.decoders.keys().collect::<Vec<_>>(),
+        "decoders": api.decoders.plugins().decoders(),
+        "default": api.decoding.decoder,
+        "fallback": api.decoding.fallback,
+        "compare": api.captioning.compare,
+        "configured": api.decoders.configured().collect::<Vec<_>>(),
     }))
 }
 
 /// Running statistics of the compared decoders.
 async fn compare(Extract(api): Extract<Shared>) -> Json<Value> {
-    let c = &api.config.captioning;
+    let c = &api.captioning;
     Json(json!({
-        "decoders": api.state.compare.snapshot(),
+        "decoders": api.state.compare_snapshot(),
         "compare": c.compare,
         "compare_every": c.compare_every,
         "compare_per_minute": c.compare_per_minute,
@@ -418,10 +418,10 @@ async fn vote(
     body: Body,
 ) -> Response {
     let refuse = |status: StatusCode, message: String| {
-        api.state.metrics.error("vote");
+        api.metrics.error(ErrorKind::Vote);
         error(status, message)
     };
-    if !api.config.captioning.votes {
+    if !api.captioning.votes {
         return refuse(StatusCode::FORBIDDEN, "votes are off (captioning.votes)".into());
     }
     let Ok(id) = id.parse::<u64>() else {
@@ -461,10 +461,10 @@ async fn vote(
         );
     }
     if let Err(wait) = api.votes.take(&client.name) {
-        api.state.metrics.error("vote");
+        api.metrics.error(ErrorKind::Vote);
         return too_many(wait, &format!("too many votes from {}", client.name));
     }
-    api.state.metrics.vote(&request.decoder);
+    api.metrics.vote(&request.decoder);
     let vote = Vote {
         id,
         decoder: request.decoder,

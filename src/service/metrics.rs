@@ -9,7 +9,9 @@ use prometheus::{
     Registry,
 };
 
-use super::compare::DecoderSummary;
+use crate::publish::PublishCounters;
+use crate::source::SourceLabel;
+use crate::source::{SourceCounters, SourceStatus};
 use clipcap_core::captioner::{Caption, CaptionError};
 use clipcap_core::decoding::DecodeError;
 
@@ -22,16 +24,93 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The `kind` label of `clipcap_errors_total`: what failed. docs/api.md's table lists each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Source,
+    Upload,
+    Caption,
+    Compare,
+    Vote,
+    Log,
+    Publish,
+    Spool,
+    Connection,
+    Host,
+    Origin,
+    Auth,
+    Ros2,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Source,
+        ErrorKind::Upload,
+        ErrorKind::Caption,
+        ErrorKind::Compare,
+        ErrorKind::Vote,
+        ErrorKind::Log,
+        ErrorKind::Publish,
+        ErrorKind::Spool,
+        ErrorKind::Connection,
+        ErrorKind::Host,
+        ErrorKind::Origin,
+        ErrorKind::Auth,
+        ErrorKind::Ros2,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Source => "source",
+            ErrorKind::Upload => "upload",
+            ErrorKind::Caption => "caption",
+            ErrorKind::Compare => "compare",
+            ErrorKind::Vote => "vote",
+            ErrorKind::Log => "log",
+            ErrorKind::Publish => "publish",
+            ErrorKind::Spool => "spool",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Host => "host",
+            ErrorKind::Origin => "origin",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Ros2 => "ros2",
+        }
+    }
+}
+
+/// The `reason` label of `clipcap_compare_skipped_total`: why a source caption was not compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Not every caption is compared (captioning.compare_every).
+    Sampled,
+    /// A frame or an upload waited.
+    Busy,
+    /// captioning.compare_per_minute was reached.
+    Rate,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [SkipReason::Sampled, SkipReason::Busy, SkipReason::Rate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Sampled => "sampled",
+            SkipReason::Busy => "busy",
+            SkipReason::Rate => "rate",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
-    pub frames_captured: IntCounter,
-    pub frames_dropped: IntCounter,
+    frames_captured: IntCounter,
+    frames_dropped: IntCounter,
     pub frames_skipped: IntCounter,
-    pub source_reconnects: IntCounter,
-    pub source_up: IntGauge,
-    pub source_frame_age: Gauge,
-    pub captions: IntCounterVec,
-    pub errors: IntCounterVec,
+    source_reconnects: IntCounter,
+    source_up: IntGauge,
+    source_frame_age: Gauge,
+    captions: IntCounterVec,
+    errors: IntCounterVec,
     decoder_failures: IntCounterVec,
     stage_seconds: HistogramVec,
     decoder_seconds: HistogramVec,
@@ -42,14 +121,14 @@ pub struct Metrics {
     compare_clip_score: GaugeVec,
     compare_win_rate: GaugeVec,
     votes: IntCounterVec,
-    pub publish_connected: IntGauge,
-    pub publish_waiting: IntGauge,
-    pub publish_acked: IntCounter,
-    pub publish_dropped: IntCounter,
+    publish_connected: IntGauge,
+    publish_waiting: IntGauge,
+    publish_acked: IntCounter,
+    publish_dropped: IntCounter,
     #[cfg(feature = "ros2")]
-    pub ros2_publishers: IntGauge,
+    ros2_publishers: IntGauge,
     #[cfg(feature = "ros2")]
-    pub ros2_published: IntCounter,
+    ros2_published: IntCounter,
     decoder_labels: DecoderLabels,
 }
 
@@ -211,8 +290,8 @@ impl Metrics {
         self.decoder_seconds.with_label_values(&[decoder]).observe(ms / 1e3);
     }
 
-    pub fn compare_skipped(&self, reason: &str) {
-        self.compare_skipped.with_label_values(&[reason]).inc();
+    pub fn compare_skipped(&self, reason: SkipReason) {
+        self.compare_skipped.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// A decoder's caption in a comparison (or its failure).
@@ -225,12 +304,13 @@ impl Metrics {
         counter.with_label_values(&[decoder]).inc();
     }
 
-    pub fn compare_summary(&self, s: &DecoderSummary) {
-        if let Some(clip) = &s.clip_score {
-            self.compare_clip_score.with_label_values(&[&s.decoder]).set(clip.mean);
+    /// A compared decoder's running mean CLIPScore and win rate against the primary decoder.
+    pub fn compare_summary(&self, decoder: &str, clip_score: Option<f64>, win_rate: Option<f64>) {
+        if let Some(mean) = clip_score {
+            self.compare_clip_score.with_label_values(&[decoder]).set(mean);
         }
-        if let Some(rate) = s.win_rate {
-            self.compare_win_rate.with_label_values(&[&s.decoder]).set(rate);
+        if let Some(rate) = win_rate {
+            self.compare_win_rate.with_label_values(&[decoder]).set(rate);
         }
     }
 
@@ -250,16 +330,63 @@ impl Metrics {
         };
         if let Some((decoder, fault)) = failed {
             let decoder = self.decoder_labels.label(decoder);
-            self.decoder_failures.with_label_values(&[decoder, fault]).inc();
+            self.decoder_failures
+                .with_label_values(&[decoder, fault.as_str()])
+                .inc();
         }
     }
 
-    pub fn error(&self, kind: &str) {
-        self.errors.with_label_values(&[kind]).inc();
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.with_label_values(&[kind.as_str()]).inc();
     }
 
-    /// The Prometheus text exposition format.
-    pub fn render(&self) -> String {
+    /// The counter of errors of `kind`, for a part that counts them itself (a source, the
+    /// publisher, the ROS 2 node, the listener).
+    pub fn error_counter(&self, kind: ErrorKind) -> IntCounter {
+        self.errors.with_label_values(&[kind.as_str()])
+    }
+
+    /// A caption published, by where it came from.
+    pub fn caption(&self, source: SourceLabel) {
+        self.captions.with_label_values(&[source.as_str()]).inc();
+    }
+
+    /// The counters the source updates.
+    pub fn source_counters(&self) -> SourceCounters {
+        SourceCounters {
+            frames: self.frames_captured.clone(),
+            dropped: self.frames_dropped.clone(),
+            errors: self.error_counter(ErrorKind::Source),
+            reconnects: self.source_reconnects.clone(),
+        }
+    }
+
+    /// The counters and gauges the MQTT publisher updates.
+    pub fn publish_counters(&self) -> PublishCounters {
+        PublishCounters {
+            connected: self.publish_connected.clone(),
+            waiting: self.publish_waiting.clone(),
+            acked: self.publish_acked.clone(),
+            dropped: self.publish_dropped.clone(),
+            errors: self.error_counter(ErrorKind::Publish),
+            spool_errors: self.error_counter(ErrorKind::Spool),
+        }
+    }
+
+    /// The counters and gauge the ROS 2 node updates.
+    #[cfg(feature = "ros2")]
+    pub fn ros2_counters(&self) -> crate::ros2::Counters {
+        crate::ros2::Counters {
+            publishers: self.ros2_publishers.clone(),
+            published: self.ros2_published.clone(),
+            errors: self.error_counter(ErrorKind::Ros2),
+        }
+    }
+
+    /// The Prometheus text exposition format, with the source's state as it is now.
+    pub fn render(&self, source: &SourceStatus) -> String {
+        self.source_up.set(source.is_up() as i64);
+        self.source_frame_age.set(source.since_last_frame().unwrap_or(f64::NAN));
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -273,4 +400,49 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: prome
     let metric = metric.expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("registered once");
     metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clipcap_core::decoding::FaultKind;
+
+    /// The values in the first column of the table that follows `intro` in docs/api.md.
+    fn documented(intro: &str) -> Vec<String> {
+        let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+        let table = api
+            .split_once(intro)
+            .unwrap_or_else(|| panic!("docs/api.md has no {intro:?}"))
+            .1;
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // the header and its rule
+            .map(|l| l.split('|').nth(1).unwrap().trim().trim_matches('`').to_string())
+            .collect()
+    }
+
+    #[test]
+    fn docs_api_md_lists_every_label_value() {
+        let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let errors: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(documented("Error kinds, the `kind`"), names(&errors));
+        let sources: Vec<&str> = SourceLabel::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(documented("Source labels, the `source`"), names(&sources));
+        let faults: Vec<&str> = FaultKind::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(documented("Fault kinds, the `fault`"), names(&faults));
+        let reasons: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented("Skip reasons, the `reason`"), names(&reasons));
+    }
+
+    #[test]
+    fn a_label_value_is_its_serialised_name() {
+        for source in SourceLabel::ALL {
+            assert_eq!(serde_json::to_value(source).unwrap(), source.as_str());
+        }
+        for fault in FaultKind::ALL {
+            assert_eq!(serde_json::to_value(fault).unwrap(), fault.as_str());
+        }
+    }
 }

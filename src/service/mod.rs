@@ -2,7 +2,7 @@
 //! thread and published over HTTP (JSON, Server-Sent Events, a kiosk page), Prometheus metrics and a
 //! JSON-lines log; systemd is told when it is ready, pinged while healthy, and told when it stops.
 //!
-//! Threads: one capture thread (capture::spawn), one captioning thread (pipeline.rs) that owns the
+//! Threads: the source's (`source::Kind::start`), one captioning thread (pipeline.rs) that owns the
 //! models and decoders, and the tokio runtime for HTTP. Faults are contained where they happen: a
 //! missing camera is retried, a failing decoder falls back or fails one caption, a bad upload gets a
 //! 4xx; the daemon keeps serving.
@@ -24,17 +24,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::capture::{self, FrameSlot, SourceCounters, SourceStatus};
 use crate::config::Config;
-use crate::publish::{self, Outbox, PublishCounters};
+use crate::decoders::{DecoderFactory, Decoders};
+use crate::publish::{self, Outbox};
 use crate::shutdown::{Shutdown, Worker};
+use crate::source::{self, FrameSlot, Kind, SourceKind, SourceStatus};
 use clipcap_core::bundle::Bundle;
-use clipcap_core::decoding::{DecoderInstance, PluginOptions, Plugins};
+use clipcap_core::decoding::{PluginOptions, Plugins};
 use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
-pub use pipeline::Decoders;
+pub use metrics::{ErrorKind, SkipReason};
 use server::{Server, Stop};
-pub use state::{Comparison, Published, Vote};
 use state::{Sinks, State};
 
 /// Uploads waiting for the captioning thread before new ones get 503.
@@ -43,8 +43,8 @@ const UPLOAD_QUEUE: usize = 8;
 /// Everything `serve` needs, loaded and checked: also what `check-config` verifies.
 pub struct Loaded {
     pub bundle: Bundle,
-    pub plugins: Arc<Plugins>,
     pub decoders: Decoders,
+    pub factory: DecoderFactory,
 }
 
 /// Opens the bundle, loads the plugins with `plugins` (config.plugins.options(), but for the fuzz
@@ -52,33 +52,12 @@ pub struct Loaded {
 /// parameter is an error before anything starts.
 pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Loaded> {
     let bundle = Bundle::open(bundle)?;
-    let plugins = Arc::new(Plugins::load(plugins));
-    let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
-        config
-            .create_decoder(&plugins, name)
-            .with_context(|| format!("{key} = {name:?}"))
-    };
-    let fallback = &config.decoding.fallback;
-    let decoders = Decoders {
-        default: create("decoding.decoder", &config.decoding.decoder)?,
-        fallback: (!fallback.is_empty())
-            .then(|| create("decoding.fallback", fallback))
-            .transpose()?,
-        compare: config
-            .captioning
-            .compare
-            .iter()
-            .map(|n| {
-                config
-                    .create_compared(&plugins, n)
-                    .with_context(|| format!("captioning.compare = {n:?}"))
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
+    let factory = DecoderFactory::new(config, Arc::new(Plugins::load(plugins)));
+    let decoders = Decoders::create(&factory, config)?;
     Ok(Loaded {
         bundle,
-        plugins,
         decoders,
+        factory,
     })
 }
 
@@ -86,45 +65,31 @@ pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::
 /// thread's set-up, the source's frame slot and status, and the MQTT outbox when publishing.
 struct Parts {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
     api: http::Api,
     setup: pipeline::Setup,
-    frames: Arc<FrameSlot>,
-    source_status: Arc<SourceStatus>,
     outbox: Option<Arc<Outbox>>,
 }
 
 fn assemble(
     config: &Config,
-    bundle: &Bundle,
-    plugins: Arc<Plugins>,
-    decoders: Decoders,
+    loaded: Loaded,
+    kind: Arc<dyn Kind>,
+    frames: Arc<FrameSlot>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Parts> {
-    let configured = std::iter::once(&decoders.default)
-        .chain(&decoders.fallback)
-        .chain(&decoders.compare)
-        .map(|d| d.label().to_string());
-    let metrics = Metrics::new(configured);
-    let access = Arc::new(access::Access::new(&config.service, metrics.errors.clone())?);
-    let source_status = Arc::new(SourceStatus::new(SourceCounters {
-        frames: metrics.frames_captured.clone(),
-        dropped: metrics.frames_dropped.clone(),
-        errors: metrics.errors.with_label_values(&["source"]),
-        reconnects: metrics.source_reconnects.clone(),
-    }));
-    let frames = Arc::new(FrameSlot::default());
+    let Loaded {
+        bundle,
+        decoders,
+        factory,
+    } = loaded;
+    let metrics = Arc::new(Metrics::new(decoders.labels()));
+    let access = Arc::new(access::Access::new(&config.service, metrics.clone())?);
+    let status = Arc::new(SourceStatus::new(metrics.source_counters()));
     let outbox = if config.publish.url.is_empty() {
         None
     } else {
-        let counters = PublishCounters {
-            connected: metrics.publish_connected.clone(),
-            waiting: metrics.publish_waiting.clone(),
-            acked: metrics.publish_acked.clone(),
-            dropped: metrics.publish_dropped.clone(),
-            errors: metrics.errors.with_label_values(&["publish"]),
-            spool_errors: metrics.errors.with_label_values(&["spool"]),
-        };
-        Some(Outbox::open(&config.publish, counters)?)
+        Some(Outbox::open(&config.publish, metrics.publish_counters())?)
     };
     let state = Arc::new(State::new(
         config.service.history,
@@ -132,43 +97,50 @@ fn assemble(
             log: caption_log::CaptionLog::open(&config.service.caption_log)?,
             outbox: outbox.clone(),
         },
-        metrics,
-        source_status.clone(),
-        config.source.kind,
-        frames.clone(),
+        metrics.clone(),
+        state::Source {
+            kind: kind.clone(),
+            status: status.clone(),
+        },
         decoders.default.label(),
     ));
 
-    let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
+    let (uploads, queue) = pipeline::uploads(UPLOAD_QUEUE);
     let api = http::Api {
         state: state.clone(),
+        metrics: metrics.clone(),
+        frames: frames.clone(),
+        source: status.clone(),
+        service: config.service.clone(),
+        captioning: config.captioning.clone(),
+        decoding: config.decoding.clone(),
+        decoders: factory,
         manifest: bundle.manifest.clone(),
         bundle_dir: bundle.dir.display().to_string(),
-        plugins,
         uploads,
         votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
         upload_limit: (config.service.uploads_per_minute > 0)
             .then(|| ratelimit::RateLimit::new(config.service.uploads_per_minute)),
         access,
         shutdown: shutdown.clone(),
-        config: config.clone(),
         decodes: tokio::sync::Semaphore::new(http::MAX_DECODES),
     };
     let setup = pipeline::Setup {
+        bundle,
         decoders,
         config: config.captioning.clone(),
-        folder_mode: config.source.folder_mode,
         seed: config.decoding.seed,
         state: state.clone(),
+        metrics: metrics.clone(),
+        source: pipeline::Feed { frames, kind, status },
         uploads: queue,
         shutdown: shutdown.clone(),
     };
     Ok(Parts {
         state,
+        metrics,
         api,
         setup,
-        frames,
-        source_status,
         outbox,
     })
 }
@@ -189,18 +161,18 @@ impl Offline {
     /// Loads as `serve` does (with `plugins` for config.plugins.options(): the process is not
     /// clipcap, so its isolated decoders need clipcap's path) and returns once the models are loaded.
     pub fn start(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Offline> {
-        let Loaded {
-            bundle,
-            plugins,
-            decoders,
-        } = load(config, bundle, plugins)?;
+        let loaded = load(config, bundle, plugins)?;
         let runtime = Runtime::init(&config.runtime)?;
         let shutdown = Shutdown::new();
-        let parts = assemble(config, &bundle, plugins, decoders, &shutdown)?;
-        let (captioning, model) = pipeline::spawn(bundle, runtime, parts.setup)?;
+        // The configured kind's rules (readiness, every frame or not), but never started: the frames
+        // come from the caller.
+        let kind: Arc<dyn Kind> = source::open(&config.source, config.service.max_image_pixels)?.into();
+        let frames = Arc::new(FrameSlot::default());
+        let parts = assemble(config, loaded, kind, frames.clone(), &shutdown)?;
+        let (captioning, model) = pipeline::spawn(runtime, parts.setup)?;
         let offline = Offline {
             router: http::router(parts.api),
-            frames: parts.frames,
+            frames,
             shutdown,
             captioning: Some(captioning),
         };
@@ -223,12 +195,13 @@ impl Drop for Offline {
 
 /// The status and comparison messages of the MQTT publisher.
 fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow::Result<publish::Messages> {
-    let device = config.publish.device().map_err(anyhow::Error::msg)?;
+    let device = config.publish.device()?;
+    let run = state.run();
     let status = |online: bool| {
         let mut status = serde_json::json!({
             "state": if online { "online" } else { "offline" },
             "device": device,
-            "run": state.run,
+            "run": run,
         });
         if online {
             status["version"] = env!("CARGO_PKG_VERSION").into();
@@ -243,44 +216,34 @@ fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow:
     Ok(publish::Messages {
         online,
         offline,
-        compare: Box::new(move || {
-            serde_json::json!({"run": stats.run, "decoders": stats.compare.snapshot()}).to_string()
-        }),
+        compare: Box::new(move || serde_json::json!({"run": run, "decoders": stats.compare_snapshot()}).to_string()),
         compare_every: Duration::from_secs(config.publish.compare_interval_s),
     })
 }
 
 /// The ROS 2 node, when the source is a ROS 2 topic or `ros2.enabled` asks to publish captions.
 #[cfg(feature = "ros2")]
-fn ros2_node(config: &Config, state: &Arc<State>, shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
-    let source = config.source.kind == crate::config::SourceKind::Ros2;
+fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
+    let source = config.source.kind == SourceKind::Ros2;
     if !source && !config.ros2.enabled {
         return Ok(None);
     }
     let feed = source.then(|| crate::ros2::Feed {
-        slot: state.frames.clone(),
-        status: state.source.clone(),
+        slot: parts.setup.source.frames.clone(),
+        status: parts.setup.source.status.clone(),
         max_pixels: config.service.max_image_pixels,
     });
-    let m = &state.metrics;
-    let counters = crate::ros2::Counters {
-        publishers: m.ros2_publishers.clone(),
-        published: m.ros2_published.clone(),
-        errors: m.errors.with_label_values(&["ros2"]),
-    };
-    let node = crate::ros2::spawn(&config.ros2, feed, state.subscribe(), counters, shutdown.clone())?;
+    let captions = parts.state.subscribe();
+    let counters = parts.metrics.ros2_counters();
+    let node = crate::ros2::spawn(&config.ros2, feed, captions, counters, shutdown.clone())?;
     Ok(Some(node))
 }
 
 /// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
-    let source = capture::Source::new(&config.source, config.service.max_image_pixels).map_err(anyhow::Error::msg)?;
-    let Loaded {
-        bundle,
-        plugins,
-        decoders,
-    } = load(&config, bundle, &config.plugins.options())?;
+    let kind: Arc<dyn Kind> = source::open(&config.source, config.service.max_image_pixels)?.into();
+    let loaded = load(&config, bundle, &config.plugins.options())?;
     let runtime = Runtime::init(&config.runtime)?;
     let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
         cert: config.service.tls_cert.clone(),
@@ -289,25 +252,26 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let server = Server::bind(&config.service.listen, tls)?;
     let shutdown = Shutdown::new();
 
-    let Parts {
-        state,
-        api,
-        setup,
-        frames,
-        source_status,
-        outbox,
-    } = assemble(&config, &bundle, plugins, decoders, &shutdown)?;
-    let capture = source.spawn(frames, source_status, shutdown.clone())?;
-    let publisher = match outbox {
+    let frames = Arc::new(FrameSlot::default());
+    let bundle_dir = loaded.bundle.dir.display().to_string();
+    let parts = assemble(&config, loaded, kind.clone(), frames.clone(), &shutdown)?;
+    let capture = kind.start(frames, parts.setup.source.status.clone(), shutdown.clone())?;
+    let publisher = match &parts.outbox {
         Some(outbox) => {
-            let messages = status_messages(&config, &state, &bundle.dir.display().to_string())?;
-            Some(publish::spawn(&config.publish, outbox, messages, shutdown.clone())?)
+            let messages = status_messages(&config, &parts.state, &bundle_dir)?;
+            Some(publish::spawn(
+                &config.publish,
+                outbox.clone(),
+                messages,
+                shutdown.clone(),
+            )?)
         }
         None => None,
     };
     #[cfg(feature = "ros2")]
-    let ros2 = ros2_node(&config, &state, &shutdown)?;
-    let (captioning, model) = pipeline::spawn(bundle, runtime, setup)?;
+    let ros2 = ros2_node(&config, &parts, &shutdown)?;
+    let Parts { api, setup, .. } = parts;
+    let (captioning, model) = pipeline::spawn(runtime, setup)?;
 
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
     let served = server.serve(api, model, &shutdown, bound);

@@ -5,17 +5,20 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 use tokio::sync::oneshot;
 
-use super::state::{CaptionEvent, Compared, Comparison, State};
-use crate::capture::Frame;
-use crate::config::{CaptioningConfig, FolderMode, SourceKind};
+use super::metrics::{ErrorKind, Metrics, SkipReason};
+use super::state::State;
+use crate::config::CaptioningConfig;
+use crate::decoders::Decoders;
+use crate::records::{CaptionEvent, Compared, Comparison};
 use crate::shutdown::{Shutdown, Worker};
+use crate::source::{Frame, FrameError, FrameSlot, Kind, Origin, SourceLabel, SourceStatus};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
@@ -26,45 +29,122 @@ use clipcap_core::runtime::Runtime;
 pub struct Upload {
     pub image: RgbImage,
     pub decoder: Option<DecoderInstance>,
-    pub origin: String,
+    /// The client's address.
+    pub client: String,
     pub received: SystemTime,
-    pub reply: oneshot::Sender<Result<Arc<CaptionEvent>, String>>,
+    pub reply: oneshot::Sender<Result<Arc<CaptionEvent>, CaptionError>>,
 }
 
-/// The configured decoders, created (and so checked) before the daemon starts.
-pub struct Decoders {
-    pub default: DecoderInstance,
-    pub fallback: Option<DecoderInstance>,
-    pub compare: Vec<DecoderInstance>,
+/// The bounded queue of uploads, `capacity` long: the API's end and the captioning thread's.
+pub fn uploads(capacity: usize) -> (UploadSender, UploadReceiver) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (
+        UploadSender {
+            tx,
+            waiting: waiting.clone(),
+        },
+        UploadReceiver { rx, waiting },
+    )
+}
+
+pub struct UploadSender {
+    tx: SyncSender<Upload>,
+    /// Sent and not yet taken: comparisons yield to them.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Why an upload was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotQueued {
+    /// The queue is full.
+    Busy,
+    /// The captioning thread is gone (the daemon stops).
+    Stopping,
+}
+
+impl UploadSender {
+    /// Queues `upload` unless the queue is full or the captioning thread is gone.
+    pub fn try_send(&self, upload: Upload) -> Result<(), NotQueued> {
+        // Counted before sending, so that the receiver never sees more taken than sent.
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(upload).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => NotQueued::Busy,
+                TrySendError::Disconnected(_) => NotQueued::Stopping,
+            }
+        })
+    }
+}
+
+pub struct UploadReceiver {
+    rx: Receiver<Upload>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl UploadReceiver {
+    fn recv_timeout(&self, wait: Duration) -> Result<Upload, RecvTimeoutError> {
+        self.rx.recv_timeout(wait).inspect(|_| self.taken())
+    }
+
+    fn try_recv(&self) -> Option<Upload> {
+        self.rx.try_recv().ok().inspect(|_| self.taken())
+    }
+
+    fn taken(&self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether an upload waits.
+    fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// The source as the captioning thread sees it: its frames, its rules, its status.
+pub struct Feed {
+    pub frames: Arc<FrameSlot>,
+    pub kind: Arc<dyn Kind>,
+    pub status: Arc<SourceStatus>,
 }
 
 /// What the captioning thread works with, besides the models it loads itself.
 pub struct Setup {
+    pub bundle: Bundle,
     pub decoders: Decoders,
     pub config: CaptioningConfig,
-    pub folder_mode: FolderMode,
     pub seed: u64,
     pub state: Arc<State>,
-    pub uploads: Receiver<Upload>,
+    pub metrics: Arc<Metrics>,
+    pub source: Feed,
+    pub uploads: UploadReceiver,
     pub shutdown: Shutdown,
+}
+
+/// Why a source frame has no caption.
+#[derive(Debug, thiserror::Error)]
+enum NotCaptioned {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Caption(#[from] CaptionError),
+    #[error("unchanged scene")]
+    Unchanged,
 }
 
 /// Starts the captioning thread. It loads the models first, reporting on the returned channel
 /// whether they loaded (the API serves meanwhile: on a Jetson, building TensorRT engines takes
 /// minutes), then captions until the shutdown.
-pub fn spawn(
-    bundle: Bundle,
-    runtime: Runtime,
-    setup: Setup,
-) -> std::io::Result<(Worker, oneshot::Receiver<Result<(), CaptionError>>)> {
+pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot::Receiver<Result<(), CaptionError>>)> {
     let (loaded, model) = oneshot::channel();
     let worker = Worker::spawn("captioning", move || {
-        tracing::info!("loading {}", bundle.dir.display());
-        let captioner = match Captioner::load(&bundle, &runtime) {
+        tracing::info!("loading {}", setup.bundle.dir.display());
+        let captioner = match Captioner::load(&setup.bundle, &runtime) {
             Ok(c) => c,
             Err(e) => return drop(loaded.send(Err(e))),
         };
-        setup.state.model_ready.store(true, Ordering::Relaxed);
+        setup.state.set_model_ready();
         let _ = loaded.send(Ok(()));
         Pipeline {
             captioner,
@@ -93,7 +173,7 @@ const POLL: Duration = Duration::from_millis(20);
 impl Pipeline {
     fn run(mut self) {
         let interval = Duration::from_millis(self.s.config.interval_ms);
-        let queue = self.queue();
+        let queue = self.s.source.kind.every_frame();
         let mut next_due = Instant::now();
         let mut last_scene: Option<Vec<f32>> = None;
         while !self.s.shutdown.is_set() {
@@ -101,18 +181,17 @@ impl Pipeline {
             let until_due = next_due.saturating_duration_since(Instant::now());
             let wait = if until_due.is_zero() { POLL } else { until_due.min(TICK) };
             match self.s.uploads.recv_timeout(wait) {
-                Ok(upload) => {
-                    self.s.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
-                    self.upload(upload)
-                }
+                Ok(upload) => self.upload(upload),
                 Err(RecvTimeoutError::Disconnected) => return,
                 // A queue's files are captioned as they come: no cadence.
                 Err(RecvTimeoutError::Timeout) if queue || Instant::now() >= next_due => {
-                    if let Some(frame) = self.s.state.frames.take_new() {
+                    if let Some(frame) = self.s.source.frames.take_new() {
                         next_due = Instant::now() + interval;
-                        let outcome = self.camera(&frame, &mut last_scene);
-                        if let Some(ticket) = &frame.ticket {
-                            ticket.done(outcome);
+                        let outcome = self.camera(&frame, queue, &mut last_scene);
+                        match (&frame.ticket, outcome) {
+                            (Some(ticket), Ok(id)) => ticket.captioned(id),
+                            (Some(ticket), Err(e)) => ticket.failed(&e),
+                            (None, _) => {}
                         }
                     }
                 }
@@ -120,87 +199,80 @@ impl Pipeline {
             }
         }
         // Uploads already accepted still get their captions: their clients are waiting.
-        while let Ok(upload) = self.s.uploads.try_recv() {
-            self.s.state.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
+        while let Some(upload) = self.s.uploads.try_recv() {
             self.upload(upload);
         }
     }
 
     fn upload(&mut self, upload: Upload) {
-        let result = match self.captioner.prepare(&upload.image) {
-            Err(e) => Err(e.to_string()),
-            Ok(prepared) => {
-                let Decoders { default, fallback, .. } = &mut self.s.decoders;
-                let mut chosen = upload.decoder;
-                let decoder = chosen.as_mut().unwrap_or(default);
-                let outcome = self
-                    .captioner
-                    .decode(&prepared, decoder, fallback.as_mut(), self.s.seed);
-                self.s.state.metrics.decoder_failures(&outcome);
-                outcome.map_err(|e| e.to_string())
-            }
+        let outcome = self.captioner.prepare(&upload.image).and_then(|prepared| {
+            let Decoders { default, fallback, .. } = &mut self.s.decoders;
+            let mut chosen = upload.decoder;
+            let decoder = chosen.as_mut().unwrap_or(default);
+            let outcome = self
+                .captioner
+                .decode(&prepared, decoder, fallback.as_mut(), self.s.seed);
+            self.s.metrics.decoder_failures(&outcome);
+            outcome
+        });
+        let origin = Origin {
+            source: SourceLabel::Upload,
+            name: upload.client,
+            header: None,
         };
-        let result = result
-            .map(|caption| {
-                self.s
-                    .state
-                    .publish("upload", upload.origin, None, upload.received, caption)
-            })
-            .inspect_err(|_| self.s.state.metrics.error("caption"));
+        let result = outcome
+            .map(|caption| self.s.state.publish(origin, upload.received, caption))
+            .inspect_err(|_| self.s.metrics.error(ErrorKind::Caption));
         if let Ok(since) = upload.received.elapsed() {
-            self.s.state.metrics.upload_seconds.observe(since.as_secs_f64());
+            self.s.metrics.upload_seconds.observe(since.as_secs_f64());
         }
         let _ = upload.reply.send(result); // the client may have gone
     }
 
-    /// Whether the source is a folder in queue mode: every frame captioned, none skipped.
-    fn queue(&self) -> bool {
-        self.s.state.source_kind == SourceKind::Folder && self.s.folder_mode == FolderMode::Queue
-    }
-
-    /// Captions a source frame: the published caption's id, or why there is none.
-    fn camera(&mut self, frame: &Frame, last_scene: &mut Option<Vec<f32>>) -> Result<u64, String> {
-        let source = match self.s.state.source_kind {
-            SourceKind::Folder => "folder",
-            SourceKind::Ros2 => "ros2",
-            _ => "camera",
-        };
+    /// Captions a source frame (every one, without the scene-change rule, when `every_frame`): the
+    /// published caption's id, or why there is none.
+    fn camera(
+        &mut self,
+        frame: &Frame,
+        every_frame: bool,
+        last_scene: &mut Option<Vec<f32>>,
+    ) -> Result<u64, NotCaptioned> {
+        let source = frame.origin.source.as_str();
         let image = match frame.pixels.to_rgb() {
             Ok(image) => image,
             // A bad frame (a corrupt MJPEG, say) is the source's error; the camera goes on.
             Err(e) => {
                 tracing::warn!("{source} frame {}: {e}", frame.seq);
-                self.s.state.source.counters.errors.inc();
-                return Err(e);
+                self.s.source.status.bad_frame();
+                return Err(e.into());
             }
         };
         let prepared = match self.captioner.prepare(&image) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("{source} frame: {e}");
-                self.s.state.metrics.error("caption");
-                return Err(e.to_string());
+                self.s.metrics.error(ErrorKind::Caption);
+                return Err(e.into());
             }
         };
-        if !self.queue() && self.unchanged(&prepared, last_scene) {
-            self.s.state.metrics.frames_skipped.inc();
-            return Err("unchanged scene".into());
+        if !every_frame && self.unchanged(&prepared, last_scene) {
+            self.s.metrics.frames_skipped.inc();
+            return Err(NotCaptioned::Unchanged);
         }
         let Decoders { default, fallback, .. } = &mut self.s.decoders;
         let outcome = self
             .captioner
             .decode(&prepared, default, fallback.as_mut(), self.s.seed);
-        self.s.state.metrics.decoder_failures(&outcome);
+        self.s.metrics.decoder_failures(&outcome);
         match outcome {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
-                let event = self.s.state.publish(
-                    source,
-                    frame.origin.clone(),
-                    frame.header.clone(),
-                    frame.captured,
-                    caption,
-                );
+                let origin = Origin {
+                    source: frame.origin.source,
+                    name: frame.origin.name.clone(),
+                    header: frame.origin.header.clone(),
+                };
+                let event = self.s.state.publish(origin, frame.captured, caption);
                 // Published first: comparing never delays the caption.
                 if !self.s.decoders.compare.is_empty() && self.compare_due() {
                     self.compare(&prepared, &event);
@@ -209,8 +281,8 @@ impl Pipeline {
             }
             Err(e) => {
                 tracing::warn!("{source} caption failed: {e}");
-                self.s.state.metrics.error("caption");
-                Err(e.to_string())
+                self.s.metrics.error(ErrorKind::Caption);
+                Err(e.into())
             }
         }
     }
@@ -221,17 +293,18 @@ impl Pipeline {
         let c = &self.s.config;
         self.compare_count += 1;
         let skip = if !(self.compare_count - 1).is_multiple_of(c.compare_every) {
-            Some("sampled")
-        } else if self.s.state.frames.waiting() || self.s.state.uploads_waiting.load(Ordering::Relaxed) > 0 {
-            Some("busy")
+            Some(SkipReason::Sampled)
+        } else if self.s.source.frames.waiting() || self.s.uploads.waiting() {
+            Some(SkipReason::Busy)
         } else {
             let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
             self.compared_at.retain(|t| minute_ago.is_none_or(|m| *t > m));
-            (c.compare_per_minute > 0 && self.compared_at.len() as u64 >= c.compare_per_minute).then_some("rate")
+            (c.compare_per_minute > 0 && self.compared_at.len() as u64 >= c.compare_per_minute)
+                .then_some(SkipReason::Rate)
         };
         match skip {
             Some(reason) => {
-                self.s.state.metrics.compare_skipped(reason);
+                self.s.metrics.compare_skipped(reason);
                 false
             }
             None => {
@@ -244,7 +317,7 @@ impl Pipeline {
     /// Runs the comparison decoders on the frame of `event`, scores every caption with CLIP (when the
     /// bundle has its text encoder), and publishes the comparison.
     fn compare(&mut self, prepared: &Prepared, event: &CaptionEvent) {
-        let metrics = &self.s.state.metrics;
+        let metrics = &self.s.metrics;
         let mut compared: Vec<Compared> = Vec::with_capacity(self.s.decoders.compare.len());
         for d in self.s.decoders.compare.iter_mut() {
             let start = Instant::now();
@@ -262,7 +335,7 @@ impl Pipeline {
                     }
                 }
                 Err(e) => {
-                    metrics.error("compare");
+                    metrics.error(ErrorKind::Compare);
                     Compared {
                         decoder: d.label().into(),
                         caption: None,
@@ -279,7 +352,7 @@ impl Pipeline {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("CLIPScore: {e}");
-                metrics.error("compare");
+                metrics.error(ErrorKind::Compare);
                 None
             }
         };
@@ -296,7 +369,6 @@ impl Pipeline {
             ms: event.caption.ms.decode,
             compare: compared,
         };
-        self.s.state.compare.record(&comparison, metrics);
         self.s.state.publish_comparison(comparison);
     }
 

@@ -14,6 +14,7 @@ use clipcap_core::captioner::CaptionError;
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
+use super::metrics::ErrorKind;
 use super::state::State;
 use super::{http, notify};
 use crate::shutdown::Shutdown;
@@ -75,9 +76,9 @@ impl Server {
             .enable_all()
             .build()?;
         let state = api.state.clone();
-        let timeout = Duration::from_millis(api.config.service.header_timeout_ms);
-        let max_connections = api.config.service.max_connections;
-        let refused = state.metrics.errors.with_label_values(&["connection"]);
+        let timeout = Duration::from_millis(api.service.header_timeout_ms);
+        let max_connections = api.service.max_connections;
+        let refused = api.metrics.error_counter(ErrorKind::Connection);
         let result = rt.block_on(async {
             let app = http::router(api).into_make_service_with_connect_info::<SocketAddr>();
             let decided = {

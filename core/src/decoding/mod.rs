@@ -63,16 +63,59 @@ pub enum DecoderFault {
 }
 
 impl DecoderFault {
-    /// A short name of the kind of fault, for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of fault, for metrics and records.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            DecoderFault::Violation(_) => "violation",
-            DecoderFault::Failed(_) => "failed",
-            DecoderFault::TooManyTokens { .. } | DecoderFault::NoTokens | DecoderFault::Token { .. } => "output",
-            DecoderFault::Crashed(_) => "crashed",
-            DecoderFault::TimedOut(_) => "timeout",
-            DecoderFault::Protocol(_) => "protocol",
-            DecoderFault::Unavailable(_) => "unavailable",
+            DecoderFault::Violation(_) => FaultKind::Violation,
+            DecoderFault::Failed(_) => FaultKind::Failed,
+            DecoderFault::TooManyTokens { .. } | DecoderFault::NoTokens | DecoderFault::Token { .. } => {
+                FaultKind::Output
+            }
+            DecoderFault::Crashed(_) => FaultKind::Crashed,
+            DecoderFault::TimedOut(_) => FaultKind::Timeout,
+            DecoderFault::Protocol(_) => FaultKind::Protocol,
+            DecoderFault::Unavailable(_) => FaultKind::Unavailable,
+        }
+    }
+}
+
+/// Why a caption failed, in one word: the kind of a [`DecoderFault`], or `Model` when the model path
+/// failed rather than the decoder. docs/api.md lists them (the `fault` of `fallback_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Violation,
+    Failed,
+    Output,
+    Crashed,
+    Timeout,
+    Protocol,
+    Unavailable,
+    Model,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Violation,
+        FaultKind::Failed,
+        FaultKind::Output,
+        FaultKind::Crashed,
+        FaultKind::Timeout,
+        FaultKind::Protocol,
+        FaultKind::Unavailable,
+        FaultKind::Model,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Violation => "violation",
+            FaultKind::Failed => "failed",
+            FaultKind::Output => "output",
+            FaultKind::Crashed => "crashed",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Protocol => "protocol",
+            FaultKind::Unavailable => "unavailable",
+            FaultKind::Model => "model",
         }
     }
 }

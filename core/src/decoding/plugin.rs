@@ -1,12 +1,13 @@
 //! Loading one plugin library and checking its descriptor before anything in it is called:
 //! the entry symbol, the ABI version, the struct sizes, and every pointer the descriptor holds.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clipcap_plugin_sdk::ffi;
 use libloading::Library;
+use serde::{Deserialize, Serialize};
 
 use super::host;
 use super::security::CheckedFile;
@@ -254,4 +255,86 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
         });
     }
     Ok(out)
+}
+
+/// A plugin's refusal to create an instance: its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refused(pub String);
+
+/// What a decoder's `decode` gave back: its status, the tokens it wrote (at most the buffer's
+/// length), the count it reported (which may exceed that), and its message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    pub status: i32,
+    pub tokens: Vec<u32>,
+    pub len: u64,
+    pub message: String,
+}
+
+impl Done {
+    pub fn failed(message: String) -> Done {
+        Done {
+            status: 1,
+            tokens: Vec::new(),
+            len: 0,
+            message,
+        }
+    }
+}
+
+/// A new instance of `info`'s decoder from checked parameter values, or the plugin's message.
+pub(crate) fn create_raw(info: &DecoderInfo, values: &[f64]) -> Result<*mut c_void, Refused> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `create` passed the descriptor checks; `values` has one value per declared parameter,
+    // in order (DecoderRequest::values), and `err` is a writable buffer of the length passed.
+    let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if instance.is_null() {
+        return Err(Refused(message(&err)));
+    }
+    Ok(instance)
+}
+
+/// One `decode` call of `instance` with `table`, and what it gave back (unchecked).
+///
+/// # Safety
+/// `instance` came from `info`'s `create` and is not used elsewhere during the call; `table` is a
+/// complete host table whose functions and ctx stay valid for the call.
+pub(crate) unsafe fn decode_raw(
+    info: &DecoderInfo,
+    instance: *mut c_void,
+    table: &ffi::Host,
+    max_tokens: usize,
+) -> Done {
+    let mut out = vec![0u32; max_tokens];
+    let mut len = 0usize;
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: the caller's contract for `instance` and `table`; `out` and `err` are writable buffers
+    // of the lengths passed.
+    let status = unsafe {
+        (info.fns.decode)(
+            instance,
+            table,
+            out.as_mut_ptr(),
+            out.len(),
+            &mut len,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    out.truncate(len);
+    Done {
+        status,
+        tokens: out,
+        len: len as u64,
+        message: message(&err),
+    }
+}
+
+fn message(buf: &[c_char]) -> String {
+    if !buf.contains(&0) {
+        return "(no message)".into();
+    }
+    // SAFETY: the buffer holds a NUL (checked above), so the string ends inside it.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }

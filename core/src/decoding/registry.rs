@@ -1,16 +1,13 @@
 //! The decoders available to this process: plugin libraries found in the configured folders (each
 //! checked by `security` and `plugin` before use), and instances created from requests.
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
-use clipcap_plugin_sdk::ffi;
-
 use super::host::HostCtx;
-use super::isolation::protocol::Done;
 use super::isolation::{Isolated, IsolationOptions, Launch};
 use super::params::DecoderRequest;
-use super::plugin::{self, DecoderInfo};
+use super::plugin::{self, DecoderInfo, create_raw, decode_raw};
 use super::{DecodeError, DecoderFault, Generation, PluginError, PluginFault, RequestError, security};
 
 /// Where plugins are looked for, whether files others could write are refused, and how isolated
@@ -122,15 +119,15 @@ impl Plugins {
                 allow_insecure: self.options.allow_insecure,
                 values,
             };
-            let isolated = Isolated::start(launch).map_err(|message| RequestError::Create {
+            let isolated = Isolated::start(launch).map_err(|e| RequestError::Create {
                 decoder: info.name.clone(),
-                message,
+                message: e.to_string(),
             })?;
             Backend::Isolated(Box::new(isolated))
         } else {
-            Backend::InProcess(create_raw(info, &values).map_err(|message| RequestError::Create {
+            Backend::InProcess(create_raw(info, &values).map_err(|refused| RequestError::Create {
                 decoder: info.name.clone(),
-                message,
+                message: refused.0,
             })?)
         };
         Ok(DecoderInstance {
@@ -139,62 +136,6 @@ impl Plugins {
             backend,
         })
     }
-}
-
-/// A new instance of `info`'s decoder from checked parameter values, or the plugin's message.
-pub(crate) fn create_raw(info: &DecoderInfo, values: &[f64]) -> Result<*mut c_void, String> {
-    let mut err = [0 as c_char; 512];
-    // SAFETY: `create` passed the descriptor checks; `values` has one value per declared parameter,
-    // in order (DecoderRequest::values), and `err` is a writable buffer of the length passed.
-    let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
-    if instance.is_null() {
-        return Err(message(&err));
-    }
-    Ok(instance)
-}
-
-/// One `decode` call of `instance` with `table`, and what it gave back (unchecked).
-///
-/// # Safety
-/// `instance` came from `info`'s `create` and is not used elsewhere during the call; `table` is a
-/// complete host table whose functions and ctx stay valid for the call.
-pub(crate) unsafe fn decode_raw(
-    info: &DecoderInfo,
-    instance: *mut c_void,
-    table: &ffi::Host,
-    max_tokens: usize,
-) -> Done {
-    let mut out = vec![0u32; max_tokens];
-    let mut len = 0usize;
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: the caller's contract for `instance` and `table`; `out` and `err` are writable buffers
-    // of the lengths passed.
-    let status = unsafe {
-        (info.fns.decode)(
-            instance,
-            table,
-            out.as_mut_ptr(),
-            out.len(),
-            &mut len,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    out.truncate(len);
-    Done {
-        status,
-        tokens: out,
-        len: len as u64,
-        message: message(&err),
-    }
-}
-
-fn message(buf: &[c_char]) -> String {
-    if !buf.contains(&0) {
-        return "(no message)".into();
-    }
-    // SAFETY: the buffer holds a NUL (checked above), so the string ends inside it.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }
 
 /// A created decoder, used by one thread at a time (the ABI's rule).

@@ -60,35 +60,46 @@ pub fn open(path: &Path, allow_insecure: bool) -> Result<CheckedFile, PluginErro
     }
     elf_machine(&file).map_err(refuse)?;
     if !allow_insecure {
-        owner_and_mode(path, &meta).map_err(insecure)?;
+        owner_and_mode(path, &meta).map_err(|e| insecure(e.to_string()))?;
         let folder = path.parent().unwrap_or(Path::new("."));
         let real = folder
             .canonicalize()
             .map_err(|e| insecure(format!("{}: cannot resolve: {e}", folder.display())))?;
         for dir in real.ancestors() {
             let meta = std::fs::metadata(dir).map_err(|e| insecure(format!("{}: {e}", dir.display())))?;
-            owner_and_mode(dir, &meta).map_err(insecure)?;
+            owner_and_mode(dir, &meta).map_err(|e| insecure(e.to_string()))?;
         }
     }
     Ok(CheckedFile { file })
 }
 
-fn owner_and_mode(path: &Path, meta: &Metadata) -> Result<(), String> {
+/// A file or folder others could change.
+#[derive(Debug, thiserror::Error)]
+enum Unsafe {
+    #[error("{} is owned by uid {owner}, neither root nor this user ({uid})", .path.display())]
+    Owner { path: PathBuf, owner: u32, uid: u32 },
+    #[error(
+        "{} is writable by group or others (mode {mode:o}); set plugins.allow_insecure = true for development",
+        .path.display()
+    )]
+    Writable { path: PathBuf, mode: u32 },
+}
+
+fn owner_and_mode(path: &Path, meta: &Metadata) -> Result<(), Unsafe> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     if meta.uid() != 0 && meta.uid() != uid {
-        return Err(format!(
-            "{} is owned by uid {}, neither root nor this user ({uid})",
-            path.display(),
-            meta.uid()
-        ));
+        return Err(Unsafe::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            uid,
+        });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by group or others (mode {:o}); set plugins.allow_insecure = true for development",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
+        return Err(Unsafe::Writable {
+            path: path.to_path_buf(),
+            mode: meta.mode() & 0o7777,
+        });
     }
     Ok(())
 }

@@ -122,8 +122,11 @@ pub fn read_annotations(path: &Path) -> Result<Vec<Annotated>, CocoError> {
         .collect())
 }
 
+/// The caption of each image.
+pub type Captions = BTreeMap<ImageId, String>;
+
 /// One caption per image from a COCO results file.
-pub fn read_results(path: &Path) -> Result<BTreeMap<ImageId, String>, CocoError> {
+pub fn read_results(path: &Path) -> Result<Captions, CocoError> {
     let entries: Vec<Entry> = read(path, "a COCO results list ([{\"image_id\", \"caption\"}])")?;
     if entries.is_empty() {
         return Err(CocoError::Format {

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use clipcap_plugin_sdk::ffi;
 
 use super::arena::ArenaReader;
-use super::protocol::{self, Call, Done, Reply, ToChild, ToParent};
-use super::sandbox;
+use super::protocol::{self, Call, Done, Refusal, Reply, ToChild, ToParent};
+use super::sandbox::{self, SandboxError};
 use crate::decoding::host::{self, Facts, HostFns, Row};
-use crate::decoding::plugin::{self, DecoderInfo};
-use crate::decoding::{registry, security};
+use crate::decoding::plugin::{self, DecoderInfo, create_raw, decode_raw};
+use crate::decoding::{PluginError, security};
 
 /// The descriptors the daemon hands its decoder process (server.rs puts them there).
 pub(crate) const SOCKET_FD: i32 = 3;
@@ -33,32 +33,54 @@ pub struct HostArgs {
     pub memory_mb: u64,
 }
 
+/// Why a decoder's process could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("{}: no decoder `{decoder}`", .plugin.display())]
+    NoDecoder { plugin: PathBuf, decoder: String },
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error(transparent)]
+    Socket(#[from] protocol::RecvError),
+}
+
 /// Runs the decoder process until the daemon closes the socket; an error says why it cannot start.
-pub fn decoder_host(args: &HostArgs) -> Result<(), String> {
+pub fn decoder_host(args: &HostArgs) -> Result<(), HostError> {
     // SAFETY: the daemon started this process with its socket and the arena on these descriptors
     // (server.rs), and nothing else in this process owns them.
     let (socket, arena) = unsafe { (OwnedFd::from_raw_fd(SOCKET_FD), OwnedFd::from_raw_fd(ARENA_FD)) };
     let mut socket = UnixStream::from(socket);
     sandbox::limit_memory(args.memory_mb)?;
-    let file = security::open(&args.plugin, args.allow_insecure).map_err(|e| e.to_string())?;
-    let info = plugin::load(&args.plugin, file)
-        .map_err(|e| e.to_string())?
+    let file = security::open(&args.plugin, args.allow_insecure)?;
+    let info = plugin::load(&args.plugin, file)?
         .into_iter()
         .find(|d| d.name == args.decoder)
-        .ok_or_else(|| format!("{}: no decoder `{}`", args.plugin.display(), args.decoder))?;
+        .ok_or_else(|| HostError::NoDecoder {
+            plugin: args.plugin.clone(),
+            decoder: args.decoder.clone(),
+        })?;
     sandbox::confine()?;
     let values = match protocol::recv(&mut socket, None) {
         Ok(ToChild::Create { values }) => values,
-        Ok(other) => return Err(format!("expected Create, got {other:?}")),
-        Err(e) => return Err(e.to_string()),
+        Ok(other) => {
+            return Err(HostError::Unexpected {
+                expected: "Create",
+                got: format!("{other:?}"),
+            });
+        }
+        Err(e) => return Err(e.into()),
     };
-    let instance = match registry::create_raw(&info, &values) {
+    let instance = match create_raw(&info, &values) {
         Ok(instance) => {
             send(&mut socket, &ToParent::Created(Ok(())));
             instance
         }
-        Err(message) => {
-            send(&mut socket, &ToParent::Created(Err(message)));
+        Err(refused) => {
+            send(&mut socket, &ToParent::Created(Err(Refusal(refused.0))));
             return Ok(());
         }
     };
@@ -75,8 +97,13 @@ pub fn decoder_host(args: &HostArgs) -> Result<(), String> {
                 send(&mut remote.socket, &ToParent::Done(done));
             }
             Err(protocol::RecvError::Closed) => return Ok(()),
-            Ok(other) => return Err(format!("expected Decode, got {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(other) => {
+                return Err(HostError::Unexpected {
+                    expected: "Decode",
+                    got: format!("{other:?}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -106,7 +133,7 @@ impl Remote {
         let table = host::table(facts, (self as *mut Self).cast(), &FORWARDING);
         // SAFETY: `instance` came from this decoder's `create`; `table` and `self` (its ctx) outlive
         // the call and `self` is not otherwise used during it.
-        unsafe { registry::decode_raw(info, instance, &table, facts.max_tokens as usize) }
+        unsafe { decode_raw(info, instance, &table, facts.max_tokens as usize) }
     }
 
     /// Asks the daemon; ends this process if the daemon is gone or answers nonsense.
@@ -140,7 +167,7 @@ impl Remote {
         }
         match ok {
             Ok(()) => 0,
-            Err(message) => {
+            Err(Refusal(message)) => {
                 self.fail(message);
                 1
             }
@@ -153,7 +180,7 @@ impl Remote {
         };
         match slot {
             Ok(slot) => self.arena.row(slot.offset, slot.len),
-            Err(message) => {
+            Err(Refusal(message)) => {
                 self.fail(message);
                 None
             }
@@ -281,7 +308,7 @@ unsafe extern "C" fn detokenize(ctx: *mut c_void, ids: *const u32, n: u32, buf: 
             text.len()
         }
         Err(message) => {
-            r.fail(message);
+            r.fail(message.0);
             0
         }
     }
@@ -326,7 +353,7 @@ unsafe extern "C" fn image_text_similarity(
             0
         }
         Err(message) => {
-            r.fail(message);
+            r.fail(message.0);
             1
         }
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 pub use child::{HostArgs, decoder_host};
 use protocol::Done;
 use server::Child;
+pub use server::StartError;
 
 use super::DecoderFault;
 use super::host::HostCtx;
@@ -63,7 +64,7 @@ pub(crate) struct Isolated {
 
 impl Isolated {
     /// Starts the decoder's process and creates the instance there; the error is why not.
-    pub fn start(launch: Launch) -> Result<Isolated, String> {
+    pub fn start(launch: Launch) -> Result<Isolated, StartError> {
         let child = Child::spawn(&launch)?;
         Ok(Isolated {
             launch,

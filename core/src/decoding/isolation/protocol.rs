@@ -9,6 +9,8 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::decoding::plugin::Done;
+
 use crate::decoding::host::{Facts, Row};
 
 /// Largest message either side accepts; anything longer is a protocol violation.
@@ -27,7 +29,7 @@ pub enum ToChild {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToParent {
     /// `create` succeeded, or its message.
-    Created(Result<(), String>),
+    Created(Result<(), Refusal>),
     /// A host function the decoder called; every call but `Log` and `Violation` gets one `Reply`.
     Call(Call),
     /// The decoder's `decode` returned.
@@ -62,16 +64,22 @@ pub enum Reply {
     /// After `start` or `step`: whether it was done (or the message), and the arena's size, which
     /// only changes here (when a batch outgrows it), while no row handed out is valid any more.
     Stepped {
-        ok: Result<(), String>,
+        ok: Result<(), Refusal>,
         arena_bytes: u64,
     },
     Batch(u32),
     /// Where the row lies in the arena, in floats from its start, or why there is none.
-    Row(Result<Slot, String>),
+    Row(Result<Slot, Refusal>),
     Random(f64),
-    Text(Result<String, String>),
-    Similarity(Result<Vec<f32>, String>),
+    Text(Result<String, Refusal>),
+    Similarity(Result<Vec<f32>, Refusal>),
 }
+
+/// A refusal that crosses the socket as text: the plugin's message when `create` fails, the host's
+/// last error when a call is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Slot {
@@ -138,25 +146,4 @@ fn read_by(socket: &mut UnixStream, buf: &mut [u8], deadline: Option<Instant>) -
         }
     }
     Ok(())
-}
-
-/// What a decoder's `decode` gave back: its status, the tokens it wrote (at most the buffer's
-/// length), the count it reported (which may exceed that), and its message.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Done {
-    pub status: i32,
-    pub tokens: Vec<u32>,
-    pub len: u64,
-    pub message: String,
-}
-
-impl Done {
-    pub fn failed(message: String) -> Done {
-        Done {
-            status: 1,
-            tokens: Vec::new(),
-            len: 0,
-            message,
-        }
-    }
 }

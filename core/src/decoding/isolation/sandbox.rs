@@ -18,7 +18,24 @@ use std::collections::BTreeMap;
 use rustix::process::{Resource, Rlimit, setrlimit};
 use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
 
-pub fn limit_memory(mb: u64) -> Result<(), String> {
+/// A limit or filter that could not be set: the process does not run the decoder unconfined.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot limit memory to {mb} MiB: {source}")]
+    Memory { mb: u64, source: rustix::io::Errno },
+    #[error("PR_SET_NO_NEW_PRIVS: {0}")]
+    NoNewPrivs(rustix::io::Errno),
+    #[error("seccomp filter: {0}")]
+    Filter(#[from] seccompiler::BackendError),
+    #[error("seccomp: {0}")]
+    Arch(String),
+    #[error("seccomp: the filter is too long")]
+    TooLong,
+    #[error("seccomp: {0}")]
+    Install(std::io::Error),
+}
+
+pub fn limit_memory(mb: u64) -> Result<(), SandboxError> {
     let bytes = mb.saturating_mul(1 << 20);
     setrlimit(
         Resource::Data,
@@ -27,7 +44,7 @@ pub fn limit_memory(mb: u64) -> Result<(), String> {
             maximum: Some(bytes),
         },
     )
-    .map_err(|e| format!("cannot limit memory to {mb} MiB: {e}"))
+    .map_err(|source| SandboxError::Memory { mb, source })
 }
 
 /// The system calls a decoder may make.
@@ -72,8 +89,8 @@ const ALLOWED: &[libc::c_long] = &[
 ];
 
 /// No new privileges, then the seccomp filter, for the rest of this process's life.
-pub fn confine() -> Result<(), String> {
-    rustix::thread::set_no_new_privs(true).map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+pub fn confine() -> Result<(), SandboxError> {
+    rustix::thread::set_no_new_privs(true).map_err(SandboxError::NoNewPrivs)?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&call| (call, Vec::new())).collect();
     // Signals to this process only (abort() raises SIGABRT with tgkill): never to the daemon.
     let own = |arg: u8| {
@@ -85,26 +102,26 @@ pub fn confine() -> Result<(), String> {
         )
         .and_then(|c| SeccompRule::new(vec![c]))
     };
-    let filter_error = |e: seccompiler::BackendError| format!("seccomp filter: {e}");
-    rules.insert(libc::SYS_tgkill, vec![own(0).map_err(filter_error)?]);
-    rules.insert(libc::SYS_kill, vec![own(0).map_err(filter_error)?]);
-    let arch = std::env::consts::ARCH.try_into().map_err(|e| format!("seccomp: {e}"))?;
+    rules.insert(libc::SYS_tgkill, vec![own(0)?]);
+    rules.insert(libc::SYS_kill, vec![own(0)?]);
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| SandboxError::Arch(format!("{e}")))?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
         SeccompAction::Allow,
         arch,
-    )
-    .map_err(filter_error)?;
-    let program: seccompiler::BpfProgram = filter.try_into().map_err(filter_error)?;
+    )?;
+    let program: seccompiler::BpfProgram = filter.try_into()?;
     install(&program)
 }
 
 /// Installs the filter with prctl(PR_SET_SECCOMP) rather than the seccomp() system call that
 /// seccompiler::apply_filter uses: systemd's @system-service set (our unit's SystemCallFilter) has
 /// prctl but not seccomp().
-fn install(program: &[seccompiler::sock_filter]) -> Result<(), String> {
-    let len = u16::try_from(program.len()).map_err(|_| "seccomp: the filter is too long".to_string())?;
+fn install(program: &[seccompiler::sock_filter]) -> Result<(), SandboxError> {
+    let len = u16::try_from(program.len()).map_err(|_| SandboxError::TooLong)?;
     let fprog = libc::sock_fprog {
         len,
         filter: program.as_ptr().cast_mut().cast::<libc::sock_filter>(),
@@ -114,7 +131,7 @@ fn install(program: &[seccompiler::sock_filter]) -> Result<(), String> {
     // and libc's. No new privileges is set above, as the kernel requires for an unprivileged filter.
     let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const fprog) };
     if rc != 0 {
-        return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
+        return Err(SandboxError::Install(std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
 
 use super::arena::ArenaWriter;
 use super::child::{ARENA_FD, SOCKET_FD};
-use super::protocol::{self, Call, Done, RecvError, Reply, Slot, ToChild, ToParent};
+use super::protocol::{self, Call, Done, RecvError, Refusal, Reply, Slot, ToChild, ToParent};
 use super::{IsolationOptions, Launch};
 use crate::decoding::DecoderFault;
 use crate::decoding::host::{HostCtx, Row};
@@ -24,10 +24,29 @@ pub(super) struct Child {
     output: Option<std::thread::JoinHandle<String>>,
 }
 
+/// Why a decoder's process did not start, or its instance was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("cannot start {}: {source}", .program.display())]
+    Exec {
+        program: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The plugin's `create` refused the parameters: its message.
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error("protocol violation: {0} before the instance was created")]
+    Protocol(String),
+    #[error("its process did not start: {0}")]
+    NotStarted(DecoderFault),
+}
+
 impl Child {
     /// Starts `clipcap decoder-host` for the decoder and creates the instance in it.
-    pub fn spawn(launch: &Launch) -> Result<Child, String> {
-        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    pub fn spawn(launch: &Launch) -> Result<Child, StartError> {
+        let io = |what: &'static str, source: std::io::Error| StartError::Io { what, source };
         let (socket, theirs) = UnixStream::pair().map_err(|e| io("socket pair", e))?;
         let (arena, reader) = ArenaWriter::new().map_err(|e| io("shared memory", e))?;
         let mut command = Command::new(&launch.options.program);
@@ -71,9 +90,10 @@ impl Child {
                 Ok(())
             })
         };
-        let process = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", launch.options.program.display()))?;
+        let process = command.spawn().map_err(|source| StartError::Exec {
+            program: launch.options.program.clone(),
+            source,
+        })?;
         drop((theirs, reader, command));
         let mut child = Child {
             process,
@@ -92,12 +112,9 @@ impl Child {
         .and_then(|()| protocol::recv::<ToParent>(&mut child.socket, deadline));
         match created {
             Ok(ToParent::Created(Ok(()))) => Ok(child),
-            Ok(ToParent::Created(Err(message))) => Err(message),
-            Ok(other) => Err(format!("protocol violation: {other:?} before the instance was created")),
-            Err(e) => Err(format!(
-                "its process did not start: {}",
-                child.fault(e, launch.options.wait)
-            )),
+            Ok(ToParent::Created(Err(refused))) => Err(StartError::Refused(refused)),
+            Ok(other) => Err(StartError::Protocol(format!("{other:?}"))),
+            Err(e) => Err(StartError::NotStarted(child.fault(e, launch.options.wait))),
         }
     }
 
@@ -196,7 +213,7 @@ impl Child {
 
     /// Answers one call (`None` for calls that get no answer).
     fn serve(&mut self, ctx: &mut HostCtx, call: Call) -> Result<Option<Reply>, DecoderFault> {
-        let error = |ctx: &HostCtx| ctx.last_error().to_string_lossy().into_owned();
+        let error = |ctx: &HostCtx| Refusal(ctx.last_error().to_string_lossy().into_owned());
         Ok(Some(match call {
             Call::Start | Call::Step { .. } => {
                 let ok = match call {

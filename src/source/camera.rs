@@ -1,6 +1,8 @@
-//! A V4L2 camera through the `v4l` crate: format negotiation (the first of the configured pixel
-//! formats the driver accepts), memory-mapped streaming, conversion to RGB, and on any failure (no
+//! `source.kind = "v4l2"`: a V4L2 camera through the `v4l` crate: format negotiation (the first of
+//! the configured pixel formats the driver accepts), memory-mapped streaming, and on any failure (no
 //! camera yet, unplugged, driver error) a reconnect with exponential backoff while the daemon goes on.
+//! Its keys: `device`, `width`, `height`, `fps`, `formats`, `reconnect_min_ms`, `reconnect_max_ms`.
+//! Its captions are labelled `camera`; it is ready while frames come.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +14,75 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
-use super::{FrameSlot, Layout, Pixels, SourceStatus};
-use crate::config::SourceConfig;
-use crate::shutdown::Shutdown;
+use super::{FRESH, FrameSlot, Kind, Layout, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
+use crate::settings::{Invalid, check};
+use crate::shutdown::{Shutdown, Worker};
 
-pub fn run(config: &SourceConfig, slot: &Arc<FrameSlot>, status: &Arc<SourceStatus>, shutdown: &Shutdown) {
+pub(super) const SPEC: Spec = Spec { validate, open };
+
+fn open(config: &SourceConfig, _max_pixels: u64) -> super::Opened {
+    Ok(Box::new(Camera(config.clone())))
+}
+
+/// The pixel formats `source.formats` may name.
+const FORMATS: [&str; 3] = ["MJPG", "YUYV", "RGB3"];
+
+fn validate(config: &SourceConfig) -> Result<(), Invalid> {
+    if let Some(f) = config.formats.iter().find(|f| !FORMATS.contains(&f.as_str())) {
+        return Err(Invalid::new(
+            "source.formats",
+            format!("source.formats: {f:?} is not one of MJPG, YUYV, RGB3"),
+        ));
+    }
+    check(
+        !config.formats.is_empty() && config.width > 0 && config.height > 0,
+        "source.formats",
+        || "source.formats must name a format, and source.width and height be > 0".into(),
+    )
+}
+
+struct Camera(SourceConfig);
+
+impl Kind for Camera {
+    fn readiness(&self, status: &SourceStatus) -> Result<(), NotReady> {
+        if status.fresh(FRESH) {
+            Ok(())
+        } else if status.is_up() {
+            Err(NotReady::CameraSilent)
+        } else {
+            Err(super::failed_or(status, NotReady::NotOpen))
+        }
+    }
+
+    fn start(
+        &self,
+        slot: Arc<FrameSlot>,
+        status: Arc<SourceStatus>,
+        shutdown: Shutdown,
+    ) -> std::io::Result<Option<Worker>> {
+        let config = self.0.clone();
+        super::spawn_capture("capture-v4l2", status, move |status| {
+            run(&config, &slot, status, &shutdown)
+        })
+    }
+}
+
+/// Why the camera stopped delivering.
+#[derive(Debug, thiserror::Error)]
+enum CameraError {
+    #[error("cannot open: {0}")]
+    Open(std::io::Error),
+    #[error("cannot stream: {0}")]
+    Stream(std::io::Error),
+    #[error("no frame for a second")]
+    NoFrame,
+    #[error("capture failed: {0}")]
+    Capture(std::io::Error),
+    #[error("none of the pixel formats {formats} is supported: {tried}")]
+    Formats { formats: String, tried: String },
+}
+
+fn run(config: &SourceConfig, slot: &FrameSlot, status: &SourceStatus, shutdown: &Shutdown) {
     let (min, max) = (
         Duration::from_millis(config.reconnect_min_ms),
         Duration::from_millis(config.reconnect_max_ms),
@@ -50,8 +116,8 @@ fn stream(
     status: &SourceStatus,
     shutdown: &Shutdown,
     delivered: &mut bool,
-) -> Result<(), String> {
-    let dev = Device::with_path(&config.device).map_err(|e| format!("cannot open: {e}"))?;
+) -> Result<(), CameraError> {
+    let dev = Device::with_path(&config.device).map_err(CameraError::Open)?;
     let format = negotiate(&dev, config)?;
     if config.fps > 0
         && let Err(e) = dev.set_params(&Parameters::with_fps(config.fps))
@@ -62,7 +128,7 @@ fn stream(
             config.fps
         );
     }
-    let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4).map_err(|e| format!("cannot stream: {e}"))?;
+    let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4).map_err(CameraError::Stream)?;
     stream.set_timeout(Duration::from_millis(1000)); // wake up to notice `stop`
     tracing::info!(
         "camera streaming: {} {}x{} {}",
@@ -77,8 +143,8 @@ fn stream(
     while !shutdown.is_set() {
         let (data, meta) = match stream.next() {
             Ok(frame) => frame,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("no frame for a second".into()),
-            Err(e) => return Err(format!("capture failed: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(CameraError::NoFrame),
+            Err(e) => return Err(CameraError::Capture(e)),
         };
         // V4L2_BUF_FLAG_ERROR: the data may be corrupt (a USB transfer lost, say). Not captioned,
         // counted as source errors; logged when it starts and when good frames return.
@@ -90,7 +156,7 @@ fn stream(
                 );
             }
             flagged += 1;
-            status.counters.errors.inc();
+            status.bad_frame();
             continue;
         }
         if flagged > 0 {
@@ -102,7 +168,12 @@ fn stream(
         }
         let used = (meta.bytesused as usize).min(data.len());
         // Copied out of the driver's buffer as it is; converted only if it is captioned or shown.
-        let dropped = slot.put(pixels(&format, &data[..used]), config.device.display().to_string());
+        let origin = Origin {
+            source: SourceLabel::Camera,
+            name: config.device.display().to_string(),
+            header: None,
+        };
+        let dropped = slot.put(pixels(&format, &data[..used]), origin);
         status.frame(dropped);
         *delivered = true;
     }
@@ -110,10 +181,11 @@ fn stream(
 }
 
 /// The first configured pixel format the driver takes at the configured size.
-fn negotiate(dev: &Device, config: &SourceConfig) -> Result<Format, String> {
+fn negotiate(dev: &Device, config: &SourceConfig) -> Result<Format, CameraError> {
     let mut tried = Vec::new();
     for name in &config.formats {
-        let wanted = FourCC::new(&fourcc_bytes(name)?);
+        // Four ASCII characters: validate() allows only FORMATS.
+        let wanted = FourCC::new(&name.as_bytes().try_into().unwrap_or(*b"    "));
         let asked = Format::new(config.width, config.height, wanted);
         match dev.set_format(&asked) {
             Ok(got) if got.fourcc == wanted => return Ok(got),
@@ -121,17 +193,10 @@ fn negotiate(dev: &Device, config: &SourceConfig) -> Result<Format, String> {
             Err(e) => tried.push(format!("{name} ({e})")),
         }
     }
-    Err(format!(
-        "none of the pixel formats {} is supported: {}",
-        config.formats.join(", "),
-        tried.join("; ")
-    ))
-}
-
-fn fourcc_bytes(name: &str) -> Result<[u8; 4], String> {
-    name.as_bytes()
-        .try_into()
-        .map_err(|_| format!("pixel format {name:?} is not a four-character code"))
+    Err(CameraError::Formats {
+        formats: config.formats.join(", "),
+        tried: tried.join("; "),
+    })
 }
 
 /// The frame in the negotiated format: MJPG, YUYV or RGB3, the only ones `source.formats` may name.

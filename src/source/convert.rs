@@ -53,18 +53,30 @@ impl Layout {
     }
 }
 
+/// An uncompressed frame whose bytes cannot be the pixels it claims.
+#[derive(Debug, thiserror::Error)]
+#[error("{layout:?} frame of {len} bytes is too short for {width}x{height}")]
+pub struct ConvertError {
+    layout: Layout,
+    len: usize,
+    width: u32,
+    height: u32,
+}
+
 /// A frame of `width` x `height` pixels in `layout`, rows `stride` bytes apart (a smaller stride, as
 /// drivers report 0, means unpadded rows), to RGB8.
-pub fn to_rgb(layout: Layout, data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, String> {
+pub fn to_rgb(layout: Layout, data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, ConvertError> {
     let (w, h) = (width as usize, height as usize);
     let row = w * layout.bytes_per_pixel() as usize;
     let stride = (stride as usize).max(row);
     let pairs = matches!(layout, Layout::Yuyv | Layout::Uyvy);
     if w == 0 || h == 0 || (pairs && w % 2 != 0) || data.len() < stride * (h - 1) + row {
-        return Err(format!(
-            "{layout:?} frame of {} bytes is too short for {width}x{height}",
-            data.len()
-        ));
+        return Err(ConvertError {
+            layout,
+            len: data.len(),
+            width,
+            height,
+        });
     }
     let mut out = Vec::with_capacity(w * h * 3);
     for line in data.chunks(stride).take(h) {
@@ -122,6 +134,7 @@ mod tests {
         assert!(
             to_rgb(Layout::Yuyv, &[0; 7], 2, 2, 4)
                 .unwrap_err()
+                .to_string()
                 .contains("too short")
         );
         assert!(to_rgb(Layout::Yuyv, &[], 0, 0, 0).is_err() && to_rgb(Layout::Rgb, &[], 4, 0, 12).is_err());

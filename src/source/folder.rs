@@ -1,4 +1,5 @@
-//! A folder watched for image files, in one of two modes (`source.folder_mode`):
+//! `source.kind = "folder"`: a folder watched for image files (`source.folder`, listed every
+//! `poll_ms`), in one of two modes (`source.folder_mode`):
 //! - `camera`: a stand-in for a camera. A file that appears (or changes) after the daemon started is
 //!   read once it has stopped changing and becomes the newest frame in the slot; latest frame wins.
 //!   What was in the folder at start is never read: the listing is taken when the source is created,
@@ -9,6 +10,7 @@
 //!   `source.done_folder` if set), so a restart neither repeats nor misses one.
 //!
 //! Names starting with `.` are never read (temporary files of rsync and editors, the journal).
+//! Its captions are labelled `folder`; it is ready while the folder can be listed.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -18,10 +20,82 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FrameSlot, Pixels, SourceStatus};
-use crate::config::{FolderMode, SourceConfig};
-use crate::shutdown::Shutdown;
+use super::{FolderMode, FrameSlot, Kind, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
+use crate::settings::{Invalid, check};
+use crate::shutdown::{Shutdown, Worker};
 use clipcap_core::imageio;
+
+pub(super) const SPEC: Spec = Spec { validate, open };
+
+fn validate(config: &SourceConfig) -> Result<(), Invalid> {
+    check(!config.folder.as_os_str().is_empty(), "source.folder", || {
+        "source.folder must be set when source.kind = \"folder\"".into()
+    })?;
+    check(
+        config.done_folder.as_os_str().is_empty() || config.done_folder != config.folder,
+        "source.done_folder",
+        || "source.done_folder must be another folder than source.folder".into(),
+    )
+}
+
+/// Lists the folder now. In queue mode also loads the journal (an unreadable one is an error).
+fn open(config: &SourceConfig, max_pixels: u64) -> super::Opened {
+    Ok(Box::new(Folder {
+        queue: config.folder_mode == FolderMode::Queue,
+        watcher: Mutex::new(Some(Watcher::new(config, max_pixels)?)),
+    }))
+}
+
+/// The source: its watcher until it starts.
+struct Folder {
+    queue: bool,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+impl Kind for Folder {
+    fn every_frame(&self) -> bool {
+        self.queue
+    }
+
+    fn readiness(&self, status: &SourceStatus) -> Result<(), NotReady> {
+        if status.is_up() {
+            Ok(())
+        } else {
+            Err(super::failed_or(status, NotReady::NotOpen))
+        }
+    }
+
+    fn start(
+        &self,
+        slot: Arc<FrameSlot>,
+        status: Arc<SourceStatus>,
+        shutdown: Shutdown,
+    ) -> std::io::Result<Option<Worker>> {
+        let Some(watcher) = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(None); // started already
+        };
+        super::spawn_capture("capture-folder", status, move |status| {
+            watcher.run(&slot, status, &shutdown)
+        })
+    }
+}
+
+/// A file of the folder that is not an image the daemon takes.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("{0}")]
+    Decode(imageio::DecodeFault),
+}
+
+/// A queue's journal that cannot be read or rewritten.
+#[derive(Debug, thiserror::Error)]
+#[error("source.queue_journal {}: {problem}", .path.display())]
+pub struct QueueError {
+    path: PathBuf,
+    problem: String,
+}
 
 /// A file is read once it has not been modified for this long (it may still be being written).
 const SETTLE: Duration = Duration::from_millis(150);
@@ -36,8 +110,8 @@ struct Entry {
     modified_ns: u64,
 }
 
-/// The folder source, created (and the folder listed) when the daemon starts.
-pub struct Watcher {
+/// The folder's reader, created (and the folder listed) when the daemon starts.
+struct Watcher {
     config: SourceConfig,
     max_pixels: u64,
     /// Files listed and not to be read again: in camera mode, those there at start and those read.
@@ -46,8 +120,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Lists the folder now. In queue mode also loads the journal (an unreadable one is an error).
-    pub fn new(config: &SourceConfig, max_pixels: u64) -> Result<Self, String> {
+    fn new(config: &SourceConfig, max_pixels: u64) -> Result<Self, QueueError> {
         let (seen, queue) = match config.folder_mode {
             FolderMode::Camera => (list(&config.folder).unwrap_or_default().into_iter().collect(), None),
             FolderMode::Queue => (HashSet::new(), Some(Arc::new(Queue::open(config)?))),
@@ -60,7 +133,7 @@ impl Watcher {
         })
     }
 
-    pub fn run(mut self, slot: &FrameSlot, status: &SourceStatus, shutdown: &Shutdown) {
+    fn run(mut self, slot: &FrameSlot, status: &SourceStatus, shutdown: &Shutdown) {
         let dir = self.config.folder.clone();
         let poll = Duration::from_millis(self.config.poll_ms);
         let mut listed = false;
@@ -97,8 +170,8 @@ impl Watcher {
                 self.seen.insert(entry.clone());
                 let path = dir.join(&entry.file);
                 let image = std::fs::read(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| imageio::decode_limited(&b, self.max_pixels).map_err(|e| e.to_string()))
+                    .map_err(Unreadable::Read)
+                    .and_then(|b| imageio::decode_limited(&b, self.max_pixels).map_err(Unreadable::Decode))
                     .map(Pixels::Rgb);
                 let ticket = self.queue.as_ref().map(|q| Ticket {
                     queue: q.clone(),
@@ -108,15 +181,19 @@ impl Watcher {
                 let image = match image {
                     Ok(image) => image,
                     Err(e) => {
-                        status.counters.errors.inc();
+                        status.bad_frame();
                         tracing::warn!("folder source: {}: {e}", path.display());
                         if let Some(ticket) = ticket {
-                            ticket.done(Err(e));
+                            ticket.failed(&e);
                         }
                         continue;
                     }
                 };
-                let origin = path.display().to_string();
+                let origin = Origin {
+                    source: SourceLabel::Folder,
+                    name: path.display().to_string(),
+                    header: None,
+                };
                 match ticket {
                     None => status.frame(slot.put(image, origin)),
                     Some(ticket) => {
@@ -176,13 +253,16 @@ struct Queue {
 }
 
 impl Queue {
-    fn open(config: &SourceConfig) -> Result<Self, String> {
+    fn open(config: &SourceConfig) -> Result<Self, QueueError> {
         let journal = if config.queue_journal.as_os_str().is_empty() {
             config.folder.join(DEFAULT_JOURNAL)
         } else {
             config.queue_journal.clone()
         };
-        let err = |e: String| format!("source.queue_journal {}: {e}", journal.display());
+        let err = |problem: String| QueueError {
+            path: journal.clone(),
+            problem,
+        };
         let text = match std::fs::read_to_string(&journal) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -235,11 +315,8 @@ impl Queue {
         self.done.lock().unwrap_or_else(|p| p.into_inner()).contains(entry)
     }
 
-    fn finish(&self, entry: &Entry, path: &Path, outcome: Result<u64, String>) {
-        let (caption_id, error) = match outcome {
-            Ok(id) => (Some(id), None),
-            Err(e) => (None, Some(e)),
-        };
+    /// Records `entry` finished: with its caption's id, or the error that stopped it.
+    fn finish(&self, entry: &Entry, path: &Path, caption_id: Option<u64>, error: Option<String>) {
         let line = JournalLine {
             entry: entry.clone(),
             caption_id,
@@ -292,8 +369,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// Records the file as finished: captioned (with the caption's id) or failed (with why).
-    pub fn done(&self, outcome: Result<u64, String>) {
-        self.queue.finish(&self.entry, &self.path, outcome);
+    /// Records the file as captioned, with the caption's id.
+    pub fn captioned(&self, id: u64) {
+        self.queue.finish(&self.entry, &self.path, Some(id), None);
+    }
+
+    /// Records the file as finished without a caption, and why.
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        self.queue
+            .finish(&self.entry, &self.path, None, Some(error.to_string()));
     }
 }

@@ -1,0 +1,78 @@
+//! The records the daemon publishes: captions, comparisons and votes, as the HTTP API, the event
+//! stream, the caption log, the MQTT publisher and the ROS 2 node send them and as `clipcap report`
+//! reads them back. Every part that reads them depends on this module, none on another part.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::{Header, SourceLabel};
+use clipcap_core::captioner::Caption;
+
+/// A caption of another decoder on the same frame (captioning.compare).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compared {
+    pub decoder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds this decoder took (its steps included), as `ms.decode` of a caption.
+    pub ms: f64,
+    /// CLIPScore of the caption (when the bundle has CLIP's text encoder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+}
+
+/// The comparison of one source caption: its decoder and CLIPScore, and the other decoders' captions.
+/// Published after the caption itself, so that comparing never delays it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The caption's id.
+    pub id: u64,
+    pub decoder: String,
+    pub caption: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+    /// The caption's decoding milliseconds.
+    pub ms: f64,
+    pub compare: Vec<Compared>,
+}
+
+/// A person's choice of the best caption of a frame (the kiosk page's votes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vote {
+    /// The caption's id.
+    pub id: u64,
+    pub decoder: String,
+    pub client: String,
+    pub time: String,
+}
+
+/// What the event stream carries.
+#[derive(Debug, Clone)]
+pub enum Published {
+    Caption(Arc<CaptionEvent>),
+    Comparison(Arc<Comparison>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptionEvent {
+    pub id: u64,
+    /// When the frame was captured (or the image uploaded), RFC 3339.
+    pub time: String,
+    pub source: SourceLabel,
+    /// The device, file, topic or client it came from.
+    pub origin: String,
+    /// The ROS 2 image's header (stamp and frame id), when it came from a ROS 2 topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<Header>,
+    #[serde(flatten)]
+    pub caption: Caption,
+    /// CLIPScore of the caption, once a comparison of its frame ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
+    /// The other decoders' captions, once a comparison of its frame ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<Compared>,
+}
