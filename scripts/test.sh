@@ -20,9 +20,11 @@ logs=target/test-logs
 mkdir -p "$logs"
 summary=()
 failed=0
-# CI's limit, and each step's budget in seconds: what the step may take on a slow day (ARCHITECTURE.md).
-LIMIT=5400
-declare -A BUDGET=([lab]=900 [format]=10 [python-lints]=10 [lints]=420 [build]=60 [cross]=420 [rust-tests]=1200 [export-tests]=900 [soak]=200)
+# Each step's budget in seconds, what it may take on a slow day (ARCHITECTURE.md, "Contributing"):
+# with setup.sh's 480 s they make .ci/run's 2,880 of our 3,000; CI itself stops at 5,400.
+declare -A BUDGET=([lab]=250 [format]=10 [python-lints]=10 [lints]=120 [build]=30 [cross]=220 [rust-tests]=860
+    [export-tests]=660 [soak]=240)
+BUDGET_TOTAL=2400 LIMIT=5400
 
 step() {  # NAME COMMAND...: runs it, its output also in $logs/NAME.log
     local name=$1 start=$SECONDS status took
@@ -40,7 +42,8 @@ step() {  # NAME COMMAND...: runs it, its output also in $logs/NAME.log
 report() {
     printf '\n== summary\n'
     printf '%s\n' "${summary[@]}"
-    printf 'total          %13d s   of CI'\''s %d s (%d%%)\n' "$SECONDS" "$LIMIT" $((100 * SECONDS / LIMIT))
+    printf 'total          %13d s   budget %5d s   (CI: setup.sh, then this; it stops at %d s)\n' \
+        "$SECONDS" "$BUDGET_TOTAL" "$LIMIT"
 }
 
 step lab bash scripts/setup-lab.sh || { report; printf '\nFAILED: the test lab could not be set up\n'; exit 1; }
