@@ -70,8 +70,10 @@ class Soak:
         self.scrapes = 0
         self.failures = []
 
-    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60,
+                client: str = "127.0.0.1") -> tuple[int, bytes]:
+        """The status and body of a request from the loopback address `client`."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, source_address=(client, 0))
         try:
             conn.request(method, path, body=body, headers={"Host": "127.0.0.1"})
             response = conn.getresponse()
@@ -91,6 +93,8 @@ class Soak:
             n += 1
 
     def upload(self, seed: int) -> None:
+        """Uploads as a client of its own (an address of its own: the daemon takes clients in turns)."""
+        client = f"127.0.0.{10 + seed}"
         rng = random.Random(seed)
         while not self.stop.is_set():
             decoder, expected = rng.choice(DECODERS)
@@ -99,7 +103,7 @@ class Soak:
                 body, expected = BROKEN, 400
             query = "" if decoder is None else "?decoder=" + decoder
             start = time.monotonic()
-            status, answer = self.request("POST", "/v1/caption" + query, body)
+            status, answer = self.request("POST", "/v1/caption" + query, body, client=client)
             seconds = time.monotonic() - start
             caption_id = json.loads(answer)["id"] if status == 200 else None
             with self.lock:

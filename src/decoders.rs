@@ -10,6 +10,18 @@ use anyhow::Context;
 use crate::config::Config;
 use clipcap_core::decoding::{DecoderInstance, DecoderRequest, ParamValue, Plugins, RequestError};
 
+/// The parameter that sets how many rows each step of a caption runs (beam search's).
+const BEAMS: &str = "num_beams";
+
+/// An upload's decoder that is not made.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadDecoderError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("decoder {label}: {beams} beams are more than the {max} uploads may ask for (service.upload_max_beams)")]
+    Beams { label: String, beams: f64, max: u32 },
+}
+
 /// Makes decoders by name.
 pub struct DecoderFactory {
     plugins: Arc<Plugins>,
@@ -34,6 +46,26 @@ impl DecoderFactory {
     /// and plugins.isolate is true.
     pub fn create(&self, name: &str) -> Result<DecoderInstance, RequestError> {
         self.plugins.create(&self.request(name)?, self.isolate)
+    }
+
+    /// As `create`, for an upload: refused when its beams (its `num_beams` parameter, given or the
+    /// decoder's default) are more than `max_beams`, each beam a row of every model step.
+    pub fn create_for_upload(&self, name: &str, max_beams: u32) -> Result<DecoderInstance, UploadDecoderError> {
+        let request = self.request(name)?;
+        let info = self.plugins.decoders().iter().find(|d| d.name == request.decoder);
+        if let Some(info) = info
+            && let Some(at) = info.params.iter().position(|p| p.name == BEAMS)
+        {
+            let beams = request.values(info)?[at];
+            if beams > f64::from(max_beams) {
+                return Err(UploadDecoderError::Beams {
+                    label: request.label,
+                    beams,
+                    max: max_beams,
+                });
+            }
+        }
+        Ok(self.plugins.create(&request, self.isolate)?)
     }
 
     /// As `create`, for captioning.compare: isolated by default (plugins.isolate_compare).

@@ -45,8 +45,24 @@ pub struct Vote {
     /// The caption's id.
     pub id: u64,
     pub decoder: String,
+    /// The client's address.
     pub client: String,
+    /// Who voted: `token:NAME` with tokens, else `address:IP`; one vote each per caption. Empty in
+    /// logs from before it was recorded, which stand for `client`.
+    #[serde(default)]
+    pub voter: String,
     pub time: String,
+}
+
+impl Vote {
+    /// Who voted (`voter`, or the address for older records).
+    pub fn voter(&self) -> &str {
+        if self.voter.is_empty() {
+            &self.client
+        } else {
+            &self.voter
+        }
+    }
 }
 
 /// What the event stream carries.

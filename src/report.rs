@@ -31,6 +31,8 @@ type Frame = (usize, u64, u64);
 pub struct Logs {
     comparisons: Vec<(Frame, Comparison)>,
     votes: Vec<(Frame, Vote)>,
+    /// Who voted on which frame, for one vote each.
+    voters: HashSet<(Frame, String)>,
     captions: usize,
 }
 
@@ -39,6 +41,7 @@ impl Logs {
         Logs {
             comparisons: Vec::new(),
             votes: Vec::new(),
+            voters: HashSet::new(),
             captions: 0,
         }
     }
@@ -54,7 +57,12 @@ impl Logs {
             }
             "vote" => {
                 let v: Vote = serde_json::from_str(raw)?;
-                self.votes.push(((index, line.run, v.id), v));
+                let frame = (index, line.run, v.id);
+                // One vote per voter and frame: the daemon refuses a second one, and a log
+                // concatenated twice or an older daemon's log counts each once.
+                if self.voters.insert((frame, v.voter().to_string())) {
+                    self.votes.push((frame, v));
+                }
             }
             other => anyhow::bail!("unknown record kind {other:?}"),
         }

@@ -1,13 +1,17 @@
-//! What an attack on the API found (issue 16), each kept as a regression test: clients that send
+//! What the attacks on the API found, each kept as a regression test. Issue 16's: clients that send
 //! nothing, trickle their headers or stop mid-body; more connections than allowed; broken body
 //! framing; a PNG whose colour profile inflates to 1 GiB, four at once; decoder specs and queries
 //! that repeat or mangle their parameters; and uploads that name ever new decoders to grow /metrics.
 //! (A JPEG whose header claims more pixels than its data holds: core/src/imageio.rs's tests.)
+//! Issue 30's: one address holding every connection, one address's upload flood starving the
+//! others, bitmaps and PNGs that claim tens of megapixels in a few bytes, ten votes of one person,
+//! Origin headers that are not text, and Host headers doubled, malformed or contradicted. Other
+//! clients come from other loopback addresses (127.0.0.2 ...).
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, demo_image, metric};
@@ -42,7 +46,8 @@ fn png() -> Vec<u8> {
 #[test]
 fn slow_silent_and_surplus_clients_are_cut_off_while_event_streams_live_on() {
     let daemon = Daemon::start(
-        "header_timeout_ms = 1000\nbody_timeout_ms = 2000\nmax_connections = 4\n[source]\nkind = \"none\"",
+        "header_timeout_ms = 1000\nbody_timeout_ms = 2000\nmax_connections = 4\nlocal_connections = 0\n\
+         [source]\nkind = \"none\"",
         &[],
     );
     daemon.wait_ready();
@@ -177,7 +182,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn hostile_bodies_get_their_status_and_bombs_cost_no_memory() {
-    let daemon = Daemon::start("[source]\nkind = \"none\"", &[]);
+    let daemon = Daemon::start("uploads_in_flight = 32\n[source]\nkind = \"none\"", &[]);
     daemon.wait_ready();
     let post = "POST /v1/caption HTTP/1.1\r\nHost: 127.0.0.1\r\n";
 
@@ -269,4 +274,352 @@ fn repeated_or_mangled_parameters_are_refused_and_decoder_labels_stay_bounded() 
         9.0,
         "{series:#?}"
     );
+}
+
+/// An event stream from `source`, once the daemon answered it (None: the connection was refused).
+fn open_stream(daemon: &Daemon, source: Ipv4Addr) -> Option<TcpStream> {
+    let mut tcp = daemon.connect_from(source);
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(tcp, "GET /v1/captions/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).ok()?;
+    (&head == b"HTTP/1.1 200").then_some(tcp)
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let daemon = Daemon::start(
+        "max_connections = 16\nmax_connections_per_client = 4\nlocal_connections = 2\n[source]\nkind = \"none\"",
+        &[],
+    );
+    daemon.wait_ready();
+    let flood = Ipv4Addr::new(127, 0, 0, 1);
+    // Event streams from one address, held open: four are served (opened until accepted: earlier
+    // connections may not all be counted as closed yet), a fifth is closed unanswered.
+    let mut streams = Vec::new();
+    daemon.wait_until(
+        || {
+            streams.extend(open_stream(&daemon, flood));
+            streams.len() == 4
+        },
+        "four event streams",
+    );
+    assert!(open_stream(&daemon, flood).is_none(), "a fifth stream of one address");
+    // Idle sockets from a second address take its four slots too.
+    let idle: Vec<TcpStream> = (0..6)
+        .map(|_| daemon.connect_from(Ipv4Addr::new(127, 0, 0, 3)))
+        .collect();
+    // A third address's probes are served while both hold all they may.
+    for path in ["/healthz", "/readyz", "/v1/captions"] {
+        let (status, response) = daemon.raw_from(
+            Ipv4Addr::new(127, 0, 0, 2),
+            &format!("GET {path} HTTP/1.1\r\nHost: {{host}}"),
+            b"",
+        );
+        assert_eq!(status, 200, "{path} from 127.0.0.2: {response}");
+    }
+    let (_, metrics) = daemon.raw_from(
+        Ipv4Addr::new(127, 0, 0, 2),
+        "GET /metrics HTTP/1.1\r\nHost: {host}",
+        b"",
+    );
+    assert!(
+        metric(&metrics, "clipcap_connections_refused_total{reason=\"client\"}") >= 3.0,
+        "{metrics}"
+    );
+    drop((streams, idle));
+}
+
+/// Uploads `body` from `source` with `query` until `stop`, tallying the answers' statuses.
+fn flood(
+    daemon: &Daemon,
+    source: Ipv4Addr,
+    query: &str,
+    body: &[u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        statuses.push(
+            daemon
+                .raw_from(
+                    source,
+                    &format!("POST /v1/caption{query} HTTP/1.1\r\nHost: {{host}}"),
+                    body,
+                )
+                .0,
+        );
+    }
+    statuses
+}
+
+#[test]
+fn one_address_flooding_uploads_does_not_starve_another() {
+    let daemon = Daemon::start("[source]\nkind = \"none\"", &[]);
+    daemon.wait_ready();
+    let image = png();
+    let flooder = Ipv4Addr::new(127, 0, 0, 1);
+    // Beyond the ceiling, a costly decoder is refused at once.
+    let (status, response) = daemon.raw(
+        "POST /v1/caption?decoder=beam:num_beams=64 HTTP/1.1\r\nHost: {host}",
+        &image,
+    );
+    assert_eq!(status, 400, "{response}");
+    assert!(
+        response.contains("64 beams are more than the 8 uploads may ask for"),
+        "{response}"
+    );
+
+    // Twelve threads of one address upload with the costliest decoder allowed, while another address
+    // uploads five images one after the other.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (flooded, waits) = std::thread::scope(|s| {
+        let flooders: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| flood(&daemon, flooder, "?decoder=beam:num_beams=8", &image, &stop)))
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let (status, response) = daemon.raw_from(
+                Ipv4Addr::new(127, 0, 0, 2),
+                "POST /v1/caption HTTP/1.1\r\nHost: {host}",
+                &image,
+            );
+            assert_eq!(status, 200, "the other address during the flood: {response}");
+            waits.push(start.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flooded: Vec<u16> = flooders.into_iter().flat_map(|f| f.join().unwrap()).collect();
+        (flooded, waits)
+    });
+    let count = |status| flooded.iter().filter(|&&s| s == status).count();
+    eprintln!(
+        "flood: {} uploads, {} captioned, {} answered 429, {} 503; the other address waited {waits:?}",
+        flooded.len(),
+        count(200),
+        count(429),
+        count(503)
+    );
+    assert!(count(200) > 0 && count(429) > 0, "{flooded:?}");
+    assert_eq!(count(503), 0, "the flood filled the queue: {flooded:?}");
+    // Its turn comes after at most the flood's two uploads in flight: seconds, on the slowest machine.
+    let slowest = waits.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_secs(20),
+        "the other address waited {slowest:?}"
+    );
+}
+
+/// A BMP of `width` x `height` 8-bit pixels, run-length encoded (BI_RLE8), whose data ends the bitmap
+/// at once: 60 bytes, any size.
+fn rle_bmp(width: i32, height: i32) -> Vec<u8> {
+    let data = [0u8, 1]; // end of bitmap
+    let offset = 14 + 40 + 4;
+    let mut bmp = b"BM".to_vec();
+    bmp.extend(((offset + data.len()) as u32).to_le_bytes());
+    bmp.extend([0u8; 4]);
+    bmp.extend((offset as u32).to_le_bytes());
+    bmp.extend(40u32.to_le_bytes());
+    bmp.extend(width.to_le_bytes());
+    bmp.extend(height.to_le_bytes());
+    bmp.extend(1u16.to_le_bytes()); // planes
+    bmp.extend(8u16.to_le_bytes()); // bits per pixel
+    bmp.extend(1u32.to_le_bytes()); // BI_RLE8
+    bmp.extend((data.len() as u32).to_le_bytes());
+    bmp.extend([0u8; 8]); // resolution
+    bmp.extend(1u32.to_le_bytes()); // colours used
+    bmp.extend(0u32.to_le_bytes());
+    bmp.extend([0u8, 0, 0, 0]); // the one colour
+    bmp.extend(data);
+    bmp
+}
+
+/// A PNG of `width` x `height` pixels of `bits`-bit `colour` type (0 grey, 6 RGBA), all zeros: as
+/// valid as it is small.
+fn zero_png(width: u32, height: u32, bits: u8, colour: u8) -> Vec<u8> {
+    let channels = if colour == 6 { 4 } else { 1 };
+    let row = 1 + (width as usize * channels * bits as usize).div_ceil(8);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([bits, colour, 0, 0, 0]);
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &zlib((0..height).map(|_| vec![0u8; row]))));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn images_that_claim_more_than_they_may_are_refused_before_they_cost_memory() {
+    // Many uploads of one client at once (the default uploads_in_flight, 2, would refuse most first).
+    let daemon = Daemon::start("uploads_in_flight = 32\n[source]\nkind = \"none\"", &[]);
+    daemon.wait_ready();
+    let post = "POST /v1/caption HTTP/1.1\r\nHost: {host}";
+    // A real photograph of 12 MP (a phone's) is captioned.
+    let photo = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode_image(&photo)
+        .unwrap();
+    let (status, response) = daemon.raw(post, &jpeg);
+    assert_eq!(status, 200, "a 12 MP photograph: {response}");
+
+    let bombs = [
+        (
+            "a 60-byte RLE bitmap of 6000x6600",
+            rle_bmp(6000, 6600),
+            "more than the 16000000 allowed",
+        ),
+        (
+            "a 1-bit PNG of 6320x6320",
+            zero_png(6320, 6320, 1, 0),
+            "more than the 16000000 allowed",
+        ),
+        (
+            "a 16-bit RGBA PNG of 4000x4000",
+            zero_png(4000, 4000, 16, 6),
+            "more than the 128 MiB allowed",
+        ),
+    ];
+    let pid = daemon.child.id();
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap(); // VmHWM := VmRSS
+    let before = status_kb(pid, "VmRSS");
+    let daemon = &daemon;
+    let answers: Vec<(&str, u16, String, &str)> = std::thread::scope(|s| {
+        let sent: Vec<_> = bombs
+            .iter()
+            .flat_map(|bomb| std::iter::repeat_n(bomb, 8))
+            .map(|(what, bytes, why)| {
+                s.spawn(move || {
+                    let (status, response) = daemon.raw(post, bytes);
+                    (*what, status, response, *why)
+                })
+            })
+            .collect();
+        sent.into_iter().map(|u| u.join().unwrap()).collect()
+    });
+    let peak = status_kb(pid, "VmHWM");
+    for (what, status, response, why) in &answers {
+        assert_eq!(*status, 400, "{what}: {response}");
+        assert!(response.contains(why), "{what}: {response}");
+    }
+    let growth_mb = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "bombs ({}): 8 each at once, {} bytes in all; peak RSS {before} kB before, {peak} kB at the peak",
+        bombs
+            .iter()
+            .map(|b| format!("{}: {} bytes", b.0, b.1.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        bombs.iter().map(|b| 8 * b.1.len()).sum::<usize>()
+    );
+    assert!(
+        growth_mb < 64,
+        "the bombs raised the peak RSS by {growth_mb} MB ({before} kB before)"
+    );
+}
+
+#[test]
+fn a_person_votes_once_for_a_caption() {
+    let mut daemon = Daemon::start(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=3\"]\nvotes = true\nvotes_per_minute = 100",
+        &[],
+    );
+    daemon.drop_image("08200.png");
+    daemon.wait_until(|| daemon.log_records("comparison").len() == 1, "a comparison");
+    let id = daemon.logged()[0]["id"].clone();
+    let vote = |source: Ipv4Addr, decoder: &str| {
+        daemon.raw_from(
+            source,
+            &format!("POST /v1/captions/{id}/vote HTTP/1.1\r\nHost: {{host}}\r\nContent-Type: application/json"),
+            format!(r#"{{"decoder": "{decoder}"}}"#).as_bytes(),
+        )
+    };
+    let me = Ipv4Addr::new(127, 0, 0, 1);
+    assert_eq!(vote(me, "beam:num_beams=3").0, 200);
+    for n in 1..10 {
+        let decoder = if n % 2 == 0 { "greedy" } else { "beam:num_beams=3" };
+        let (status, response) = vote(me, decoder);
+        assert_eq!(status, 409, "vote {n}: {response}");
+        assert!(response.contains("address:127.0.0.1 voted for caption"), "{response}");
+    }
+    // Another person's vote for the same caption counts.
+    assert_eq!(vote(Ipv4Addr::new(127, 0, 0, 2), "greedy").0, 200);
+    assert_eq!(
+        metric(&daemon.metrics(), "clipcap_votes_total{decoder=\"beam:num_beams=3\"}"),
+        1.0
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let votes = daemon.log_records("vote");
+    let voters: Vec<&str> = votes.iter().map(|v| v["voter"].as_str().unwrap()).collect();
+    assert_eq!(voters, ["address:127.0.0.1", "address:127.0.0.2"]);
+
+    // A log that holds one person's vote twice (written twice, or by an older daemon) counts it once.
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap();
+    let first_vote = log.lines().find(|l| l.contains(r#""event":"vote""#)).unwrap();
+    let doubled = daemon.dir.path().join("doubled.jsonl");
+    std::fs::write(&doubled, format!("{log}{first_vote}\n")).unwrap();
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .args(["report", "--json"])
+        .arg(&doubled)
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["votes"], 2, "{report}");
+}
+
+#[test]
+fn hosts_and_origins_that_are_not_one_clear_value_are_refused() {
+    let daemon = Daemon::start("[source]\nkind = \"none\"", &[]);
+    daemon.wait_ready();
+    let address = daemon.url.trim_start_matches("http://").to_string();
+    let send = |request: &[u8]| {
+        let mut tcp = connect(&daemon);
+        tcp.write_all(request).unwrap();
+        until_closed(&mut tcp)
+    };
+    let status = |response: &str| response.split(' ').nth(1).unwrap_or_default().to_string();
+    for (what, request, expected) in [
+        (
+            "two Host headers, the allowed one first",
+            format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+            "400",
+        ),
+        (
+            "a port that is no port",
+            "GET /healthz HTTP/1.1\r\nHost: localhost:evil.example\r\nConnection: close\r\n\r\n".to_string(),
+            "400",
+        ),
+        (
+            "an absolute URI naming another host",
+            format!("GET http://evil.example/healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
+            "421",
+        ),
+        (
+            "an absolute URI naming this one",
+            "GET http://localhost/healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
+            "200",
+        ),
+    ] {
+        let response = send(request.as_bytes());
+        assert_eq!(status(&response), expected, "{what}: {response}");
+    }
+    // An upload whose Origin or Sec-Fetch-Site is not text: no browser sends one.
+    for header in [&b"Origin: http://a\xff\xfe"[..], b"Sec-Fetch-Site: same-\xffsite"] {
+        let mut request = format!("POST /v1/caption HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n").into_bytes();
+        request.extend_from_slice(header);
+        request.extend_from_slice(format!("\r\nContent-Length: {}\r\n\r\n", png().len()).as_bytes());
+        request.extend_from_slice(&png());
+        let response = send(&request);
+        assert_eq!(
+            status(&response),
+            "403",
+            "{}: {response}",
+            String::from_utf8_lossy(header)
+        );
+    }
 }

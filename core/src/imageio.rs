@@ -4,15 +4,33 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-/// Largest accepted width or height, and the most memory one decode may allocate.
+/// Largest accepted width or height, and the most memory one decode of a file the user names may
+/// take (the daemon's uploads and folder images get their own `Budget`).
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// What one decode may take: the pixels its header may claim, and the memory its pixels need (the
+/// decoder's own buffer, in the file's colour type, and the RGB8 image made of it), both checked
+/// against the header before anything is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub pixels: u64,
+    pub memory: u64,
+}
+
+impl Budget {
+    /// Files the user names on the command line: any size up to `MAX_SIDE`, within `MAX_ALLOC`.
+    pub const FILES: Budget = Budget {
+        pixels: u64::MAX,
+        memory: MAX_ALLOC,
+    };
+}
 /// What reading a header may allocate, and a decode beyond its pixels: room for ancillary data (a
 /// PNG's iCCP profile is inflated while the header is read; a bomb inflates until this bound).
 const ANCILLARY_ALLOC: u64 = 16 * 1024 * 1024;
@@ -44,6 +62,17 @@ pub enum DecodeFault {
         width: u32,
         height: u32,
         pixels: u64,
+        max: u64,
+    },
+    #[error(
+        "image is {width}x{height} in {color:?}: decoding it takes {} MiB, more than the {} MiB allowed",
+        .needed >> 20, .max >> 20
+    )]
+    TooMuchMemory {
+        width: u32,
+        height: u32,
+        color: ColorType,
+        needed: u64,
         max: u64,
     },
     #[error("cannot decode image: {0}")]
@@ -79,13 +108,16 @@ pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
 
 /// Decodes image bytes (any supported format) as RGB8, within the size and memory limits above.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeFault> {
-    decode_limited(bytes, u64::MAX)
+    decode_limited(bytes, Budget::FILES)
 }
 
-/// Like [`decode`], refusing an image of more than `max_pixels` pixels before decoding it. The
-/// header is read within `ANCILLARY_ALLOC`, and the decode may allocate what its pixels need plus
-/// that: a small file cannot claim much memory, whatever it inflates to.
-pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFault> {
+/// Like [`decode`], refusing an image over `budget` before decoding it: more pixels than it allows,
+/// or pixels that need more memory (in the file's colour type, then as RGB8). The header is read
+/// within `ANCILLARY_ALLOC`, and the decode may allocate what its pixels need plus that: a small file
+/// cannot claim much memory, whatever it inflates to, and a header's claim of many pixels (an RLE
+/// bitmap, a 1-bit PNG of zeros: valid files that inflate a thousandfold) is judged before any of
+/// them is made.
+pub fn decode_limited(bytes: &[u8], budget: Budget) -> Result<RgbImage, DecodeFault> {
     let reader = |max_alloc: u64| {
         let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -98,24 +130,44 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeF
     if format.is_none() {
         return Err(DecodeFault::Format);
     }
-    let (width, height) = header.into_dimensions().map_err(DecodeFault::Dimensions)?;
+    let decoder = header.into_decoder().map_err(DecodeFault::Dimensions)?;
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    drop(decoder);
     let pixels = width as u64 * height as u64;
     if pixels == 0 {
         // A GIF may say 0x12: nothing to caption, and no size to scale from.
         return Err(DecodeFault::Empty { width, height });
     }
-    if pixels > max_pixels {
+    if pixels > budget.pixels {
         return Err(DecodeFault::TooLarge {
             width,
             height,
             pixels,
-            max: max_pixels,
+            max: budget.pixels,
         });
     }
-    if format == Some(ImageFormat::Jpeg) {
+    let jpeg = format == Some(ImageFormat::Jpeg);
+    // JPEG is decoded straight to RGB8 (zune-jpeg); the others in their colour type, then converted
+    // (in place when that is RGB8 already).
+    let needed = if jpeg || color == ColorType::Rgb8 {
+        pixels * 3
+    } else {
+        pixels * (color.bytes_per_pixel() as u64 + 3)
+    };
+    if needed > budget.memory {
+        return Err(DecodeFault::TooMuchMemory {
+            width,
+            height,
+            color,
+            needed,
+            max: budget.memory,
+        });
+    }
+    if jpeg {
         return decode_jpeg(bytes, width, height);
     }
-    let max_alloc = (pixels * MAX_BYTES_PER_PIXEL + ANCILLARY_ALLOC).min(MAX_ALLOC);
+    let max_alloc = (pixels * MAX_BYTES_PER_PIXEL + ANCILLARY_ALLOC).min(budget.memory);
     let image = reader(max_alloc)?.decode().map_err(DecodeFault::Image)?;
     Ok(image.into_rgb8())
 }

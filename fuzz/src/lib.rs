@@ -21,7 +21,7 @@ use clipcap::service::Offline;
 use clipcap::source::{Layout, Pixels};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::decoding::DecoderRequest;
-use clipcap_core::imageio;
+use clipcap_core::imageio::{self, Budget};
 use clipcap_core::metrics::coco;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
@@ -69,15 +69,20 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// Pixels an image may declare in `image`: above, it is refused (as service.max_image_pixels does).
-const MAX_IMAGE_PIXELS: u64 = 4 << 20;
+/// What an image may take in `image` (as service.max_image_pixels and max_decode_mb set it for the
+/// daemon's; smaller here, so that the fuzzer reaches the bounds).
+const BUDGET: Budget = Budget {
+    pixels: 4 << 20,
+    memory: 16 << 20,
+};
 
-/// An image file (any format the daemon accepts), decoded within the limits of an upload.
+/// An image file (any format the daemon accepts), decoded within the limits of an upload: what is
+/// accepted has pixels, no more than the budget allows, and fits its memory as RGB8.
 pub fn image(data: &[u8]) {
-    if let Ok(image) = imageio::decode_limited(data, MAX_IMAGE_PIXELS) {
+    if let Ok(image) = imageio::decode_limited(data, BUDGET) {
         let pixels = u64::from(image.width()) * u64::from(image.height());
         assert!(
-            pixels > 0 && pixels <= MAX_IMAGE_PIXELS,
+            pixels > 0 && pixels <= BUDGET.pixels && pixels * 3 <= BUDGET.memory,
             "{}x{} decoded",
             image.width(),
             image.height()

@@ -20,6 +20,7 @@ use crate::publish::PublishConfig;
 use crate::ros2::Ros2Config;
 use crate::source::SourceConfig;
 use clipcap_core::decoding::{IsolationOptions, ParamValue, PluginOptions};
+use clipcap_core::imageio::Budget;
 use clipcap_core::runtime::RuntimeOptions;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -47,8 +48,10 @@ pub struct ServiceConfig {
     pub listen: String,
     /// Largest accepted upload (bytes); larger bodies get 413.
     pub max_upload_bytes: usize,
-    /// Largest accepted image (pixels), for uploads and folder images.
+    /// Largest accepted image (pixels), for uploads, folder images and ROS 2 PNGs.
     pub max_image_pixels: u64,
+    /// The most memory (MiB) one such image's decode may take.
+    pub max_decode_mb: u64,
     /// Captions kept for GET /v1/captions.
     pub history: usize,
     /// JSON-lines caption log: "-" for standard output, a file path, or "" for none.
@@ -66,12 +69,20 @@ pub struct ServiceConfig {
     pub cors_origins: Vec<String>,
     /// Uploads accepted per client (token name, or address) and minute; 0: no limit.
     pub uploads_per_minute: u32,
+    /// Uploads one client may have in flight (waiting or being captioned).
+    pub uploads_in_flight: usize,
+    /// The most beams (num_beams) an upload's decoder may ask for.
+    pub upload_max_beams: u32,
     /// A connection must send a request's headers within this (and an idle one closes after it).
     pub header_timeout_ms: u64,
     /// An upload's or vote's whole body must arrive within this; later: 408.
     pub body_timeout_ms: u64,
     /// Open connections at most (event streams included); more are closed as they arrive.
     pub max_connections: usize,
+    /// Open connections one client address may hold.
+    pub max_connections_per_client: usize,
+    /// Of max_connections, those kept for loopback clients (the device's own probes).
+    pub local_connections: usize,
 }
 
 impl Default for ServiceConfig {
@@ -80,7 +91,8 @@ impl Default for ServiceConfig {
             bundle: PathBuf::new(),
             listen: "127.0.0.1:8080".into(),
             max_upload_bytes: 20 * 1024 * 1024,
-            max_image_pixels: 40_000_000,
+            max_image_pixels: 16_000_000,
+            max_decode_mb: 128,
             history: 100,
             caption_log: String::new(),
             shutdown_timeout_ms: 10_000,
@@ -90,9 +102,23 @@ impl Default for ServiceConfig {
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             cors_origins: Vec::new(),
             uploads_per_minute: 600,
+            uploads_in_flight: 2,
+            upload_max_beams: 8,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             max_connections: 256,
+            max_connections_per_client: 32,
+            local_connections: 16,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// What decoding one image from outside (an upload, a folder's file, a ROS 2 PNG) may take.
+    pub fn decode_budget(&self) -> Budget {
+        Budget {
+            pixels: self.max_image_pixels,
+            memory: self.max_decode_mb << 20,
         }
     }
 }

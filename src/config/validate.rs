@@ -68,14 +68,30 @@ fn service(s: &ServiceConfig) -> Result<(), Invalid> {
         ));
     }
     check(
-        s.max_upload_bytes > 0 && s.max_image_pixels > 0 && s.history > 0,
+        s.max_upload_bytes > 0 && s.max_image_pixels > 0 && s.max_decode_mb > 0 && s.history > 0,
         "service.max_upload_bytes",
-        || "service.max_upload_bytes, max_image_pixels and history must be > 0".into(),
+        || "service.max_upload_bytes, max_image_pixels, max_decode_mb and history must be > 0".into(),
     )?;
     check(
         s.header_timeout_ms > 0 && s.body_timeout_ms > 0 && s.max_connections > 0,
         "service.header_timeout_ms",
         || "service.header_timeout_ms, body_timeout_ms and max_connections must be > 0".into(),
+    )?;
+    check(
+        s.uploads_in_flight > 0 && s.upload_max_beams > 0,
+        "service.uploads_in_flight",
+        || "service.uploads_in_flight and upload_max_beams must be > 0".into(),
+    )?;
+    check(
+        s.max_connections_per_client > 0 && s.local_connections < s.max_connections,
+        "service.max_connections_per_client",
+        || {
+            format!(
+                "service.max_connections_per_client must be > 0 and local_connections ({}) fewer than \
+                 max_connections ({})",
+                s.local_connections, s.max_connections
+            )
+        },
     )
 }
 

@@ -1,7 +1,7 @@
 //! `sensor_msgs/Image` and `CompressedImage` as CDR carries them (fields in the order of the
 //! messages' definitions in ros2/common_interfaces), and the frames they become.
 
-use clipcap_core::imageio;
+use clipcap_core::imageio::{self, Budget};
 use serde::{Deserialize, Serialize};
 
 use crate::source::{Header, Layout, Pixels};
@@ -43,8 +43,8 @@ pub enum Refused {
 pub trait RosImage: serde::de::DeserializeOwned + 'static {
     /// The ROS 2 type (package, name).
     const TYPE: (&'static str, &'static str);
-    /// The header, and the frame (at most `max_pixels`) or why there is none.
-    fn into_frame(self, max_pixels: u64) -> (Header, Result<Pixels, Refused>);
+    /// The header, and the frame (within `budget`) or why there is none.
+    fn into_frame(self, budget: Budget) -> (Header, Result<Pixels, Refused>);
 }
 
 /// The layout of an encoding's bytes (sensor_msgs/image_encodings.hpp), for those clipcap reads.
@@ -65,7 +65,8 @@ fn layout(encoding: &str) -> Option<Layout> {
 impl RosImage for Image {
     const TYPE: (&'static str, &'static str) = ("sensor_msgs", "Image");
 
-    fn into_frame(self, max_pixels: u64) -> (Header, Result<Pixels, Refused>) {
+    fn into_frame(self, budget: Budget) -> (Header, Result<Pixels, Refused>) {
+        let max_pixels = budget.pixels;
         let Image {
             header,
             height,
@@ -114,13 +115,13 @@ impl RosImage for Image {
 impl RosImage for CompressedImage {
     const TYPE: (&'static str, &'static str) = ("sensor_msgs", "CompressedImage");
 
-    fn into_frame(self, max_pixels: u64) -> (Header, Result<Pixels, Refused>) {
+    fn into_frame(self, budget: Budget) -> (Header, Result<Pixels, Refused>) {
         let CompressedImage { header, format, data } = self;
         let pixels = if data.starts_with(&[0xff, 0xd8, 0xff]) {
             // Decoded when captioned, like a camera's MJPEG (and served as it is by /frame).
             Ok(Pixels::Jpeg(data))
         } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-            imageio::decode_limited(&data, max_pixels)
+            imageio::decode_limited(&data, budget)
                 .map(Pixels::Rgb)
                 .map_err(|e| Refused::Image(format!("PNG image: {e}")))
         } else {
@@ -135,6 +136,12 @@ impl RosImage for CompressedImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Images of up to 1000 pixels.
+    const SMALL: Budget = Budget {
+        pixels: 1000,
+        memory: 1 << 20,
+    };
     use crate::source::Stamp;
 
     fn header() -> Header {
@@ -154,7 +161,7 @@ mod tests {
             step,
             data,
         };
-        message.into_frame(1000).1
+        message.into_frame(SMALL).1
     }
 
     #[test]
@@ -221,7 +228,7 @@ mod tests {
                 format: format.into(),
                 data,
             }
-            .into_frame(1000)
+            .into_frame(SMALL)
         };
         let (got_header, frame) = compressed("rgb8; png compressed rgb8", png.into_inner());
         assert_eq!(

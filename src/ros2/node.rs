@@ -19,13 +19,14 @@ use super::{Reliability, Ros2Config};
 use crate::records::Published;
 use crate::shutdown::{Shutdown, Worker};
 use crate::source::{self, FrameSlot, SourceStatus};
+use clipcap_core::imageio::Budget;
 
 /// Where the images go (`source.kind = "ros2"`).
 pub struct Feed {
     pub slot: Arc<FrameSlot>,
     pub status: Arc<SourceStatus>,
-    /// Larger images are refused (service.max_image_pixels).
-    pub max_pixels: u64,
+    /// Larger images are refused (service.max_image_pixels, max_decode_mb).
+    pub budget: Budget,
 }
 
 /// The node's metrics (service/metrics.rs registers them).
@@ -161,7 +162,7 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
                     if !up() {
                         feed.status.set_up();
                     }
-                    match message.into_frame(feed.max_pixels) {
+                    match message.into_frame(feed.budget) {
                         (header, Ok(pixels)) => {
                             let dropped = feed.slot.put(pixels, source::ros2::origin(topic, header));
                             feed.status.frame(dropped);

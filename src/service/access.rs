@@ -32,6 +32,8 @@ struct Token {
 #[derive(Clone, Debug)]
 pub struct Client {
     pub name: String,
+    /// Whether `name` is a token's.
+    pub token: bool,
 }
 
 /// The rules, from `[service]`.
@@ -139,30 +141,70 @@ impl Access {
         found
     }
 
-    fn host_allowed(&self, headers: &HeaderMap, request: &Request) -> Option<String> {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
-        let name = strip_port(&host).to_ascii_lowercase();
-        self.allowed_hosts
-            .iter()
-            .any(|h| h == "*" || *h == name)
-            .then_some(host)
+    /// Whether `host` (as `requested_host` read it) names an allowed host.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|h| h == "*" || *h == name)
     }
 
     /// Whether a state-changing request may come from where the browser says it comes from: no
     /// `Origin` (not a browser, e.g. curl) or this origin or a `cors_origins` one; and no
     /// `Sec-Fetch-Site` saying another site.
+    /// A header that is there but not text is refused, as no browser sends one.
     fn origin_allowed(&self, headers: &HeaderMap, host: &str) -> bool {
-        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        if let Some(origin) = origin {
-            return origin == format!("{}://{host}", self.scheme) || self.cors_origins.iter().any(|o| o == origin);
+        let text = |name| headers.get(name).map(|v: &header::HeaderValue| v.to_str().ok());
+        match text(header::ORIGIN) {
+            Some(Some(origin)) => {
+                return origin == format!("{}://{host}", self.scheme) || self.cors_origins.iter().any(|o| o == origin);
+            }
+            Some(None) => return false,
+            None => {}
         }
-        let site = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok());
-        matches!(site, None | Some("same-origin") | Some("none"))
+        match text(header::HeaderName::from_static("sec-fetch-site")) {
+            None => true,
+            Some(site) => matches!(site, Some("same-origin") | Some("none")),
+        }
     }
+}
+
+/// A request's host that cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum BadHost {
+    #[error("more than one Host header")]
+    Several,
+    #[error("the Host is not host[:port]")]
+    Malformed,
+    #[error("no Host")]
+    Missing,
+}
+
+/// The host a request asks for: its absolute URI's authority (RFC 9112: then the Host header is
+/// ignored), else its one Host header, as `host[:port]` with a numeric port.
+fn requested_host(headers: &HeaderMap, request: &Request) -> Result<String, BadHost> {
+    let host = match request.uri().authority() {
+        Some(authority) => authority.as_str().to_string(),
+        None => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            let host = hosts.next().ok_or(BadHost::Missing)?;
+            if hosts.next().is_some() {
+                return Err(BadHost::Several);
+            }
+            host.to_str().map_err(|_| BadHost::Malformed)?.to_string()
+        }
+    };
+    // What follows the name: nothing, or ":PORT".
+    let after = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').ok_or(BadHost::Malformed)?.1,
+        None => host.find(':').map_or("", |at| &host[at..]),
+    };
+    let port_ok = after.is_empty()
+        || after
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    if host.contains('@') || !port_ok {
+        return Err(BadHost::Malformed);
+    }
+    Ok(host)
 }
 
 /// "host:port", "[v6]:port", "host" -> the host name.
@@ -185,7 +227,15 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     let headers = request.headers().clone();
-    let Some(host) = access.host_allowed(&headers, &request) else {
+    let host = match requested_host(&headers, &request) {
+        Ok(host) => Some(host),
+        Err(BadHost::Missing) => None,
+        Err(bad) => {
+            access.metrics.error(ErrorKind::Host);
+            return refuse(StatusCode::BAD_REQUEST, &bad.to_string());
+        }
+    };
+    let Some(host) = host.filter(|h| access.host_allowed(h)) else {
         access.metrics.error(ErrorKind::Host);
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
@@ -202,6 +252,7 @@ pub async fn guard(
     }
     let mut client = Client {
         name: peer.ip().to_string(),
+        token: false,
     };
     if access.tokens.is_some() && !OPEN.contains(&request.uri().path()) {
         let presented = bearer(&headers).or_else(|| (!changes).then(|| query_token(&request)).flatten());
@@ -221,6 +272,7 @@ pub async fn guard(
             return refuse(StatusCode::FORBIDDEN, "this token is read-only");
         }
         client.name = token.name.clone();
+        client.token = true;
     }
     request.extensions_mut().insert(client);
     next.run(request).await
@@ -243,7 +295,36 @@ fn query_token(request: &Request) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::*;
+
+    #[test]
+    fn a_host_is_one_header_or_the_absolute_uri_with_a_numeric_port() {
+        let host = |uri: &str, hosts: &[&str]| {
+            let mut request = axum::http::Request::builder().uri(uri);
+            for h in hosts {
+                request = request.header(header::HOST, *h);
+            }
+            let request = request.body(axum::body::Body::empty()).unwrap();
+            requested_host(&request.headers().clone(), &request).map_err(|e| e.to_string())
+        };
+        assert_eq!(host("/", &["localhost:8080"]).unwrap(), "localhost:8080");
+        assert_eq!(host("/", &["[::1]:8080"]).unwrap(), "[::1]:8080");
+        assert_eq!(host("http://evil.example/x", &["localhost"]).unwrap(), "evil.example");
+        assert_eq!(
+            host("/", &["localhost", "evil.example"]).unwrap_err(),
+            "more than one Host header"
+        );
+        for bad in [
+            "localhost:evil.example",
+            "localhost:",
+            "[::1]x",
+            "user@localhost",
+            "localhost:123456",
+        ] {
+            assert_eq!(host("/", &[bad]).unwrap_err(), "the Host is not host[:port]", "{bad}");
+        }
+        assert_eq!(host("/", &[]).unwrap_err(), "no Host");
+    }
 
     #[test]
     fn host_names() {

@@ -21,9 +21,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::access::{self, Access, Client};
 use super::metrics::{ErrorKind, Metrics};
-use super::pipeline::{NotQueued, Upload, UploadSender};
 use super::ratelimit::RateLimit;
 use super::state::State;
+use super::uploads::{NotQueued, Upload, UploadSender};
 use crate::config::{CaptioningConfig, DecodingConfig, ServiceConfig};
 use crate::decoders::DecoderFactory;
 use crate::records::{CaptionEvent, Published, Vote};
@@ -316,7 +316,18 @@ async fn upload(
         api.metrics.error(ErrorKind::Upload);
         return too_many(wait, "too many uploads (service.uploads_per_minute)");
     }
-    match caption_upload(&api, peer, q.get("decoder"), &headers, body).await {
+    // Held until the answer: a client's uploads in flight, decoding or waiting, are capped.
+    let Some(_in_flight) = api.uploads.admit(&client.name) else {
+        api.metrics.error(ErrorKind::Upload);
+        return too_many(
+            Duration::from_secs(1),
+            &format!(
+                "{} uploads of {} are in flight already (service.uploads_in_flight)",
+                api.service.uploads_in_flight, client.name
+            ),
+        );
+    };
+    match caption_upload(&api, peer, &client, q.get("decoder"), &headers, body).await {
         Ok(event) => Json(event).into_response(),
         Err((status, message)) => {
             api.metrics.error(ErrorKind::Upload);
@@ -329,6 +340,7 @@ async fn upload(
 async fn caption_upload(
     api: &Api,
     peer: std::net::SocketAddr,
+    client: &Client,
     decoder: Option<&String>,
     headers: &HeaderMap,
     body: Body,
@@ -352,14 +364,14 @@ async fn caption_upload(
     }
     let body = read_body(body, limit, api.body_timeout()).await?;
     let decoder = decoder
-        .map(|name| api.decoders.create(name))
+        .map(|name| api.decoders.create_for_upload(name, api.service.upload_max_beams))
         .transpose()
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    let max_pixels = api.service.max_image_pixels;
+    let budget = api.service.decode_budget();
     let image = {
         // Each decode may claim hundreds of MB (imageio's limits): only a few at once.
         let _permit = api.decodes.acquire().await.map_err(|_| unavailable("shutting down"))?;
-        tokio::task::spawn_blocking(move || imageio::decode_limited(&body, max_pixels))
+        tokio::task::spawn_blocking(move || imageio::decode_limited(&body, budget))
             .await
             .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "image decoding failed".to_string()))?
             .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?
@@ -368,7 +380,8 @@ async fn caption_upload(
     let job = Upload {
         image,
         decoder,
-        client: peer.to_string(),
+        client: client.name.clone(),
+        origin: peer.to_string(),
         received,
         reply,
     };
@@ -464,11 +477,24 @@ async fn vote(
         api.metrics.error(ErrorKind::Vote);
         return too_many(wait, &format!("too many votes from {}", client.name));
     }
+    // One vote per person and caption: a person is a token, or an address.
+    let voter = if client.token {
+        format!("token:{}", client.name)
+    } else {
+        format!("address:{}", peer.ip())
+    };
+    if !api.state.claim_vote(id, &voter) {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("{voter} voted for caption {id} already; the first vote counts"),
+        );
+    }
     api.metrics.vote(&request.decoder);
     let vote = Vote {
         id,
         decoder: request.decoder,
         client: peer.ip().to_string(),
+        voter,
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     };
     // The log and the MQTT spool write (and sync) files: not on the runtime's threads.

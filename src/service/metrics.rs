@@ -101,6 +101,33 @@ impl SkipReason {
     }
 }
 
+/// Why a connection was refused (the `reason` of `clipcap_connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// `max_connections` are open.
+    Full,
+    /// Its address holds `max_connections_per_client`.
+    Client,
+    /// It is not from loopback, and only the slots kept for loopback are left.
+    Reserved,
+}
+
+impl ConnectionRefusal {
+    pub const ALL: [ConnectionRefusal; 3] = [
+        ConnectionRefusal::Full,
+        ConnectionRefusal::Client,
+        ConnectionRefusal::Reserved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::Full => "full",
+            ConnectionRefusal::Client => "client",
+            ConnectionRefusal::Reserved => "reserved",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     frames_captured: IntCounter,
@@ -111,6 +138,7 @@ pub struct Metrics {
     source_frame_age: Gauge,
     captions: IntCounterVec,
     errors: IntCounterVec,
+    connections_refused: IntCounterVec,
     decoder_failures: IntCounterVec,
     stage_seconds: HistogramVec,
     decoder_seconds: HistogramVec,
@@ -249,6 +277,11 @@ impl Metrics {
             ),
             captions: counter_vec("clipcap_captions_total", "captions published, by source", "source"),
             errors: counter_vec("clipcap_errors_total", "errors, by kind", "kind"),
+            connections_refused: counter_vec(
+                "clipcap_connections_refused_total",
+                "connections closed as they arrived: `full` (service.max_connections), `client` (max_connections_per_client), `reserved` (local_connections)",
+                "reason",
+            ),
             decoder_failures: registered(
                 &registry,
                 IntCounterVec::new(
@@ -346,6 +379,11 @@ impl Metrics {
         self.errors.with_label_values(&[kind.as_str()])
     }
 
+    /// A connection closed as it arrived, and why.
+    pub fn connection_refused(&self, reason: ConnectionRefusal) {
+        self.connections_refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
     /// A caption published, by where it came from.
     pub fn caption(&self, source: SourceLabel) {
         self.captions.with_label_values(&[source.as_str()]).inc();
@@ -434,6 +472,8 @@ mod tests {
         assert_eq!(documented("Fault kinds, the `fault`"), names(&faults));
         let reasons: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(documented("Skip reasons, the `reason`"), names(&reasons));
+        let refusals: Vec<&str> = ConnectionRefusal::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented("Connection refusals, the `reason`"), names(&refusals));
     }
 
     #[test]

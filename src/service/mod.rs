@@ -8,6 +8,7 @@
 //! 4xx; the daemon keeps serving.
 
 mod access;
+mod admission;
 mod caption_log;
 mod compare;
 mod http;
@@ -17,6 +18,7 @@ mod pipeline;
 mod ratelimit;
 mod server;
 mod state;
+mod uploads;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use clipcap_core::bundle::Bundle;
 use clipcap_core::decoding::{PluginOptions, Plugins};
 use clipcap_core::runtime::Runtime;
 use metrics::Metrics;
-pub use metrics::{ErrorKind, SkipReason};
+pub use metrics::{ConnectionRefusal, ErrorKind, SkipReason};
 use server::{Server, Stop};
 use state::{Sinks, State};
 
@@ -105,7 +107,7 @@ fn assemble(
         decoders.default.label(),
     ));
 
-    let (uploads, queue) = pipeline::uploads(UPLOAD_QUEUE);
+    let (uploads, queue) = uploads::uploads(UPLOAD_QUEUE, config.service.uploads_in_flight);
     let api = http::Api {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -166,7 +168,7 @@ impl Offline {
         let shutdown = Shutdown::new();
         // The configured kind's rules (readiness, every frame or not), but never started: the frames
         // come from the caller.
-        let kind: Arc<dyn Kind> = source::open(&config.source, config.service.max_image_pixels)?.into();
+        let kind: Arc<dyn Kind> = source::open(&config.source, config.service.decode_budget())?.into();
         let frames = Arc::new(FrameSlot::default());
         let parts = assemble(config, loaded, kind, frames.clone(), &shutdown)?;
         let (captioning, model) = pipeline::spawn(runtime, parts.setup)?;
@@ -231,7 +233,7 @@ fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Res
     let feed = source.then(|| crate::ros2::Feed {
         slot: parts.setup.source.frames.clone(),
         status: parts.setup.source.status.clone(),
-        max_pixels: config.service.max_image_pixels,
+        budget: config.service.decode_budget(),
     });
     let captions = parts.state.subscribe();
     let counters = parts.metrics.ros2_counters();
@@ -242,7 +244,7 @@ fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Res
 /// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
-    let kind: Arc<dyn Kind> = source::open(&config.source, config.service.max_image_pixels)?.into();
+    let kind: Arc<dyn Kind> = source::open(&config.source, config.service.decode_budget())?.into();
     let loaded = load(&config, bundle, &config.plugins.options())?;
     let runtime = Runtime::init(&config.runtime)?;
     let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {

@@ -5,15 +5,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
-use image::RgbImage;
 use tokio::sync::oneshot;
 
 use super::metrics::{ErrorKind, Metrics, SkipReason};
 use super::state::State;
+use super::uploads::{Upload, UploadReceiver};
 use crate::config::CaptioningConfig;
 use crate::decoders::Decoders;
 use crate::records::{CaptionEvent, Compared, Comparison};
@@ -22,85 +21,7 @@ use crate::source::{Frame, FrameError, FrameSlot, Kind, Origin, SourceLabel, Sou
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
-use clipcap_core::decoding::DecoderInstance;
 use clipcap_core::runtime::Runtime;
-
-/// An image posted to the API, with the decoder to use (already checked) and where to answer.
-pub struct Upload {
-    pub image: RgbImage,
-    pub decoder: Option<DecoderInstance>,
-    /// The client's address.
-    pub client: String,
-    pub received: SystemTime,
-    pub reply: oneshot::Sender<Result<Arc<CaptionEvent>, CaptionError>>,
-}
-
-/// The bounded queue of uploads, `capacity` long: the API's end and the captioning thread's.
-pub fn uploads(capacity: usize) -> (UploadSender, UploadReceiver) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    let waiting = Arc::new(AtomicUsize::new(0));
-    (
-        UploadSender {
-            tx,
-            waiting: waiting.clone(),
-        },
-        UploadReceiver { rx, waiting },
-    )
-}
-
-pub struct UploadSender {
-    tx: SyncSender<Upload>,
-    /// Sent and not yet taken: comparisons yield to them.
-    waiting: Arc<AtomicUsize>,
-}
-
-/// Why an upload was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum NotQueued {
-    /// The queue is full.
-    Busy,
-    /// The captioning thread is gone (the daemon stops).
-    Stopping,
-}
-
-impl UploadSender {
-    /// Queues `upload` unless the queue is full or the captioning thread is gone.
-    pub fn try_send(&self, upload: Upload) -> Result<(), NotQueued> {
-        // Counted before sending, so that the receiver never sees more taken than sent.
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.tx.try_send(upload).map_err(|e| {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            match e {
-                TrySendError::Full(_) => NotQueued::Busy,
-                TrySendError::Disconnected(_) => NotQueued::Stopping,
-            }
-        })
-    }
-}
-
-pub struct UploadReceiver {
-    rx: Receiver<Upload>,
-    waiting: Arc<AtomicUsize>,
-}
-
-impl UploadReceiver {
-    fn recv_timeout(&self, wait: Duration) -> Result<Upload, RecvTimeoutError> {
-        self.rx.recv_timeout(wait).inspect(|_| self.taken())
-    }
-
-    fn try_recv(&self) -> Option<Upload> {
-        self.rx.try_recv().ok().inspect(|_| self.taken())
-    }
-
-    fn taken(&self) {
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Whether an upload waits.
-    fn waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
-    }
-}
 
 /// The source as the captioning thread sees it: its frames, its rules, its status.
 pub struct Feed {
@@ -217,7 +138,7 @@ impl Pipeline {
         });
         let origin = Origin {
             source: SourceLabel::Upload,
-            name: upload.client,
+            name: upload.origin,
             header: None,
         };
         let result = outcome

@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use clipcap_core::captioner::CaptionError;
-use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-use super::metrics::ErrorKind;
+use super::admission::{Admission, Admit, Limits};
 use super::state::State;
 use super::{http, notify};
 use crate::shutdown::Shutdown;
@@ -76,9 +74,18 @@ impl Server {
             .enable_all()
             .build()?;
         let state = api.state.clone();
-        let timeout = Duration::from_millis(api.service.header_timeout_ms);
-        let max_connections = api.service.max_connections;
-        let refused = api.metrics.error_counter(ErrorKind::Connection);
+        let s = &api.service;
+        let timeout = Duration::from_millis(s.header_timeout_ms);
+        let admit = Admit {
+            admission: Admission::new(Limits {
+                max: s.max_connections,
+                per_client: s.max_connections_per_client,
+                local: s.local_connections,
+            }),
+            metrics: api.metrics.clone(),
+        };
+        // Counted from the start: a refusal is an error a dashboard should see at 0 before one comes.
+        let _ = api.metrics.error_counter(super::metrics::ErrorKind::Connection);
         let result = rt.block_on(async {
             let app = http::router(api).into_make_service_with_connect_info::<SocketAddr>();
             let decided = {
@@ -102,23 +109,18 @@ impl Server {
                     handle.graceful_shutdown(Some(bound));
                 }
             });
-            let capped = Capped {
-                handle: handle.clone(),
-                max: max_connections,
-                refused,
-            };
             match self.tls {
                 Some((files, config)) => {
                     tracing::info!("serving on https://{}", self.listen);
                     let config = RustlsConfig::from_config(config);
                     tokio::spawn(reload_on_sighup(files, config.clone()));
-                    let acceptor = RustlsAcceptor::new(config).handshake_timeout(timeout).acceptor(capped);
+                    let acceptor = RustlsAcceptor::new(config).handshake_timeout(timeout).acceptor(admit);
                     let server = axum_server::from_tcp(self.listener)?.acceptor(acceptor);
                     http1(server, timeout).handle(handle).serve(app).await
                 }
                 None => {
                     tracing::info!("serving on http://{}", self.listen);
-                    let server = axum_server::from_tcp(self.listener)?.acceptor(capped);
+                    let server = axum_server::from_tcp(self.listener)?.acceptor(admit);
                     http1(server, timeout).handle(handle).serve(app).await
                 }
             }
@@ -138,30 +140,6 @@ fn http1<Acc>(server: axum_server::Server<SocketAddr, Acc>, timeout: Duration) -
     let mut server = server.http1_only().first_request_timeout(timeout);
     server.http_builder().http1().header_read_timeout(timeout);
     server
-}
-
-/// Closes a connection as it arrives when `max` are open already (axum-server's handle counts them,
-/// this one included), so that slow or idle clients cannot take every file descriptor.
-#[derive(Clone)]
-struct Capped {
-    handle: axum_server::Handle<SocketAddr>,
-    max: usize,
-    refused: IntCounter,
-}
-
-impl<I, S> Accept<I, S> for Capped {
-    type Stream = I;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(I, S)>>;
-
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        std::future::ready(if self.handle.connection_count() > self.max {
-            self.refused.inc();
-            Err(std::io::Error::other("too many connections (service.max_connections)"))
-        } else {
-            Ok((stream, service))
-        })
-    }
 }
 
 /// Waits for the model load; once it succeeded, tells systemd READY, keeps the watchdog fed and

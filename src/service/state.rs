@@ -3,7 +3,7 @@
 //! readiness, and the pipeline's heartbeat for the watchdog. The records themselves are
 //! crate::records'.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,6 +70,8 @@ pub struct State {
     source: Source,
     /// Running statistics of the compared decoders.
     compare: CompareStats,
+    /// Who voted for which caption of the history: one vote each.
+    voters: Mutex<HashMap<u64, HashSet<String>>>,
 }
 
 impl State {
@@ -89,6 +91,7 @@ impl State {
             metrics,
             source,
             compare: CompareStats::new(primary_decoder),
+            voters: Mutex::default(),
         }
     }
 
@@ -146,8 +149,10 @@ impl State {
         });
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            if h.len() == self.capacity {
-                h.pop_front();
+            if h.len() == self.capacity
+                && let Some(gone) = h.pop_front()
+            {
+                self.voters.lock().unwrap_or_else(|p| p.into_inner()).remove(&gone.id);
             }
             h.push_back(event.clone());
         }
@@ -182,6 +187,13 @@ impl State {
     pub fn caption(&self, id: u64) -> Option<Arc<CaptionEvent>> {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         h.iter().find(|e| e.id == id).cloned()
+    }
+
+    /// Whether `voter` may vote for caption `id`: the first time, yes (and it is remembered while the
+    /// history holds the caption); again, no.
+    pub fn claim_vote(&self, id: u64, voter: &str) -> bool {
+        let mut voters = self.voters.lock().unwrap_or_else(|p| p.into_inner());
+        voters.entry(id).or_default().insert(voter.to_string())
     }
 
     pub fn record_vote(&self, vote: &Vote) {

@@ -17,10 +17,11 @@ use v4l::{Device, Format, FourCC};
 use super::{FRESH, FrameSlot, Kind, Layout, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
 use crate::settings::{Invalid, check};
 use crate::shutdown::{Shutdown, Worker};
+use clipcap_core::imageio::Budget;
 
 pub(super) const SPEC: Spec = Spec { validate, open };
 
-fn open(config: &SourceConfig, _max_pixels: u64) -> super::Opened {
+fn open(config: &SourceConfig, _budget: Budget) -> super::Opened {
     Ok(Box::new(Camera(config.clone())))
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{FolderMode, FrameSlot, Kind, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
 use crate::settings::{Invalid, check};
 use crate::shutdown::{Shutdown, Worker};
-use clipcap_core::imageio;
+use clipcap_core::imageio::{self, Budget};
 
 pub(super) const SPEC: Spec = Spec { validate, open };
 
@@ -39,10 +39,10 @@ fn validate(config: &SourceConfig) -> Result<(), Invalid> {
 }
 
 /// Lists the folder now. In queue mode also loads the journal (an unreadable one is an error).
-fn open(config: &SourceConfig, max_pixels: u64) -> super::Opened {
+fn open(config: &SourceConfig, budget: Budget) -> super::Opened {
     Ok(Box::new(Folder {
         queue: config.folder_mode == FolderMode::Queue,
-        watcher: Mutex::new(Some(Watcher::new(config, max_pixels)?)),
+        watcher: Mutex::new(Some(Watcher::new(config, budget)?)),
     }))
 }
 
@@ -113,21 +113,21 @@ struct Entry {
 /// The folder's reader, created (and the folder listed) when the daemon starts.
 struct Watcher {
     config: SourceConfig,
-    max_pixels: u64,
+    budget: Budget,
     /// Files listed and not to be read again: in camera mode, those there at start and those read.
     seen: HashSet<Entry>,
     queue: Option<Arc<Queue>>,
 }
 
 impl Watcher {
-    fn new(config: &SourceConfig, max_pixels: u64) -> Result<Self, QueueError> {
+    fn new(config: &SourceConfig, budget: Budget) -> Result<Self, QueueError> {
         let (seen, queue) = match config.folder_mode {
             FolderMode::Camera => (list(&config.folder).unwrap_or_default().into_iter().collect(), None),
             FolderMode::Queue => (HashSet::new(), Some(Arc::new(Queue::open(config)?))),
         };
         Ok(Watcher {
             config: config.clone(),
-            max_pixels,
+            budget,
             seen,
             queue,
         })
@@ -171,7 +171,7 @@ impl Watcher {
                 let path = dir.join(&entry.file);
                 let image = std::fs::read(&path)
                     .map_err(Unreadable::Read)
-                    .and_then(|b| imageio::decode_limited(&b, self.max_pixels).map_err(Unreadable::Decode))
+                    .and_then(|b| imageio::decode_limited(&b, self.budget).map_err(Unreadable::Decode))
                     .map(Pixels::Rgb);
                 let ticket = self.queue.as_ref().map(|q| Ticket {
                     queue: q.clone(),

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::{Invalid, check};
 use crate::shutdown::{Shutdown, Worker};
+use clipcap_core::imageio::Budget;
 pub use convert::{ConvertError, Layout};
 pub use folder::{QueueError, Ticket};
 pub use frame::{Frame, FrameError, FrameSlot, Header, Origin, Pixels, Stamp};
@@ -182,7 +183,7 @@ type Opened = Result<Box<dyn Kind>, SourceError>;
 /// What a kind provides before a source exists: its checks of `[source]`, and how to make one.
 struct Spec {
     validate: fn(&SourceConfig) -> Result<(), Invalid>,
-    open: fn(&SourceConfig, u64) -> Opened,
+    open: fn(&SourceConfig, Budget) -> Opened,
 }
 
 /// The registry of kinds.
@@ -202,10 +203,10 @@ pub fn validate(config: &SourceConfig) -> Result<(), Invalid> {
 }
 
 /// The configured source, created before anything slow happens at start (so that a folder's "already
-/// there" means there when the daemon started), and started later with [`Kind::start`]. Images larger
-/// than `max_pixels` are refused.
-pub fn open(config: &SourceConfig, max_pixels: u64) -> Opened {
-    (spec(config.kind).open)(config, max_pixels)
+/// there" means there when the daemon started), and started later with [`Kind::start`]. Image files
+/// over `budget` are refused.
+pub fn open(config: &SourceConfig, budget: Budget) -> Opened {
+    (spec(config.kind).open)(config, budget)
 }
 
 /// A source's thread, named `name`: a panic inside it (the camera library panics on some device

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{FrameSlot, Kind, NotReady, SourceConfig, SourceStatus, Spec};
 use crate::settings::Invalid;
 use crate::shutdown::{Shutdown, Worker};
+use clipcap_core::imageio::Budget;
 
 pub(super) const SPEC: Spec = Spec { validate, open };
 
@@ -13,7 +14,7 @@ fn validate(_: &SourceConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn open(_: &SourceConfig, _max_pixels: u64) -> super::Opened {
+fn open(_: &SourceConfig, _budget: Budget) -> super::Opened {
     Ok(Box::new(Uploads))
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{FRESH, FrameSlot, Header, Kind, NotReady, Origin, SourceConfig, SourceLabel, SourceStatus, Spec};
 use crate::settings::Invalid;
 use crate::shutdown::{Shutdown, Worker};
+use clipcap_core::imageio::Budget;
 
 pub(super) const SPEC: Spec = Spec { validate, open };
 
@@ -15,7 +16,7 @@ fn validate(_: &SourceConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn open(_: &SourceConfig, _max_pixels: u64) -> super::Opened {
+fn open(_: &SourceConfig, _budget: Budget) -> super::Opened {
     Ok(Box::new(Topic))
 }
 

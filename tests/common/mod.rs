@@ -1,6 +1,7 @@
 //! Shared by the integration tests: fixture paths, the ONNX Runtime set-up, reference outputs.
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -364,9 +365,24 @@ impl Daemon {
     /// daemon's address) and `body` over plain TCP with `Connection: close`, and returns the status
     /// and the whole response, for requests that must be exactly what a browser or an attacker sends.
     pub fn raw(&self, head: &str, body: &[u8]) -> (u16, String) {
+        self.raw_from(Ipv4Addr::LOCALHOST, head, body)
+    }
+
+    /// A connection to the daemon from `source`, a loopback address (127.0.0.0/8: each is another
+    /// client to the daemon).
+    pub fn connect_from(&self, source: Ipv4Addr) -> std::net::TcpStream {
+        let address: std::net::SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+        socket.connect(&address.into()).unwrap();
+        socket.into()
+    }
+
+    /// [`Daemon::raw`] from the client address `source`.
+    pub fn raw_from(&self, source: Ipv4Addr, head: &str, body: &[u8]) -> (u16, String) {
         use std::io::{Read, Write};
         let address = self.url.trim_start_matches("http://");
-        let mut tcp = std::net::TcpStream::connect(address).unwrap();
+        let mut tcp = self.connect_from(source);
         let head = head.replace("{host}", address);
         write!(
             tcp,
