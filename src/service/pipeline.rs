@@ -1,7 +1,8 @@
 //! The captioning thread: ONNX Runtime calls block, so they run here, off the async runtime. It
-//! serves uploads first, and otherwise captions the newest camera frame at most every
-//! `captioning.interval_ms`, skipping frames whose scene has not changed. After a source caption is
-//! published, the comparison decoders may run on the same frame (`captioning.compare`, sampled).
+//! serves uploads first (in turns across clients: uploads.rs), and otherwise captions the newest
+//! camera frame at most every `captioning.interval_ms`, skipping frames whose scene has not changed.
+//! After a source caption is published, the comparison decoders may run on the same frame
+//! (`captioning.compare`, sampled).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
