@@ -16,7 +16,7 @@ use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::metrics::{ConnectionRefusal as Refusal, ErrorKind, Metrics};
+use super::metrics::{ConnectionRefusal as Refusal, Metrics};
 
 /// The limits.
 #[derive(Debug, Clone, Copy)]
@@ -104,21 +104,13 @@ impl<S> Accept<TcpStream, S> for Admit {
     type Future = std::future::Ready<io::Result<(Admitted, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let admitted = stream.peer_addr().map_err(|e| (e, None)).and_then(|peer| {
-            self.admission
-                .admit(peer.ip())
-                .map_err(|r| (io::Error::other(r.as_str()), Some(r)))
+        let slot = stream.peer_addr().and_then(|peer| {
+            self.admission.admit(peer.ip()).map_err(|refusal| {
+                self.metrics.connection_refused(refusal);
+                io::Error::other(refusal.as_str())
+            })
         });
-        std::future::ready(match admitted {
-            Ok(slot) => Ok((Admitted { stream, _slot: slot }, service)),
-            Err((e, refusal)) => {
-                if let Some(refusal) = refusal {
-                    self.metrics.connection_refused(refusal);
-                    self.metrics.error(ErrorKind::Connection);
-                }
-                Err(e)
-            }
-        })
+        std::future::ready(slot.map(|slot| (Admitted { stream, _slot: slot }, service)))
     }
 }
 

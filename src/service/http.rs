@@ -369,7 +369,7 @@ async fn caption_upload(
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let budget = api.service.decode_budget();
     let image = {
-        // Each decode may claim hundreds of MB (imageio's limits): only a few at once.
+        // Each decode may take up to service.max_decode_mb: only a few at once.
         let _permit = api.decodes.acquire().await.map_err(|_| unavailable("shutting down"))?;
         tokio::task::spawn_blocking(move || imageio::decode_limited(&body, budget))
             .await
@@ -477,12 +477,8 @@ async fn vote(
         api.metrics.error(ErrorKind::Vote);
         return too_many(wait, &format!("too many votes from {}", client.name));
     }
-    // One vote per person and caption: a person is a token, or an address.
-    let voter = if client.token {
-        format!("token:{}", client.name)
-    } else {
-        format!("address:{}", peer.ip())
-    };
+    // One vote per person and caption: a person is a token, or an address (the client's name).
+    let voter = format!("{}:{}", if client.token { "token" } else { "address" }, client.name);
     if !api.state.claim_vote(id, &voter) {
         return refuse(
             StatusCode::CONFLICT,

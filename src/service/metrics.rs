@@ -382,6 +382,7 @@ impl Metrics {
     /// A connection closed as it arrived, and why.
     pub fn connection_refused(&self, reason: ConnectionRefusal) {
         self.connections_refused.with_label_values(&[reason.as_str()]).inc();
+        self.error(ErrorKind::Connection);
     }
 
     /// A caption published, by where it came from.

@@ -147,13 +147,14 @@ fn assemble(
     })
 }
 
-/// The API and the captioning thread without a listener or a source (source.kind is not opened):
-/// requests go to `router` in the process, with a `ConnectInfo<SocketAddr>` extension standing for the
-/// peer, and frames put in `frames` are captioned as a source's. The fuzz harnesses of the HTTP path
+/// The API and the captioning thread without a listener or a running source (source.kind is opened
+/// for its rules, never started): requests go to `router` in the process, with a
+/// `ConnectInfo<SocketAddr>` extension standing for the peer, and frames put in `frames` are
+/// captioned as a source's. The fuzz harnesses of the HTTP path
 /// (fuzz/src/lib.rs) and tests/camera_frames.rs drive the daemon this way.
 pub struct Offline {
     pub router: axum::Router,
-    /// The source's frame slot: a frame put here is captioned as the camera's would be.
+    /// The source's frame slot: a frame put here is captioned as the source's would be.
     pub frames: Arc<FrameSlot>,
     shutdown: Shutdown,
     captioning: Option<Worker>,

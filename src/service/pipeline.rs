@@ -189,12 +189,7 @@ impl Pipeline {
         match outcome {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
-                let origin = Origin {
-                    source: frame.origin.source,
-                    name: frame.origin.name.clone(),
-                    header: frame.origin.header.clone(),
-                };
-                let event = self.s.state.publish(origin, frame.captured, caption);
+                let event = self.s.state.publish(frame.origin.clone(), frame.captured, caption);
                 // Published first: comparing never delays the caption.
                 if !self.s.decoders.compare.is_empty() && self.compare_due() {
                     self.compare(&prepared, &event);

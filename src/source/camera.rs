@@ -14,7 +14,7 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
-use super::{FRESH, FrameSlot, Kind, Layout, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
+use super::{FrameSlot, Kind, Layout, NotReady, Origin, Pixels, SourceConfig, SourceLabel, SourceStatus, Spec};
 use crate::settings::{Invalid, check};
 use crate::shutdown::{Shutdown, Worker};
 use clipcap_core::imageio::Budget;
@@ -46,13 +46,7 @@ struct Camera(SourceConfig);
 
 impl Kind for Camera {
     fn readiness(&self, status: &SourceStatus) -> Result<(), NotReady> {
-        if status.fresh(FRESH) {
-            Ok(())
-        } else if status.is_up() {
-            Err(NotReady::CameraSilent)
-        } else {
-            Err(super::failed_or(status, NotReady::NotOpen))
-        }
+        super::streaming(status, NotReady::CameraSilent, NotReady::NotOpen)
     }
 
     fn start(

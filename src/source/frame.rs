@@ -75,6 +75,7 @@ pub struct Stamp {
 }
 
 /// Where a frame came from.
+#[derive(Clone)]
 pub struct Origin {
     /// The label of its kind of source, which its caption carries.
     pub source: SourceLabel,

@@ -170,6 +170,18 @@ fn failed_or(status: &SourceStatus, never: NotReady) -> NotReady {
     status.last_error().map_or(never, NotReady::Failed)
 }
 
+/// The readiness of a source that sends frames all the time (a camera, a topic): a frame within
+/// `FRESH`; else `silent` while it is up, or its last error, or `never`.
+fn streaming(status: &SourceStatus, silent: NotReady, never: NotReady) -> Result<(), NotReady> {
+    if status.fresh(FRESH) {
+        Ok(())
+    } else if status.is_up() {
+        Err(silent)
+    } else {
+        Err(failed_or(status, never))
+    }
+}
+
 /// Why a source could not be created at start.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{FRESH, FrameSlot, Header, Kind, NotReady, Origin, SourceConfig, SourceLabel, SourceStatus, Spec};
+use super::{FrameSlot, Header, Kind, NotReady, Origin, SourceConfig, SourceLabel, SourceStatus, Spec};
 use crate::settings::Invalid;
 use crate::shutdown::{Shutdown, Worker};
 use clipcap_core::imageio::Budget;
@@ -33,13 +33,7 @@ struct Topic;
 
 impl Kind for Topic {
     fn readiness(&self, status: &SourceStatus) -> Result<(), NotReady> {
-        if status.fresh(FRESH) {
-            Ok(())
-        } else if status.is_up() {
-            Err(NotReady::TopicSilent)
-        } else {
-            Err(super::failed_or(status, NotReady::NoPublisher))
-        }
+        super::streaming(status, NotReady::TopicSilent, NotReady::NoPublisher)
     }
 
     fn start(&self, _: Arc<FrameSlot>, _: Arc<SourceStatus>, _: Shutdown) -> std::io::Result<Option<Worker>> {
