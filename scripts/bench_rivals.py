@@ -11,7 +11,9 @@ a greedy caption of a fixed length from a prefix of embeddings, on GPT-2 with th
   (`llama_batch.embd`); built by scripts/setup-rivals.sh, which this script runs on first use
   (`--no-llama` leaves them out);
 - clipcap: `clipcap bench --json` on the same bundle, and on each `--quantized` copy of it
-  (`clipcap-export quantize`), in a subprocess, between the rounds.
+  (`clipcap-export quantize`), in a subprocess, between the rounds;
+- several captions at once (`--streams`, 4 by default): clipcap at `--concurrency 4` on each bundle
+  against llama.cpp F32 decoding four sequences of the prefix in one batch per step (seq_id 0 to 3).
 
 `--device cuda` runs PyTorch on the GPU and ONNX Runtime (from Python, and clipcap) with its CUDA
 provider, for a machine with an NVIDIA GPU and the onnxruntime-gpu wheel (llama.cpp stays out: the
@@ -52,6 +54,7 @@ import onnxruntime as ort
 import torch
 from transformers import GPT2LMHeadModel
 
+from clipcap_export.graphs import lm_feeds, lm_input_names
 from clipcap_export.models import Source, load_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,25 +94,21 @@ class OnnxLoop:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.layers, self.width = spec["layers"], spec["width"]
         self.heads = spec["heads"]
-        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, prefix: np.ndarray, tokens: int) -> list[int]:
         head_dim = self.width // self.heads
-        empty = np.zeros((1, self.heads, 0, head_dim), np.float32)
-        past = {f"past_key_values.{i}.{kv}": empty for i in range(self.layers) for kv in ("key", "value")}
-        feeds = {"prefix_embeds": prefix, "input_ids": np.zeros((1, 0), np.int64), **past}
+        names = lm_input_names(self.layers)
+        past = [np.zeros((1, self.heads, 0, head_dim), np.float32)] * (2 * self.layers)
+        feeds = lm_feeds(names, prefix, np.zeros((1, 0), np.int64), [0], past)
         out = []
         for step in range(tokens):
-            results = dict(zip(self.outputs, self.session.run(None, feeds), strict=True))
-            token = int(results["logits"][0].argmax())
+            results = self.session.run(None, feeds)
+            token = int(results[0][0].argmax())
             out.append(token)
             if step == tokens - 1:
                 break
-            feeds = {
-                "prefix_embeds": np.zeros((1, 0, self.width), np.float32),
-                "input_ids": np.array([[token]], np.int64),
-                **{k: results[k.replace("past_key_values", "present")] for k in past},
-            }
+            feeds = lm_feeds(names, np.zeros((1, 0, self.width), np.float32), np.array([[token]], np.int64),
+                             [prefix.shape[1] + step], results[2:])
         return out
 
 
@@ -156,45 +155,57 @@ def gguf_files(model: GPT2LMHeadModel, bundle: Path, work: Path, source: Path) -
 
 class LlamaLoop:
     """Greedy decoding on llama.cpp: the prefix goes in as embeddings (llama_batch_init with embd =
-    width), then one token per step, as clipcap does it."""
+    width), then one token per step, as clipcap does it. With `streams` > 1, that many sequences
+    (llama.cpp's seq_id) of the same prefix decode together: each prefix pass on its own, then one
+    batch of `streams` tokens per step, as llama.cpp's server serves parallel requests."""
 
-    def __init__(self, path: Path, width: int, prefix_length: int, tokens: int, threads: int) -> None:
+    def __init__(self, path: Path, width: int, prefix_length: int, tokens: int, threads: int,
+                 streams: int = 1) -> None:
         ll = quiet_llama_cpp()
 
-        self.ll = ll
+        self.ll, self.streams = ll, streams
         model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
         if not model:
             sys.exit(f"{path}: llama.cpp could not load it")
         params = ll.llama_context_default_params()
-        params.n_ctx = prefix_length + tokens
-        params.n_batch = params.n_ubatch = prefix_length
+        params.n_ctx = streams * (prefix_length + tokens)
+        params.n_batch = params.n_ubatch = max(prefix_length, streams)
+        params.n_seq_max = streams
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         self.model, self.ctx = model, ll.llama_init_from_model(model, params)
         self.vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
         self.prefix = ll.llama_batch_init(prefix_length, width, 1)
-        self.token = ll.llama_batch_init(1, 0, 1)
+        self.token = ll.llama_batch_init(streams, 0, 1)
 
-    def _decode(self, batch: Any, positions: range) -> int:
-        """Feeds `batch` at `positions`; the greedy choice after its last position."""
-        for i, pos in enumerate(positions):
-            batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = pos, 1, 0
-            batch.logits[i] = i == len(positions) - 1
-        batch.n_tokens = len(positions)
+    def _decode(self, batch: Any, rows: list[tuple[int, int]], last_only: bool) -> list[int]:
+        """Feeds `batch` with its rows at (sequence, position); the greedy choice after each row that
+        asks for logits (the last one, or every one)."""
+        for i, (seq, pos) in enumerate(rows):
+            batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = pos, 1, seq
+            batch.logits[i] = not last_only or i == len(rows) - 1
+        batch.n_tokens = len(rows)
         if self.ll.llama_decode(self.ctx, batch) != 0:
             sys.exit("llama_decode failed")
-        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, len(positions) - 1),
-                                       shape=(self.vocab,))
-        return int(logits.argmax())
+        asked = [len(rows) - 1] if last_only else range(len(rows))
+        return [int(np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, i), shape=(self.vocab,)).argmax())
+                for i in asked]
 
     def __call__(self, prefix: np.ndarray, tokens: int) -> list[int]:
+        """The first stream's tokens (every stream has the same prefix)."""
+        return self.all_streams(prefix, tokens)[0]
+
+    def all_streams(self, prefix: np.ndarray, tokens: int) -> list[list[int]]:
         self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
         length = prefix.shape[1]
         ctypes.memmove(self.prefix.embd, np.ascontiguousarray(prefix).ctypes.data, prefix.nbytes)
-        out = [self._decode(self.prefix, range(length))]
+        out = [self._decode(self.prefix, [(s, p) for p in range(length)], True) for s in range(self.streams)]
         for step in range(tokens - 1):
-            self.token.token[0] = out[-1]
-            out.append(self._decode(self.token, range(length + step, length + step + 1)))
+            for s in range(self.streams):
+                self.token.token[s] = out[s][-1]
+            chosen = self._decode(self.token, [(s, length + step) for s in range(self.streams)], False)
+            for s, token in enumerate(chosen):
+                out[s].append(token)
         return out
 
 
@@ -219,12 +230,14 @@ def check_agreement(outputs: dict[str, list[int]]) -> None:
                  f"fp32 on the same weights must reproduce:\n  {'reference':<14} {truth}\n{lines}")
 
 
-def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int, device: str) -> dict:
+def clipcap_bench(binary: Path, bundle: Path, image: Path, threads: int, runs: int, device: str,
+                  streams: int = 1) -> dict:
+    """`clipcap bench` of `image`; with `streams` > 1, that many captions of it in flight at once."""
     env = dict(os.environ, CLIPCAP__RUNTIME__INTRA_THREADS=str(threads),
                CLIPCAP__RUNTIME__PROVIDERS="cuda,cpu" if device == "cuda" else "cpu")
     out = subprocess.run(
         [str(binary), "bench", "--json", "--runs", str(runs), "--bundle", str(bundle), "--decoder", "greedy",
-         str(image)],
+         "--concurrency", str(streams), *[str(image)] * streams],
         check=True, capture_output=True, text=True, env=env,
     )
     return json.loads(out.stdout)
@@ -247,6 +260,9 @@ def main() -> None:
     p.add_argument("--llama-source", type=Path, default=LLAMA_SOURCE,
                    help="llama.cpp's source folder, for its GGUF converter (default: where setup-rivals.sh puts it)")
     p.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
+    p.add_argument("--streams", type=int, default=4,
+                   help="the rows for several captions at once: clipcap at this concurrency against llama.cpp F32 "
+                        "decoding this many sequences in one batch (1: no such rows)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: PyTorch on the GPU, ONNX Runtime with its CUDA provider (needs --no-llama)")
     p.add_argument("--json", action="store_true")
@@ -284,17 +300,26 @@ def main() -> None:
         "onnxruntime": lambda: onnx(prefix, tokens),
     }
     work = tempfile.TemporaryDirectory(prefix="bench-rivals-")
+    streamed = {}  # llama.cpp's streams, timed for all of them and checked stream by stream
     if not args.no_llama:
         for name, path in gguf_files(model, args.bundle, Path(work.name), args.llama_source).items():
             loop = LlamaLoop(path, spec["width"], prefix_length, tokens, args.threads)
             systems[f"llama.cpp {name}"] = lambda loop=loop: loop(prefix, tokens)
+            if name == "F32" and args.streams > 1:
+                many = LlamaLoop(path, spec["width"], prefix_length, tokens, args.threads, args.streams)
+                streamed[f"llama.cpp F32 x{args.streams}"] = lambda many=many: many.all_streams(prefix, tokens)
     with torch.inference_mode():
         outputs = {name: run() for name, run in systems.items()}  # warm-up, and the tokens to compare
         check_agreement(outputs)
-        times: dict[str, list[float]] = {name: [] for name in [*systems, *(f"clipcap {b}" for b in bundles)]}
+        # Each stream's tokens, as the share of streams that chose the reference loop's tokens.
+        stream_agreement = {name: sum(s == outputs["reference"] for s in run()) / args.streams
+                            for name, run in streamed.items()}
+        several = [f"clipcap {b} x{args.streams}" for b in bundles] if args.streams > 1 else []
+        times: dict[str, list[float]] = {
+            name: [] for name in [*systems, *(f"clipcap {b}" for b in bundles), *streamed, *several]}
         steps = []
         for _ in range(args.rounds):
-            for name, run in systems.items():
+            for name, run in [*systems.items(), *streamed.items()]:
                 t = time.perf_counter()
                 run()
                 times[name].append((time.perf_counter() - t) * 1e3)
@@ -302,6 +327,12 @@ def main() -> None:
                 bench = clipcap_bench(args.clipcap, bundle, args.image, args.threads, 3, args.device)["decoders"][0]
                 times[f"clipcap {name}"].append(bench["decode_ms"])
                 steps.append(bench["steps"])
+                if args.streams > 1:
+                    # The captions in flight decode at once: one caption's decode time is the time
+                    # of all of them.
+                    bench = clipcap_bench(args.clipcap, bundle, args.image, args.threads, 3, args.device,
+                                          args.streams)["decoders"][0]
+                    times[f"clipcap {name} x{args.streams}"].append(bench["decode_ms"])
     work.cleanup()
 
     truth = outputs["reference"]
@@ -312,7 +343,7 @@ def main() -> None:
              # the share of the reference loop's tokens this system chose too (clipcap's own
              # agreement with PyTorch is tested in export/tests)
              token_agreement=(sum(a == b for a, b in zip(outputs[name], truth, strict=True)) / tokens
-                              if name in outputs else None))
+                              if name in outputs else stream_agreement.get(name)))
         for name, t in times.items()
     ]
     if args.json:
@@ -322,10 +353,13 @@ def main() -> None:
     print(f"greedy, {tokens} tokens ({tokens - 1} steps after the prefix pass), {args.threads} threads, "
           f"medians of {args.rounds} alternating rounds; clipcap's steps: {steps}")
     print(f"{', '.join(n for n in MUST_AGREE if n in outputs)} chose the reference loop's tokens")
-    print(f"{'system':<16} {'caption ms':>11} {'ms/step':>8} {'x clipcap fp32':>15} {'tokens as reference':>20}")
+    if args.streams > 1:
+        print(f"rows xN: {args.streams} captions of the same prefix at once; caption ms is the time of all of "
+              f"them, and tokens as reference the share of streams that chose the reference loop's tokens")
+    print(f"{'system':<22} {'caption ms':>11} {'ms/step':>8} {'x clipcap fp32':>15} {'tokens as reference':>20}")
     for r in rows:
         share = "" if r["token_agreement"] is None else f"{r['token_agreement']:.0%}"
-        print(f"{r['system']:<16} {r['caption_ms']:>11.1f} {r['ms_per_step']:>8.2f} {r['vs_clipcap']:>15.2f} "
+        print(f"{r['system']:<22} {r['caption_ms']:>11.1f} {r['ms_per_step']:>8.2f} {r['vs_clipcap']:>15.2f} "
               f"{share:>20}")
 
 

@@ -1,7 +1,10 @@
 //! `clipcap bench`: where the time of a caption goes, per decoder, measured in one process so that
 //! decoders can be compared as ratios on a noisy machine, next to the machine's memory bound.
 //!
-//! For each decoder every image is captioned `runs` times (after one unmeasured warm-up round). A
+//! For each decoder every image is captioned `runs` times (after one unmeasured warm-up round), by
+//! `concurrency` threads at once that share the model's calls (each with its own decoder instance):
+//! `captions_per_s` is captions over wall-clock time, and each caption's latency includes waiting for
+//! the calls it shares. A
 //! decoder's own time is its `decode` time minus the model steps it asked for, so `decoder_ms_per_step`
 //! is the overhead a decoding strategy adds to each model step. A language-model step reads every
 //! weight once, so it cannot be faster than the LM's weight bytes over the machine's read bandwidth
@@ -13,6 +16,8 @@ use serde::Serialize;
 
 use clipcap_core::captioner::{Caption, CaptionError, Captioner, Prepared};
 use clipcap_core::decoding::DecoderInstance;
+
+use crate::jobs;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DecoderBench {
@@ -31,7 +36,7 @@ pub struct DecoderBench {
     /// Whole caption (preprocessing to text): median and 95th percentile.
     pub p50_ms: f64,
     pub p95_ms: f64,
-    /// Captions a second, one after the other.
+    /// Captions a second: captions over the wall-clock time of the measured rounds.
     pub captions_per_s: f64,
     /// decode_ms relative to the first decoder's.
     pub decode_ratio: f64,
@@ -56,6 +61,8 @@ pub struct Machine {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Captions in flight at once.
+    pub concurrency: usize,
     pub machine: Machine,
     pub decoders: Vec<DecoderBench>,
 }
@@ -86,28 +93,42 @@ pub struct Setup<'a> {
     pub lm_weight_bytes: u64,
 }
 
-/// Captions each prepared image `runs` times with each decoder; medians per decoder.
-pub fn run(captioner: &mut Captioner, decoders: &mut [DecoderInstance], s: &Setup) -> Result<Report, CaptionError> {
+/// Captions each prepared image `runs` times with each decoder; medians per decoder. `lanes[t][d]` is
+/// thread `t`'s instance of decoder `d`.
+pub fn run(captioner: &Captioner, lanes: &mut [Vec<DecoderInstance>], s: &Setup) -> Result<Report, CaptionError> {
     let mut first_caption_ms = None;
     let mut out: Vec<DecoderBench> = Vec::new();
-    for decoder in decoders.iter_mut() {
-        for image in s.images {
-            captioner.decode(image, decoder, None, s.seed)?; // warm-up: allocator, caches, lazy init
-            first_caption_ms.get_or_insert_with(|| s.started.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut captions: Vec<Caption> = Vec::new();
-        for _ in 0..s.runs {
-            for image in s.images {
-                captions.push(captioner.decode(image, decoder, None, s.seed)?);
+    let images = s.images.len();
+    for d in 0..lanes.first().map_or(0, Vec::len) {
+        let label = lanes[0][d].label().to_string();
+        // Warm-up (allocator, caches, lazy init), then the measured rounds.
+        let (mut captions, mut captions_per_s): (Vec<Caption>, f64) = (Vec::new(), f64::NAN);
+        for (rounds, measured) in [(1, false), (s.runs, true)] {
+            let t = Instant::now();
+            let mut results = Vec::with_capacity(rounds * images);
+            jobs::run(
+                lanes,
+                rounds * images,
+                |lane, i| captioner.decode(&s.images[i % images], &mut lane[d], None, s.seed),
+                |_, c| {
+                    first_caption_ms.get_or_insert_with(|| s.started.elapsed().as_secs_f64() * 1e3);
+                    results.push(c)
+                },
+            );
+            let wall = t.elapsed().as_secs_f64();
+            if measured {
+                captions = results.into_iter().collect::<Result<_, _>>()?;
+                captions_per_s = captions.len() as f64 / wall;
+            } else {
+                results.into_iter().collect::<Result<Vec<_>, _>>()?;
             }
         }
         let of = |f: fn(&Caption) -> f64| median(captions.iter().map(f).collect());
         let decode_ms = of(|c| c.ms.decode);
         let per_step = |f: fn(&Caption) -> f64| median(captions.iter().map(|c| f(c) / c.steps.max(1) as f64).collect());
         let totals: Vec<f64> = captions.iter().map(|c| c.ms.total).collect();
-        let mean_total = totals.iter().sum::<f64>() / totals.len().max(1) as f64;
         out.push(DecoderBench {
-            decoder: decoder.label().to_string(),
+            decoder: label,
             captions: captions.len(),
             preprocess_ms: of(|c| c.ms.preprocess),
             encode_ms: of(|c| c.ms.encode),
@@ -119,7 +140,7 @@ pub fn run(captioner: &mut Captioner, decoders: &mut [DecoderInstance], s: &Setu
             bound_ratio: f64::NAN, // filled in below, once the bandwidth is known
             p50_ms: percentile(totals.clone(), 0.5),
             p95_ms: percentile(totals, 0.95),
-            captions_per_s: 1e3 / mean_total,
+            captions_per_s,
             decode_ratio: out.first().map_or(1.0, |base| decode_ms / base.decode_ms),
         });
     }
@@ -131,6 +152,7 @@ pub fn run(captioner: &mut Captioner, decoders: &mut [DecoderInstance], s: &Setu
         d.bound_ratio = d.model_ms_per_step / step_bound_ms;
     }
     Ok(Report {
+        concurrency: lanes.len(),
         machine: Machine {
             threads: s.threads,
             read_gb_per_s,

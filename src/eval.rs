@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use serde::Serialize;
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::DecoderInstance;
@@ -190,6 +191,7 @@ pub struct Plan<'a> {
     pub images: &'a [Image],
     pub decoders: &'a mut [DecoderInstance],
     pub runtime: &'a Runtime,
+    pub batching: Batching,
     pub seed: u64,
     pub draws: usize,
 }
@@ -201,7 +203,7 @@ pub fn run(plan: Plan, stop: &Arc<AtomicBool>, progress: &indicatif::ProgressBar
     let mut interrupted = false;
     'bundles: for path in plan.bundles {
         let bundle = Bundle::open(path)?;
-        let mut captioner = Captioner::load(&bundle, plan.runtime)?;
+        let captioner = Captioner::load(&bundle, plan.runtime, plan.batching.clone())?;
         let name = path
             .file_name()
             .unwrap_or(path.as_os_str())

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod decoders;
 pub mod eval;
+pub mod jobs;
 mod publish;
 pub mod records;
 pub mod report;

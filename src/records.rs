@@ -30,6 +30,9 @@ pub struct Compared {
 pub struct Comparison {
     /// The caption's id.
     pub id: u64,
+    /// The name of the caption's source. Empty in logs from before sources had names.
+    #[serde(default)]
+    pub source: String,
     pub decoder: String,
     pub caption: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,7 +80,10 @@ pub struct CaptionEvent {
     pub id: u64,
     /// When the frame was captured (or the image uploaded), RFC 3339.
     pub time: String,
-    pub source: SourceLabel,
+    /// The name of its source (`[[sources]]`, or the label of a lone `[source]`), or `upload`.
+    pub source: String,
+    /// The kind of its source: camera, folder, ros2, or upload.
+    pub kind: SourceLabel,
     /// The device, file, topic or client it came from.
     pub origin: String,
     /// The ROS 2 image's header (stamp and frame id), when it came from a ROS 2 topic.

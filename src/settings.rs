@@ -21,6 +21,6 @@ impl Invalid {
 }
 
 /// Ok when `ok`, else `key` refused for `reason`.
-pub fn check(ok: bool, key: &'static str, reason: impl FnOnce() -> String) -> Result<(), Invalid> {
+pub fn check(ok: bool, key: impl Into<String>, reason: impl FnOnce() -> String) -> Result<(), Invalid> {
     if ok { Ok(()) } else { Err(Invalid::new(key, reason())) }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use common::{runtime, tiny_bundle};
@@ -39,13 +40,13 @@ fn load_error(edit: impl FnOnce(&Path)) -> String {
     let rt = runtime();
     let err = match Bundle::open(&dir) {
         Err(e) => e.to_string(),
-        Ok(bundle) => match Captioner::load(&bundle, &rt) {
+        Ok(bundle) => match Captioner::load(&bundle, &rt, Batching::default()) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("the broken bundle loaded"),
         },
     };
     // The process is unharmed: the intact bundle still loads.
-    Captioner::load(&Bundle::open(tiny_bundle()).unwrap(), &rt).unwrap();
+    Captioner::load(&Bundle::open(tiny_bundle()).unwrap(), &rt, Batching::default()).unwrap();
     err
 }
 
@@ -61,16 +62,24 @@ fn fixture_bundle_loads() {
     let m = &bundle.manifest;
     assert_eq!((m.language_model.vocab_size, m.mapper.prefix_length), (50257, 10));
     assert_eq!(m.tokenizer.stop_tokens, vec![13, 50256]);
-    Captioner::load(&bundle, &runtime()).unwrap();
+    Captioner::load(&bundle, &runtime(), Batching::default()).unwrap();
 }
 
 #[test]
 fn refuses_unknown_format_version() {
-    let err = load_error(manifest_edit("format_version = 1", "format_version = 2"));
+    let err = load_error(manifest_edit("format_version = 2", "format_version = 3"));
     assert_mentions(
         &err,
-        &["manifest.toml", "format_version 2 is not supported", "version 1"],
+        &["manifest.toml", "format_version 3 is not supported", "versions 1 to 2"],
     );
+}
+
+#[test]
+fn refuses_a_format_2_manifest_over_a_format_1_language_model() {
+    let err = load_error(|dir| {
+        std::fs::copy(common::fixtures().join("format-1/lm.onnx"), dir.join("lm.onnx")).unwrap();
+    });
+    assert_mentions(&err, &["lm.onnx", "attention_mask"]);
 }
 
 #[test]

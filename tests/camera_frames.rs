@@ -62,7 +62,7 @@ fn corrupt_mjpeg_frames_are_counted_and_the_camera_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let environment = [
-        ("SOURCE__KIND", "none".to_string()),
+        ("SOURCE__KIND", "v4l2".to_string()),
         (
             "SERVICE__CAPTION_LOG",
             dir.path().join("captions.jsonl").display().to_string(),

@@ -203,8 +203,11 @@ fn serves_captions_survives_bad_input_and_stops_cleanly() {
     assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"folder\"}"), 1.0);
     assert_eq!(metric(&metrics, "clipcap_captions_total{source=\"upload\"}"), 2.0);
     assert_eq!(metric(&metrics, "clipcap_errors_total{kind=\"upload\"}"), 6.0);
-    assert_eq!(metric(&metrics, "clipcap_frames_captured_total"), 1.0);
-    assert_eq!(metric(&metrics, "clipcap_source_up"), 1.0);
+    assert_eq!(
+        metric(&metrics, "clipcap_frames_captured_total{source=\"folder\"}"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "clipcap_source_up{source=\"folder\"}"), 1.0);
     assert_eq!(metric(&metrics, "clipcap_stage_seconds_count{stage=\"encode\"}"), 3.0);
     assert!(metrics.contains("clipcap_decoder_seconds_bucket{decoder=\"beam:num_beams=3\""));
     assert_eq!(
@@ -249,17 +252,29 @@ fn latest_frame_wins_and_unchanged_scenes_are_skipped() {
     // Every frame is accounted for: captured = captioned + dropped, so none is left waiting to be
     // captioned late.
     let m = daemon.metrics();
-    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 5.0, "{m}");
-    assert_eq!(metric(&m, "clipcap_frames_dropped_total"), 3.0, "{m}");
+    assert_eq!(
+        metric(&m, "clipcap_frames_captured_total{source=\"folder\"}"),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "clipcap_frames_dropped_total{source=\"folder\"}"),
+        3.0,
+        "{m}"
+    );
     // The same picture again is an unchanged scene: skipped, counted.
     daemon.drop_image_as("08205.png", "again.png");
     daemon.wait_until(
-        || metric(&daemon.metrics(), "clipcap_frames_skipped_total") == 1.0,
+        || metric(&daemon.metrics(), "clipcap_frames_skipped_total{source=\"folder\"}") == 1.0,
         "a skipped frame",
     );
     let m = daemon.metrics();
-    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 6.0);
-    assert_eq!(metric(&m, "clipcap_frames_dropped_total"), 3.0, "{m}");
+    assert_eq!(metric(&m, "clipcap_frames_captured_total{source=\"folder\"}"), 6.0);
+    assert_eq!(
+        metric(&m, "clipcap_frames_dropped_total{source=\"folder\"}"),
+        3.0,
+        "{m}"
+    );
     assert_eq!(daemon.logged().len(), 2);
     assert_eq!(daemon.get_json("/v1/captions").as_array().unwrap().len(), 2);
 }
@@ -291,7 +306,7 @@ fn a_missing_camera_is_reported_and_the_api_keeps_serving() {
         || metric(&daemon.metrics(), "clipcap_errors_total{kind=\"source\"}") >= 3.0,
         "retries with backoff",
     );
-    assert_eq!(metric(&daemon.metrics(), "clipcap_source_up"), 0.0);
+    assert_eq!(metric(&daemon.metrics(), "clipcap_source_up{source=\"camera\"}"), 0.0);
     let (status, event) = post(&daemon, "", std::fs::read(demo_image("08202.png")).unwrap());
     assert_eq!(
         (status, event["source"].as_str()),
@@ -349,7 +364,11 @@ fn a_folder_camera_reads_what_appears_after_start_and_not_what_was_there() {
     daemon.wait_until(|| daemon.logged().len() == 1, "a caption");
     // The scan that found the new file listed the old one too, long settled.
     let m = daemon.metrics();
-    assert_eq!(metric(&m, "clipcap_frames_captured_total"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "clipcap_frames_captured_total{source=\"folder\"}"),
+        1.0,
+        "{m}"
+    );
     assert!(daemon.logged()[0]["origin"].as_str().unwrap().ends_with("08202.png"));
 }
 
@@ -424,7 +443,10 @@ fn a_folder_queue_captions_every_file_once_oldest_first_across_a_restart() {
         let caption = event["caption"].as_str().unwrap();
         assert_eq!(*by_picture.entry(picture).or_insert(caption), caption, "{name}");
     }
-    assert_eq!(metric(&daemon.metrics(), "clipcap_frames_skipped_total"), 0.0);
+    assert_eq!(
+        metric(&daemon.metrics(), "clipcap_frames_skipped_total{source=\"folder\"}"),
+        0.0
+    );
 
     // Finished files, the broken one included, were moved out; only the journal stays.
     let listing = |folder: &str| -> Vec<String> {

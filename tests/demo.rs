@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::imageio;
@@ -50,7 +51,7 @@ fn demo_bundle_captions_like_pytorch_and_describes_the_scenes() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(refs.len(), 12);
-    let mut captioner = Captioner::load(&bundle, &runtime()).unwrap();
+    let captioner = Captioner::load(&bundle, &runtime(), Batching::default()).unwrap();
     let plugins = plugins();
     let mut greedy = decoder(&plugins, "greedy");
     let (mut exact, mut background) = (0, 0);

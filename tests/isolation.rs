@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{Captioner, Prepared};
 use clipcap_core::decoding::{DecoderInstance, DecoderRequest, FaultKind, IsolationOptions, Plugins};
@@ -17,10 +18,10 @@ use common::{
 };
 
 fn captioner() -> Captioner {
-    Captioner::load(&Bundle::open(tiny_bundle()).unwrap(), &runtime()).unwrap()
+    Captioner::load(&Bundle::open(tiny_bundle()).unwrap(), &runtime(), Batching::default()).unwrap()
 }
 
-fn prepared(captioner: &mut Captioner, r: &Reference) -> Prepared {
+fn prepared(captioner: &Captioner, r: &Reference) -> Prepared {
     captioner
         .prepare(&imageio::load_file(&r.image_path()).unwrap())
         .unwrap()
@@ -59,10 +60,10 @@ fn children(needle: &str) -> Vec<u32> {
 
 #[test]
 fn isolated_decoders_caption_exactly_as_in_process() {
-    let (plugins, mut captioner) = (plugins(), captioner());
+    let (plugins, captioner) = (plugins(), captioner());
     for name in ["greedy", "beam", "contrastive", "magic"] {
         for r in &references(name) {
-            let p = prepared(&mut captioner, r);
+            let p = prepared(&captioner, r);
             let mut d = isolated(&plugins, &r.decoder);
             let c = captioner.decode(&p, &mut d, None, 0).unwrap();
             assert_eq!(
@@ -76,7 +77,7 @@ fn isolated_decoders_caption_exactly_as_in_process() {
     }
     // The random stream crosses the socket exactly.
     let r = &references("greedy")[0];
-    let p = prepared(&mut captioner, r);
+    let p = prepared(&captioner, r);
     let spec = "sample:temperature=0.8,top_k=40";
     let (mut inside, mut outside) = (decoder(&plugins, spec), isolated(&plugins, spec));
     for seed in 0..3 {
@@ -93,9 +94,9 @@ fn isolated_decoders_caption_exactly_as_in_process() {
 
 #[test]
 fn isolated_decoders_keep_the_in_process_rules() {
-    let (plugins, mut captioner) = (plugins(), captioner());
+    let (plugins, captioner) = (plugins(), captioner());
     let r = &references("greedy")[0];
-    let p = prepared(&mut captioner, r);
+    let p = prepared(&captioner, r);
     for (spec, why) in RULE_BREAKERS {
         let mut bad = isolated(&plugins, spec);
         for attempt in 0..2 {
@@ -116,9 +117,9 @@ fn isolated_decoders_keep_the_in_process_rules() {
 
 #[test]
 fn a_fault_costs_one_caption_and_the_process_is_restarted() {
-    let mut captioner = captioner();
+    let captioner = captioner();
     let r = &references("greedy")[0];
-    let p = prepared(&mut captioner, r);
+    let p = prepared(&captioner, r);
     let cases: [(i32, &str, IsolationOptions); 6] = [
         (0, "killed by signal 11 (SIGSEGV", isolation()),
         (1, "killed by signal 6 (SIGABRT", isolation()),
@@ -186,9 +187,9 @@ fn a_fault_costs_one_caption_and_the_process_is_restarted() {
 
 #[test]
 fn a_failed_decoder_waits_before_its_restart_and_the_fallback_takes_over() {
-    let mut captioner = captioner();
+    let captioner = captioner();
     let r = &references("greedy")[1];
-    let p = prepared(&mut captioner, r);
+    let p = prepared(&captioner, r);
     let plugins = plugins_with(IsolationOptions {
         restart: Duration::from_secs(600),
         ..isolation()
@@ -214,8 +215,8 @@ fn an_isolated_decoder_has_no_network_and_runs_confined() {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let spec = format!("crash:kind=6,port={port}");
-    let (plugins, mut captioner) = (plugins(), captioner());
-    let p = prepared(&mut captioner, &references("greedy")[0]);
+    let (plugins, captioner) = (plugins(), captioner());
+    let p = prepared(&captioner, &references("greedy")[0]);
     // In process the decoder reaches the listener: the test can tell.
     let mut inside = decoder(&plugins, &spec);
     captioner.decode(&p, &mut inside, None, 0).unwrap();

@@ -211,3 +211,64 @@ fn kiosk_page_with_a_read_only_token_shows_captions_and_cannot_vote() {
     );
     assert!(daemon.log_records("vote").is_empty());
 }
+
+#[test]
+fn kiosk_page_shows_a_tile_per_source_and_long_decoder_names_beside_their_captions() {
+    let daemon = Daemon::start_with(
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=3\", \"sample:top_p=0.9\"]\n\
+         [[sources]]\nname = \"left\"\nkind = \"folder\"\nfolder = \"{dir}/left\"\npoll_ms = 50\n\
+         [[sources]]\nname = \"right\"\nkind = \"folder\"\nfolder = \"{dir}/right\"\npoll_ms = 50\n",
+        &[],
+        |dir| {
+            for side in ["left", "right"] {
+                std::fs::create_dir(dir.join(side)).unwrap();
+            }
+        },
+    );
+    let put = |side: &str, image: &str| {
+        let tmp = daemon.dir.path().join(format!(".{side}.png"));
+        std::fs::copy(common::demo_image(image), &tmp).unwrap();
+        std::fs::rename(&tmp, daemon.dir.path().join(side).join(image)).unwrap();
+    };
+    let latest = |side: &str| {
+        daemon
+            .get_json("/v1/captions")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["source"] == side)
+            .cloned()
+    };
+    put("left", "08202.png");
+    daemon.wait_until(|| latest("left").is_some(), "a caption of the left source");
+
+    let browser = Browser::start();
+    browser.command("url", json!({"url": format!("{}/", daemon.url)}));
+    browser.wait_for("return document.querySelectorAll('.tile').length", |v| v == 2);
+    // A caption of the other source arrives by the event stream, into its own tile.
+    put("right", "08209.png");
+    daemon.wait_until(|| latest("right").is_some(), "a caption of the right source");
+    for side in ["left", "right"] {
+        let want = latest(side).unwrap()["caption"].clone();
+        let tile = format!("document.querySelector('.tile[data-source=\"{side}\"]')");
+        browser.wait_for(&format!("return {tile}.querySelector('.caption').textContent"), |v| {
+            v == &want
+        });
+        browser.wait_for(&format!("return {tile}.querySelector('img').naturalWidth"), |v| {
+            v.as_u64() == Some(224)
+        });
+        let src = browser.script(&format!("return {tile}.querySelector('img').src"));
+        assert!(src.as_str().unwrap().contains(&format!("source={side}")), "{src}");
+    }
+    assert_ne!(latest("left").unwrap()["caption"], latest("right").unwrap()["caption"]);
+    // The comparison's rows: each decoder's name ends before its caption begins (1280 px wide).
+    let gaps = browser.wait_for(
+        "return [...document.querySelectorAll('#compare li')].map(li => \
+           li.querySelector('.text').getBoundingClientRect().left - li.querySelector('b').getBoundingClientRect().right)",
+        |v| v.as_array().is_some_and(|a| a.len() == 3),
+    );
+    assert!(
+        gaps.as_array().unwrap().iter().all(|g| g.as_f64().unwrap() >= 0.0),
+        "{gaps}"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::cosine;
@@ -47,7 +48,7 @@ fn preprocessing_matches_openai_clip() {
 fn embeddings_and_greedy_tokens_match_pytorch() {
     let rt = runtime();
     let bundle = Bundle::open(tiny_bundle()).unwrap();
-    let mut captioner = Captioner::load(&bundle, &rt).unwrap();
+    let captioner = Captioner::load(&bundle, &rt, Batching::default()).unwrap();
     let plugins = plugins();
     let mut greedy = decoder(&plugins, "greedy");
     for r in references("greedy") {

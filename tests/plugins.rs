@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::{DecoderRequest, Plugins};
@@ -15,10 +16,10 @@ use clipcap_core::imageio;
 use common::{RULE_BREAKERS, Reference, decoder, options, plugin_dir, plugins, references, runtime, tiny_bundle};
 
 fn captioner(bundle: &Path) -> Captioner {
-    Captioner::load(&Bundle::open(bundle).unwrap(), &runtime()).unwrap()
+    Captioner::load(&Bundle::open(bundle).unwrap(), &runtime(), Batching::default()).unwrap()
 }
 
-fn check_references(captioner: &mut Captioner, plugins: &Plugins, refs: &[Reference]) {
+fn check_references(captioner: &Captioner, plugins: &Plugins, refs: &[Reference]) {
     for r in refs {
         let mut d = decoder(plugins, &r.decoder);
         let prepared = captioner
@@ -38,9 +39,9 @@ fn check_references(captioner: &mut Captioner, plugins: &Plugins, refs: &[Refere
 
 #[test]
 fn decoders_match_their_pytorch_references() {
-    let (plugins, mut captioner) = (plugins(), captioner(&tiny_bundle()));
+    let (plugins, captioner) = (plugins(), captioner(&tiny_bundle()));
     for name in ["greedy", "beam", "contrastive", "magic"] {
-        check_references(&mut captioner, &plugins, &references(name));
+        check_references(&captioner, &plugins, &references(name));
     }
 }
 
@@ -61,12 +62,12 @@ fn beams_that_stop_at_different_lengths_match_the_reference() {
     );
     assert_ne!(manifest, edited);
     std::fs::write(dir.join("manifest.toml"), edited).unwrap();
-    check_references(&mut captioner(&dir), &plugins(), &references("beam-stops"));
+    check_references(&captioner(&dir), &plugins(), &references("beam-stops"));
 }
 
 #[test]
 fn sampling_is_reproducible_by_seed() {
-    let (plugins, mut captioner) = (plugins(), captioner(&tiny_bundle()));
+    let (plugins, captioner) = (plugins(), captioner(&tiny_bundle()));
     let mut sample = decoder(&plugins, "sample:temperature=0.8,top_k=40,top_p=0.95");
     let image = imageio::load_file(&common::fixtures().join("images/coffee.png")).unwrap();
     let prepared = captioner.prepare(&image).unwrap();
@@ -83,7 +84,7 @@ fn sampling_is_reproducible_by_seed() {
 
 #[test]
 fn misbehaving_decoders_fail_only_their_caption() {
-    let (plugins, mut captioner) = (plugins(), captioner(&tiny_bundle()));
+    let (plugins, captioner) = (plugins(), captioner(&tiny_bundle()));
     let r = &references("greedy")[0];
     let prepared = captioner
         .prepare(&imageio::load_file(&r.image_path()).unwrap())
@@ -109,7 +110,7 @@ fn misbehaving_decoders_fail_only_their_caption() {
 
 #[test]
 fn a_fallback_decoder_takes_over_a_failed_caption() {
-    let (plugins, mut captioner) = (plugins(), captioner(&tiny_bundle()));
+    let (plugins, captioner) = (plugins(), captioner(&tiny_bundle()));
     let r = &references("greedy")[1];
     let prepared = captioner
         .prepare(&imageio::load_file(&r.image_path()).unwrap())
@@ -210,7 +211,7 @@ fn a_plugin_written_in_c_captions_like_the_rust_one() {
         .map(|d| (d.name.as_str(), d.abi_version.as_str()))
         .collect();
     assert_eq!(names, [("c_greedy", "2.0"), ("c_overflow", "2.0")]);
-    let mut captioner = captioner(&tiny_bundle());
+    let captioner = captioner(&tiny_bundle());
     for plugins in [&plugins, &older] {
         let mut c_greedy = decoder(plugins, "c_greedy");
         for r in references("greedy").iter().take(3) {

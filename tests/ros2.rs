@@ -181,7 +181,7 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
     // Raw images. Before any publisher: not ready, saying why.
     let mut raw = daemon(false);
     raw.wait_until(
-        || not_ready(&raw).as_deref() == Some("no publisher on the ROS 2 image topic yet"),
+        || not_ready(&raw).as_deref() == Some("source ros2: no publisher on the ROS 2 image topic yet"),
         "the model to load",
     );
     let images = [
@@ -203,7 +203,7 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
     assert_captions(&got, &images, &want, "/camera/image_raw");
     // The peer is gone: the source is down, and readiness says why.
     raw.wait_until(
-        || not_ready(&raw).as_deref() == Some("no publisher on /camera/image_raw any more"),
+        || not_ready(&raw).as_deref() == Some("source ros2: no publisher on /camera/image_raw any more"),
         "readiness to report the publisher gone",
     );
     // Two source errors: the publisher gone, and the three 16UC1 images, as an encoding is reported
@@ -223,7 +223,10 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
         metric(&metrics, "clipcap_ros2_captions_published_total") >= 5.0,
         "{metrics}"
     );
-    assert!(metric(&metrics, "clipcap_frames_captured_total") >= 5.0, "{metrics}");
+    assert!(
+        metric(&metrics, "clipcap_frames_captured_total{source=\"ros2\"}") >= 5.0,
+        "{metrics}"
+    );
     assert_eq!(metric(&metrics, "clipcap_ros2_image_publishers"), 0.0, "{metrics}");
     assert_eq!(raw.terminate().code(), Some(0), "{}", raw.stderr());
 

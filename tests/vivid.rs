@@ -141,8 +141,11 @@ fn captions_a_v4l2_camera_that_appears_late_and_is_unplugged() {
         assert!(!event["token_ids"].as_array().unwrap().is_empty());
         assert_eq!(found[&format!("exit-{format}")], "0", "exit status after SIGTERM");
         let metrics = &found[&format!("metrics-{format}")];
-        assert!(metrics.contains("clipcap_source_up 1"), "{metrics}");
-        assert!(!metrics.contains("clipcap_frames_captured_total 0 "), "{metrics}");
+        assert!(metrics.contains("clipcap_source_up{source=\"camera\"} 1"), "{metrics}");
+        assert!(
+            !metrics.contains("clipcap_frames_captured_total{source=\"camera\"} 0 "),
+            "{metrics}"
+        );
 
         let response = base64::engine::general_purpose::STANDARD
             .decode(&found[&format!("frame-{format}")])
@@ -176,10 +179,17 @@ fn captions_a_v4l2_camera_that_appears_late_and_is_unplugged() {
         .trim_start_matches("before: ")
         .split_once(" after: ")
         .unwrap();
-    assert_eq!(metric(before, "clipcap_source_reconnects_total"), 0.0);
-    assert_eq!(metric(after, "clipcap_source_reconnects_total"), 1.0, "{after}");
-    assert_eq!(metric(after, "clipcap_source_up"), 1.0, "{after}");
-    let captured = |m| metric(m, "clipcap_frames_captured_total");
+    assert_eq!(
+        metric(before, "clipcap_source_reconnects_total{source=\"camera\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(after, "clipcap_source_reconnects_total{source=\"camera\"}"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(metric(after, "clipcap_source_up{source=\"camera\"}"), 1.0, "{after}");
+    let captured = |m| metric(m, "clipcap_frames_captured_total{source=\"camera\"}");
     assert!(
         captured(after) > captured(before),
         "no frames after the reconnect: {before} / {after}"

@@ -11,7 +11,10 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format versions this reader loads; export writes the newest. Version 2 added the language
+/// model's `attention_mask` and `position_ids`, which batching captions of different lengths needs;
+/// a version-1 bundle still loads and decodes one caption per model call.
+pub const FORMAT_VERSIONS: std::ops::RangeInclusive<u32> = 1..=2;
 pub const MANIFEST: &str = "manifest.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,14 @@ pub struct Bundle {
     pub manifest: Manifest,
 }
 
+impl Manifest {
+    /// Whether the language model takes what batching captions of different lengths needs
+    /// (`attention_mask`, `position_ids`: format 2).
+    pub fn batches_captions(&self) -> bool {
+        self.format_version >= 2
+    }
+}
+
 impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_path_buf();
@@ -174,10 +185,12 @@ impl Bundle {
             path: self.file(MANIFEST),
             message,
         };
-        if m.format_version != FORMAT_VERSION {
+        if !FORMAT_VERSIONS.contains(&m.format_version) {
             return Err(bad(format!(
-                "format_version {} is not supported; this clipcap reads version {FORMAT_VERSION}",
-                m.format_version
+                "format_version {} is not supported; this clipcap reads versions {} to {}",
+                m.format_version,
+                FORMAT_VERSIONS.start(),
+                FORMAT_VERSIONS.end()
             )));
         }
         let p = &m.preprocess;

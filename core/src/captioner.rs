@@ -1,12 +1,18 @@
 //! The whole path for one image: preprocess, encode, map, then decode with a plugin decoder (and its
 //! fallback), detokenise, with per-stage timings.
+//!
+//! A captioner serves several threads at once: each caption in flight decodes on its caller's thread
+//! and shares the language model's calls with the others (batch.rs); the image and text encoders
+//! serve one caller at a time.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use image::RgbImage;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::batch::{BatchStats, BatchedLm, Batching};
 use crate::bundle::{Bundle, BundleError, MANIFEST, TokenizerSpec};
 use crate::clip_text::{TextEncoder, TextError};
 use crate::decoding::{ClipGuide, DecodeError, DecoderInstance, FaultKind, Generation};
@@ -30,6 +36,8 @@ pub enum CaptionError {
     Decode(#[from] DecodeError),
     #[error("tokenizer: {0}")]
     Tokenizer(tokenizers::Error),
+    #[error("cannot start the language model's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl CaptionError {
@@ -90,26 +98,40 @@ fn ms(since: Instant) -> f64 {
 
 pub struct Captioner {
     preprocessor: Preprocessor,
-    encoder: ImageEncoder,
-    mapper: Mapper,
-    lm: LanguageModel,
-    text: Option<TextEncoder>,
+    encoder: Mutex<ImageEncoder>,
+    mapper: Mutex<Mapper>,
+    lm: BatchedLm,
+    text: Option<Mutex<TextEncoder>>,
     tokenizer: Tokenizer,
     rules: TokenizerSpec,
 }
 
+/// The guarded value even if a thread panicked holding it: the encoders keep no state between calls.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Captioner {
-    pub fn load(bundle: &Bundle, runtime: &Runtime) -> Result<Self, CaptionError> {
+    pub fn load(bundle: &Bundle, runtime: &Runtime, batching: Batching) -> Result<Self, CaptionError> {
         let m = &bundle.manifest;
+        // In the order of the path, so that the first disagreement reported is the first on it.
+        let encoder = Mutex::new(ImageEncoder::load(bundle, runtime)?);
+        let mapper = Mutex::new(Mapper::load(bundle, runtime)?);
+        let lm = LanguageModel::load(bundle, runtime)?;
         Ok(Captioner {
             preprocessor: Preprocessor::new(&m.preprocess),
-            encoder: ImageEncoder::load(bundle, runtime)?,
-            mapper: Mapper::load(bundle, runtime)?,
-            lm: LanguageModel::load(bundle, runtime)?,
-            text: TextEncoder::load(bundle, runtime)?,
+            encoder,
+            mapper,
+            lm: BatchedLm::spawn(lm, batching).map_err(CaptionError::Thread)?,
+            text: TextEncoder::load(bundle, runtime)?.map(Mutex::new),
             tokenizer: load_tokenizer(bundle)?,
             rules: m.tokenizer.clone(),
         })
+    }
+
+    /// The language model's calls so far and the rows they decoded.
+    pub fn batch_stats(&self) -> &BatchStats {
+        self.lm.stats()
     }
 
     /// Whether the bundle has CLIP's text encoder, which CLIPScore needs.
@@ -119,17 +141,17 @@ impl Captioner {
 
     /// CLIP text embeddings of `texts` as CLIPScore takes them (each prefixed "A photo depicts "),
     /// or None when the bundle has no text encoder.
-    pub fn caption_embeddings(&mut self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>, CaptionError> {
-        let Some(encoder) = self.text.as_mut() else {
+    pub fn caption_embeddings(&self, texts: &[&str]) -> Result<Option<Vec<Vec<f32>>>, CaptionError> {
+        let Some(encoder) = self.text.as_ref() else {
             return Ok(None);
         };
         let prefixed: Vec<String> = texts.iter().map(|t| format!("{}{t}", clipscore::PREFIX)).collect();
         let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
-        Ok(Some(encoder.embed(&refs)?))
+        Ok(Some(lock(encoder).embed(&refs)?))
     }
 
     /// The CLIPScore of each caption of a prepared image, or None without a text encoder.
-    pub fn clip_scores(&mut self, prepared: &Prepared, captions: &[&str]) -> Result<Option<Vec<f64>>, CaptionError> {
+    pub fn clip_scores(&self, prepared: &Prepared, captions: &[&str]) -> Result<Option<Vec<f64>>, CaptionError> {
         Ok(self.caption_embeddings(captions)?.map(|embedded| {
             embedded
                 .iter()
@@ -139,16 +161,16 @@ impl Captioner {
     }
 
     /// Preprocessing, image encoder and mapper: everything before decoding.
-    pub fn prepare(&mut self, image: &RgbImage) -> Result<Prepared, CaptionError> {
+    pub fn prepare(&self, image: &RgbImage) -> Result<Prepared, CaptionError> {
         let mut timings = Timings::default();
         let t = Instant::now();
         let pixels = self.preprocessor.run(image);
         timings.preprocess = ms(t);
         let t = Instant::now();
-        let image_embeds = self.encoder.embed(&pixels)?;
+        let image_embeds = lock(&self.encoder).embed(&pixels)?;
         timings.encode = ms(t);
         let t = Instant::now();
-        let prefix = self.mapper.prefix(&image_embeds)?;
+        let prefix = lock(&self.mapper).prefix(&image_embeds)?;
         timings.map = ms(t);
         Ok(Prepared {
             image_embeds,
@@ -160,7 +182,7 @@ impl Captioner {
     /// Decodes a prepared image with `decoder`; if that fails and a `fallback` is given, with the
     /// fallback, and the caption records why. `seed` seeds the decoder's random stream.
     pub fn decode(
-        &mut self,
+        &self,
         prepared: &Prepared,
         decoder: &mut DecoderInstance,
         fallback: Option<&mut DecoderInstance>,
@@ -187,17 +209,17 @@ impl Captioner {
     }
 
     fn decode_with(
-        &mut self,
+        &self,
         prepared: &Prepared,
         decoder: &mut DecoderInstance,
         seed: u64,
     ) -> Result<Caption, CaptionError> {
         let t = Instant::now();
-        let clip = self.text.as_mut().map(|encoder| ClipGuide {
+        let clip = self.text.as_ref().map(|encoder| ClipGuide {
             encoder,
             image_embeds: &prepared.image_embeds,
         });
-        let mut generation = Generation::new(&mut self.lm, &prepared.prefix, &self.tokenizer, &self.rules, clip, seed)?;
+        let mut generation = Generation::new(&self.lm, &prepared.prefix, &self.tokenizer, &self.rules, clip, seed)?;
         let token_ids = decoder.decode(&mut generation)?;
         let (steps, model_time) = (generation.steps(), generation.model_time());
         let mut timings = prepared.ms.clone();

@@ -5,6 +5,7 @@
 //! option structs ([`runtime::RuntimeOptions`], [`decoding::PluginOptions`]). Every module has its
 //! own error type naming the file, tensor or plugin at fault. See ARCHITECTURE.md.
 
+mod batch;
 pub mod bundle;
 pub mod captioner;
 mod clip_text;
@@ -16,5 +17,6 @@ pub mod preprocess;
 pub mod runtime;
 mod vision;
 
-pub use lm::{LanguageModel, LmError};
+pub use batch::{BatchStats, BatchedLm, Batching, LmSession};
+pub use lm::{LanguageModel, LmError, Padding};
 pub use vision::{VisionError, cosine};

@@ -1,16 +1,16 @@
-//! The language-model session: a prefix pass, then one step at a time for a batch of sequences,
-//! with the KV cache kept here so decoders never see it.
+//! The language-model session: one ONNX Runtime call for a batch of rows, each row a sequence of
+//! some caption. The KV cache is kept in [`Block`]s, the `present.*` tensors of a run, so decoders
+//! never see it; batch.rs decides which rows go into which call.
 //!
-//! A step is a list of (parent sequence, next token) pairs: sequence `i` of the new batch continues
-//! sequence `parents[i]` of the old one. The identity (greedy, or every beam keeping its place) reuses
-//! the cache tensors as they are; anything else (beams reordered, forked or dropped) gathers their
-//! rows first. All sequences of a batch have the same length, so no attention mask is needed.
+//! A call's rows come from blocks of earlier calls. When they are exactly the rows of one block, in
+//! its order (greedy decoding, or every caption of the last call stepping again), the block's tensors
+//! are bound as they are: with an IoBinding they stay in the memory of the device that leads the
+//! session (the GPU's for CUDA and TensorRT) and never cross to the host. Anything else (beams
+//! reordered, forked or dropped, captions joining or leaving) gathers the rows on the host first.
 //!
-//! Runs go through an IoBinding: the cache (`present.*`) is written to the memory of the device that
-//! leads the session (the GPU's for CUDA and TensorRT) and bound, as it is, as the next step's past, so
-//! it never crosses to the host between steps; only the logits and hidden states do. Reordering beams
-//! gathers rows on the host (the graph has no gather input), one copy each way when beams move.
-
+//! Rows of different lengths share a call by padding each row's past on the left: `attention_mask`
+//! hides the padding and `position_ids` gives each row its own positions (bundle format 2). A
+//! format-1 graph has neither input, so its calls hold rows of one length: one caption's.
 use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor};
@@ -26,6 +26,11 @@ pub enum LmError {
     Runtime(#[from] RuntimeError),
     #[error("invalid step: {0}")]
     Step(#[from] StepError),
+    #[error("the language model's batching thread has stopped")]
+    Stopped,
+    /// A call that served several captions failed; each of them gets the error.
+    #[error(transparent)]
+    Shared(std::sync::Arc<LmError>),
 }
 
 /// A request the language model refuses; the state stays as it was.
@@ -43,6 +48,8 @@ pub enum StepError {
     Positions(usize),
     #[error("step budget of {0} exhausted")]
     Budget(usize),
+    #[error("rows of different lengths in one call, which a bundle of format 1 cannot take")]
+    Lengths,
 }
 
 impl From<ort::Error> for LmError {
@@ -55,6 +62,10 @@ pub struct LanguageModel {
     session: Session,
     spec: LanguageModelSpec,
     prefix_length: usize,
+    /// Whether the graph takes `attention_mask` and `position_ids` (bundle format 2).
+    masked: bool,
+    /// The most positions a sequence has before its last step: the prefix and all but one token.
+    capacity: usize,
     past_names: Vec<String>,
     present_names: Vec<String>,
     /// Where the cache lives between steps (the leading provider's device).
@@ -63,50 +74,48 @@ pub struct LanguageModel {
     host_memory: MemoryInfo<'static>,
 }
 
-/// The state of one generation: the cache and the last outputs of every live sequence.
-pub struct LmState {
-    batch: usize,
-    /// Positions processed so far (prefix plus tokens), the same for every sequence.
-    len: usize,
-    /// `present.{i}.key`, `present.{i}.value` of the last run: [batch, heads, len, head_dim], in
-    /// `cache_memory`.
+/// The KV cache a run wrote: `present.{i}.key`, `present.{i}.value`, each [rows, heads, positions,
+/// head_dim], in the cache memory. A row shorter than `positions` has padding on the left.
+pub struct Block {
     cache: Vec<DynTensor>,
-    logits: Vec<f32>,
-    /// Last-layer states of the positions the last run added: [batch, new, width].
-    hidden: Vec<f32>,
-    new: usize,
+    rows: usize,
+    positions: usize,
 }
 
-impl LmState {
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
+/// Row `row` of `block`, whose last `len` positions are real.
+#[derive(Clone, Copy)]
+pub struct RowRef<'b> {
+    pub block: &'b Block,
+    pub row: usize,
+    pub len: usize,
+}
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
+/// How wide the cache of a step's rows is made when it is gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Every row padded to the most positions a caption can have, in every step: a row's numbers are
+    /// then computed the same whatever shares its call, so a caption's tokens never depend on it.
+    /// Each step gathers the cache anew.
+    Full,
+    /// Rows padded to the longest row of the call: less to read, and a call like the last one binds
+    /// its cache as it is; the last bits of a row's logits depend on the padding, so on a near tie a
+    /// token may differ from the caption's alone.
+    Longest,
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.batch == 0
-    }
+/// What a run returns: next-token logits [rows, vocab], last-layer states of the new positions
+/// [rows, new, width], and the cache with them.
+pub struct RunOutput {
+    pub logits: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub new: usize,
+    pub block: Block,
+}
 
-    /// Next-token logits of sequence `seq` [vocab_size].
-    pub fn logits(&self, seq: usize) -> &[f32] {
-        let v = self.logits.len() / self.batch;
-        &self.logits[seq * v..(seq + 1) * v]
-    }
-
-    /// Last-layer hidden state of sequence `seq` at its last position [width].
-    pub fn hidden(&self, seq: usize) -> &[f32] {
-        let added = self.added_hidden(seq);
-        &added[added.len() - added.len() / self.new..]
-    }
-
-    /// Last-layer states of every position the last run added to `seq` [new, width]: the whole
-    /// prefix after `start`, one position after a step.
-    pub fn added_hidden(&self, seq: usize) -> &[f32] {
-        let per_seq = self.hidden.len() / self.batch;
-        &self.hidden[seq * per_seq..(seq + 1) * per_seq]
+impl Block {
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 }
 
@@ -115,6 +124,7 @@ impl LanguageModel {
         let m = &bundle.manifest;
         let spec = m.language_model.clone();
         let path = bundle.file(&spec.file);
+        let masked = m.batches_captions();
         let (h, dh) = (spec.heads, spec.head_dim());
         // The sequence axes the runtime feeds: the prefix pass (the prefix, no ids, no past) and the
         // steps (one id a row, a past up to the prefix and the longest caption).
@@ -131,6 +141,7 @@ impl LanguageModel {
         let present_names: Vec<String> = (0..spec.layers)
             .flat_map(|i| [format!("present.{i}.key"), format!("present.{i}.value")])
             .collect();
+        let new = Dim::Range { min: 1, opt: 1, max: k };
         let mut inputs = vec![
             TensorSpec::f32(
                 "prefix_embeds",
@@ -142,6 +153,20 @@ impl LanguageModel {
             ),
             TensorSpec::i64("input_ids", vec![Dim::Dynamic, Dim::Range { min: 0, opt: 1, max: 1 }]),
         ];
+        if masked {
+            inputs.push(TensorSpec::i64(
+                "attention_mask",
+                vec![
+                    Dim::Dynamic,
+                    Dim::Range {
+                        min: 1,
+                        opt: (k + longest) / 2,
+                        max: longest,
+                    },
+                ],
+            ));
+            inputs.push(TensorSpec::i64("position_ids", vec![Dim::Dynamic, new]));
+        }
         inputs.extend(past_names.iter().map(|name| kv(name.clone(), past)));
         let mut outputs = vec![
             TensorSpec::f32("logits", vec![Dim::Dynamic, Dim::Fixed(spec.vocab_size)]),
@@ -157,6 +182,8 @@ impl LanguageModel {
             session,
             spec,
             prefix_length: m.mapper.prefix_length,
+            masked,
+            capacity: longest - 1,
             past_names,
             present_names,
             cache_memory: runtime.device_memory(provider)?,
@@ -168,81 +195,80 @@ impl LanguageModel {
         &self.spec
     }
 
-    /// Runs the prefix pass for one image: `prefix` is [prefix_length, width], flattened.
-    pub fn start(&mut self, prefix: &[f32]) -> Result<LmState, LmError> {
+    pub fn prefix_length(&self) -> usize {
+        self.prefix_length
+    }
+
+    /// Whether rows of different lengths (so of different captions) may share a call.
+    pub fn batches_captions(&self) -> bool {
+        self.masked
+    }
+
+    /// The prefix pass for `rows` images: `prefixes` is [rows, prefix_length, width], flattened.
+    pub fn prefill(&mut self, prefixes: Vec<f32>, rows: usize) -> Result<RunOutput, LmError> {
         let (k, d) = (self.prefix_length, self.spec.width);
-        if prefix.len() != k * d {
+        if prefixes.len() != rows * k * d {
             return Err(StepError::Prefix {
-                got: prefix.len(),
+                got: prefixes.len(),
                 positions: k,
                 width: d,
             }
             .into());
         }
-        let past_shape = [1, self.spec.heads, 0, self.spec.head_dim()];
+        let past_shape = [rows, self.spec.heads, 0, self.spec.head_dim()];
         let past = (0..self.past_names.len())
             .map(|_| Ok(Tensor::from_array((past_shape, Vec::<f32>::new()))?.upcast()))
             .collect::<Result<Vec<DynTensor>, ort::Error>>()?;
         self.run(
-            Tensor::from_array(([1, k, d], prefix.to_vec()))?,
-            Tensor::from_array(([1, 0], Vec::<i64>::new()))?,
+            Tensor::from_array(([rows, k, d], prefixes))?,
+            Tensor::from_array(([rows, 0], Vec::<i64>::new()))?,
             &past,
-            1,
+            &vec![0; rows],
             0,
             k,
         )
     }
 
-    /// Advances `state`: sequence `i` of the new batch is old sequence `parents[i]` followed by `tokens[i]`.
-    pub fn step(&mut self, state: &mut LmState, parents: &[usize], tokens: &[u32]) -> Result<(), LmError> {
-        let n = parents.len();
-        if n == 0 || n != tokens.len() {
-            return Err(StepError::Count {
-                parents: n,
-                tokens: tokens.len(),
-            }
-            .into());
+    /// One token for each row: new row `i` is `rows[i]` followed by `tokens[i]`. The caller has
+    /// checked tokens and lengths against the model (batch.rs); on a graph without a mask, every row
+    /// must have the same length, and `padding` does not apply.
+    pub fn step(&mut self, rows: &[RowRef], tokens: &[u32], padding: Padding) -> Result<RunOutput, LmError> {
+        let n = rows.len();
+        let lens: Vec<usize> = rows.iter().map(|r| r.len).collect();
+        let mut longest = lens.iter().copied().max().unwrap_or(0);
+        if !self.masked && lens.iter().any(|&l| l != longest) {
+            return Err(StepError::Lengths.into());
         }
-        if let Some(&parent) = parents.iter().find(|&&p| p >= state.batch) {
-            return Err(StepError::Parent {
-                parent,
-                batch: state.batch,
-            }
-            .into());
+        let full = self.masked && padding == Padding::Full;
+        if full {
+            longest = longest.max(self.capacity);
         }
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
-            return Err(StepError::Token {
-                token,
-                vocab: self.spec.vocab_size,
-            }
-            .into());
-        }
-        if state.len + 1 > self.spec.max_positions {
-            return Err(StepError::Positions(self.spec.max_positions).into());
-        }
-        // The state is replaced only after a successful run, so a failed step leaves it usable.
-        let identity = n == state.batch && parents.iter().enumerate().all(|(i, &p)| i == p);
-        let gathered: Vec<DynTensor> = if identity {
-            Vec::new()
-        } else {
-            state
-                .cache
+        let first = rows[0].block;
+        let whole_block = !full
+            && first.rows == n
+            && rows
                 .iter()
-                .map(|t| gather_rows(t, parents))
-                .collect::<Result<_, _>>()?
+                .enumerate()
+                .all(|(i, r)| std::ptr::eq(r.block, first) && r.row == i);
+        // The state is replaced only after a successful run, so a failed step leaves it usable.
+        let gathered: Vec<DynTensor>;
+        let (past, positions) = if whole_block {
+            (&first.cache, first.positions)
+        } else {
+            gathered = (0..self.present_names.len())
+                .map(|layer| gather(rows, layer, longest, &self.spec))
+                .collect::<Result<_, _>>()?;
+            (&gathered, longest)
         };
-        let past = if identity { &state.cache } else { &gathered };
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let next = self.run(
+        self.run(
             Tensor::from_array(([n, 0, self.spec.width], Vec::<f32>::new()))?,
             Tensor::from_array(([n, 1], ids))?,
             past,
-            n,
-            state.len,
+            &lens,
+            positions,
             1,
-        )?;
-        *state = next;
-        Ok(())
+        )
     }
 
     fn run(
@@ -252,13 +278,28 @@ impl LanguageModel {
         prefix: Tensor<f32>,
         ids: Tensor<i64>,
         past: &[DynTensor],
-        batch: usize,
-        past_len: usize,
+        lens: &[usize],
+        past_positions: usize,
         new: usize,
-    ) -> Result<LmState, LmError> {
+    ) -> Result<RunOutput, LmError> {
+        let batch = lens.len();
         let mut binding = self.session.create_binding()?;
         binding.bind_input("prefix_embeds", &prefix)?;
         binding.bind_input("input_ids", &ids)?;
+        let (mask, positions);
+        if self.masked {
+            let total = past_positions + new;
+            let mut m = vec![0i64; batch * total];
+            let mut p = Vec::with_capacity(batch * new);
+            for (row, &len) in lens.iter().enumerate() {
+                m[row * total + past_positions - len..(row + 1) * total].fill(1);
+                p.extend((len..len + new).map(|x| x as i64));
+            }
+            mask = Tensor::from_array(([batch, total], m))?;
+            positions = Tensor::from_array(([batch, new], p))?;
+            binding.bind_input("attention_mask", &mask)?;
+            binding.bind_input("position_ids", &positions)?;
+        }
         for (name, value) in self.past_names.iter().zip(past) {
             binding.bind_input(name.as_str(), value)?;
         }
@@ -269,10 +310,10 @@ impl LanguageModel {
         }
         let mut out = self.session.run_binding(&binding)?;
         let (v, d) = (self.spec.vocab_size, self.spec.width);
-        let len = past_len + new;
+        let total = past_positions + new;
         let logits = extract(&out["logits"], &[batch, v], "logits")?.to_vec();
         let hidden = extract(&out["hidden_states"], &[batch, new, d], "hidden_states")?.to_vec();
-        let kv_shape = [batch, self.spec.heads, len, self.spec.head_dim()];
+        let kv_shape = [batch, self.spec.heads, total, self.spec.head_dim()];
         let mut cache = Vec::with_capacity(self.present_names.len());
         for name in &self.present_names {
             let value = out
@@ -283,13 +324,15 @@ impl LanguageModel {
             check_shape(value.shape(), &kv_shape, name)?;
             cache.push(value);
         }
-        Ok(LmState {
-            batch,
-            len,
-            cache,
+        Ok(RunOutput {
             logits,
             hidden,
             new,
+            block: Block {
+                cache,
+                rows: batch,
+                positions: total,
+            },
         })
     }
 }
@@ -314,22 +357,30 @@ fn check_shape(got: &[i64], shape: &[usize], name: &str) -> Result<(), LmError> 
     Ok(())
 }
 
-/// A new host tensor whose row `i` (first axis) is row `rows[i]` of `t`, which may be on a GPU.
-fn gather_rows(t: &DynTensor, rows: &[usize]) -> Result<DynTensor, LmError> {
-    let on_host;
-    let t = if t.memory_info().is_cpu_accessible() {
-        t
-    } else {
-        on_host = t.to(AllocationDevice::CPU, 0)?;
-        &on_host
-    };
-    let (shape, data) = t.try_extract_tensor::<f32>()?;
-    let row = data.len() / shape[0] as usize;
-    let mut out = Vec::with_capacity(row * rows.len());
-    for &r in rows {
-        out.extend_from_slice(&data[r * row..(r + 1) * row]);
+/// Cache tensor `layer` of a new batch on the host: row `i` is the last `rows[i].len` positions of
+/// `rows[i]`, padded on the left to `positions`. Source blocks may be on a GPU.
+fn gather(rows: &[RowRef], layer: usize, positions: usize, spec: &LanguageModelSpec) -> Result<DynTensor, LmError> {
+    let (heads, dh) = (spec.heads, spec.head_dim());
+    let mut out = vec![0f32; rows.len() * heads * positions * dh];
+    let mut on_host: Vec<(*const Block, DynTensor)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let t = &r.block.cache[layer];
+        let t = if t.memory_info().is_cpu_accessible() {
+            t
+        } else {
+            let key: *const Block = r.block;
+            if !on_host.iter().any(|(b, _)| *b == key) {
+                on_host.push((key, t.to(AllocationDevice::CPU, 0)?));
+            }
+            &on_host.iter().find(|(b, _)| *b == key).expect("copied above").1
+        };
+        let (_, data) = t.try_extract_tensor::<f32>()?;
+        let from = r.block.positions;
+        for h in 0..heads {
+            let src = ((r.row * heads + h) * from + from - r.len) * dh;
+            let dst = ((i * heads + h) * positions + positions - r.len) * dh;
+            out[dst..dst + r.len * dh].copy_from_slice(&data[src..src + r.len * dh]);
+        }
     }
-    let mut new_shape: Vec<i64> = shape.to_vec();
-    new_shape[0] = rows.len() as i64;
-    Ok(Tensor::from_array((new_shape, out))?.upcast())
+    Ok(Tensor::from_array(([rows.len(), heads, positions, dh], out))?.upcast())
 }

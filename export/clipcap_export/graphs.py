@@ -66,15 +66,17 @@ class LmGraph(nn.Module):
         # Gemm(transB=1) reads wte as it is; a bias-free matmul would make the exporter store wte twice.
         self.register_buffer("logits_bias", torch.zeros(cfg.vocab_size), persistent=False)
 
-    def forward(self, prefix_embeds: torch.Tensor, input_ids: torch.Tensor,
-                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, prefix_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         t = self.t
         x = torch.cat([prefix_embeds, t.wte(input_ids)], 1)
         batch, new = x.shape[0], x.shape[1]
         past_len = past[0].shape[2]
-        positions = torch.arange(new) + past_len
-        x = x + t.wpe(positions)
-        visible = torch.arange(past_len + new)[None, :] <= positions[:, None]  # causal, offset by the past
+        x = x + t.wpe(position_ids)
+        # New position q sees key k when k is at or before it (causal, offset by the past) and k is not
+        # padding: rows of different lengths share a batch, each padded on the left of its past.
+        causal = torch.arange(past_len + new)[None, :] <= (torch.arange(new) + past_len)[:, None]
+        visible = causal[None, None] & attention_mask[:, None, None, :].bool()
         present = []
         for i, block in enumerate(t.h):
             h = block.ln_1(x)
@@ -95,7 +97,7 @@ class LmGraph(nn.Module):
 
 def lm_input_names(layers: int) -> list[str]:
     past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return ["prefix_embeds", "input_ids", *past]
+    return ["prefix_embeds", "input_ids", "attention_mask", "position_ids", *past]
 
 
 def lm_output_names(layers: int) -> list[str]:
@@ -179,42 +181,90 @@ def export_mapper(models: Models, path: Path) -> float:
                            torch.randn(1, models.embedding_dim), embeds)
 
 
+def lm_feeds(names: list[str], prefix: np.ndarray, ids: np.ndarray, lengths: list[int],
+              past: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs of one lm.onnx run: row r has `lengths[r]` real positions at the end of its past
+    (the rest is padding on the left), and the new positions follow them."""
+    batch, new = prefix.shape[0], prefix.shape[1] + ids.shape[1]
+    total = past[0].shape[2]
+    mask = np.zeros((batch, total + new), np.int64)
+    for row, n in enumerate(lengths):
+        mask[row, total - n:] = 1
+    positions = np.array(lengths, np.int64)[:, None] + np.arange(new, dtype=np.int64)[None, :]
+    return {names[0]: prefix, names[1]: ids, names[2]: mask, names[3]: positions} | dict(zip(names[4:], past,
+                                                                                             strict=True))
+
+
 def export_lm(models: Models, path: Path) -> float:
     gpt = models.gpt
     cfg = gpt.config
     layers, heads, width = cfg.n_layer, cfg.n_head, cfg.n_embd
     head_dim = width // heads
     inputs, outputs = lm_input_names(layers), lm_output_names(layers)
-    axes = {"prefix_embeds": {0: "batch", 1: "prefix_len"}, "input_ids": {0: "batch", 1: "new_len"},
+    axes = {"prefix_embeds": {0: "batch", 1: "prefix_len"}, "input_ids": {0: "batch", 1: "ids_len"},
+            "attention_mask": {0: "batch", 1: "total_len"}, "position_ids": {0: "batch", 1: "new_len"},
             "logits": {0: "batch"}, "hidden_states": {0: "batch", 1: "new_len"}}
-    axes |= {n: {0: "batch", 2: "past_len"} for n in inputs[2:]}
+    axes |= {n: {0: "batch", 2: "past_len"} for n in inputs[4:]}
     axes |= {n: {0: "batch", 2: "total_len"} for n in outputs[2:]}
     # Trace with non-empty prefix, tokens and past so no size is specialised to 0 or 1.
-    example = (torch.randn(2, 3, width), torch.zeros(2, 2, dtype=torch.long),
-               *[torch.zeros(2, heads, 4, head_dim) for _ in range(2 * layers)])
+    example = (torch.randn(2, 3, width), torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 9, dtype=torch.long),
+               torch.arange(4, 9).repeat(2, 1), *[torch.zeros(2, heads, 4, head_dim) for _ in range(2 * layers)])
     _export(LmGraph(gpt), example, path, inputs, outputs, axes)
 
-    # Check: a prefix pass then token steps, against the full recomputation of HF's model.
     session = _session(path)
     g = torch.Generator().manual_seed(3)
-    batch, prefix_len, steps = 3, 5, 4
+    prefix_len = 5
+    empty_prefix = np.zeros((0, 0, width), np.float32)
+
+    def no_past(batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, heads, 0, head_dim), np.float32) for _ in inputs[4:]]
+
+    def want(prefix: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF's model recomputing the whole sequence: last logits, last-layer states."""
+        with torch.no_grad():
+            out = gpt(inputs_embeds=torch.cat([prefix, gpt.transformer.wte(tokens)], 1), output_hidden_states=True)
+        return out.logits[:, -1], out.hidden_states[-1]
+
+    # Check 1: a batch of equal rows, a prefix pass then token steps.
+    batch, steps = 3, 4
     prefix = torch.randn(batch, prefix_len, width, generator=g)
     tokens = torch.randint(0, cfg.vocab_size, (batch, steps), generator=g)
-    feeds = {"prefix_embeds": prefix.numpy(), "input_ids": np.zeros((batch, 0), np.int64)}
-    feeds |= {n: np.zeros((batch, heads, 0, head_dim), np.float32) for n in inputs[2:]}
+    out = session.run(None, lm_feeds(inputs, prefix.numpy(), np.zeros((batch, 0), np.int64), [0] * batch,
+                                      no_past(batch)))
     worst = 0.0
     for step in range(steps + 1):
-        out = session.run(None, feeds)
-        with torch.no_grad():
-            embeds = torch.cat([prefix, gpt.transformer.wte(tokens[:, :step])], 1)
-            want = gpt(inputs_embeds=embeds, output_hidden_states=True)
+        logits, hidden = want(prefix, tokens[:, :step])
         new = prefix_len if step == 0 else 1
-        worst = _compare(f"{path.name} logits (step {step})", out[0], want.logits[:, -1], worst)
-        worst = _compare(f"{path.name} hidden_states (step {step})", out[1], want.hidden_states[-1][:, -new:], worst)
+        worst = _compare(f"{path.name} logits (step {step})", out[0], logits, worst)
+        worst = _compare(f"{path.name} hidden_states (step {step})", out[1], hidden[:, -new:], worst)
         if step < steps:
-            feeds = {"prefix_embeds": np.zeros((batch, 0, width), np.float32),
-                     "input_ids": tokens[:, step:step + 1].numpy()}
-            feeds |= dict(zip(inputs[2:], out[2:], strict=True))
+            feeds = lm_feeds(inputs, empty_prefix.reshape(batch, 0, width), tokens[:, step:step + 1].numpy(),
+                              [prefix_len + step] * batch, out[2:])
+            out = session.run(None, feeds)
+
+    # Check 2: rows of different lengths in one batch, each past padded on the left (how the runtime
+    # batches captions), against each row recomputed alone.
+    lengths, steps = [0, 2, 5], 3
+    prefixes = torch.randn(len(lengths), prefix_len, width, generator=g)
+    tokens = torch.randint(0, cfg.vocab_size, (len(lengths), max(lengths) + steps), generator=g)
+    caches = []
+    for row, n in enumerate(lengths):  # each row alone: its prefix pass and its first n tokens
+        out = session.run(None, lm_feeds(inputs, prefixes[row:row + 1].numpy(), tokens[row:row + 1, :n].numpy(),
+                                          [0], no_past(1)))
+        caches.append(out[2:])
+    total = prefix_len + max(lengths)
+    past = [np.concatenate([np.pad(c[i], ((0, 0), (0, 0), (total - c[i].shape[2], 0), (0, 0))) for c in caches])
+            for i in range(len(inputs) - 4)]
+    real = [prefix_len + n for n in lengths]
+    for step in range(steps):
+        ids = np.stack([tokens[row, n + step:n + step + 1].numpy() for row, n in enumerate(lengths)])
+        out = session.run(None, lm_feeds(inputs, empty_prefix.reshape(len(lengths), 0, width), ids, real, past))
+        for row, n in enumerate(lengths):
+            logits, hidden = want(prefixes[row:row + 1], tokens[row:row + 1, :n + step + 1])
+            worst = _compare(f"{path.name} padded logits (row {row}, step {step})", out[0][row:row + 1], logits, worst)
+            worst = _compare(f"{path.name} padded hidden_states (row {row}, step {step})", out[1][row:row + 1],
+                             hidden[:, -1:], worst)
+        past, real = out[2:], [r + 1 for r in real]
     return worst
 
 

@@ -54,6 +54,13 @@ def test_manifest_describes_the_models(bundle, tiny):
     assert all(0 <= v < 1e-3 for v in checks.values())
 
 
+def prefix_feeds(prefix: np.ndarray) -> dict[str, np.ndarray]:
+    """The tiny model's prefix pass for `prefix` [batch, 10, 32]."""
+    batch = prefix.shape[0]
+    return graphs.lm_feeds(graphs.lm_input_names(2), prefix, np.zeros((batch, 0), np.int64), [0] * batch,
+                           [np.zeros((batch, 2, 0, 16), np.float32)] * 4)
+
+
 def test_graph_signatures_follow_the_contract(bundle):
     ins, outs = io(bundle / "image_encoder.onnx")
     assert ins == {"pixel_values": ("tensor(float)", ["batch", 3, 224, 224])}
@@ -63,14 +70,16 @@ def test_graph_signatures_follow_the_contract(bundle):
     assert outs == {"prefix": ("tensor(float)", ["batch", 10, 32])}
     ins, outs = io(bundle / "lm.onnx")
     assert ins["prefix_embeds"] == ("tensor(float)", ["batch", "prefix_len", 32])
-    assert ins["input_ids"] == ("tensor(int64)", ["batch", "new_len"])
+    assert ins["input_ids"] == ("tensor(int64)", ["batch", "ids_len"])
+    assert ins["attention_mask"] == ("tensor(int64)", ["batch", "total_len"])
+    assert ins["position_ids"] == ("tensor(int64)", ["batch", "new_len"])
     assert outs["logits"] == ("tensor(float)", ["batch", 50257])
     assert outs["hidden_states"] == ("tensor(float)", ["batch", "new_len", 32])
     for i in range(2):
         for kv in ("key", "value"):
             assert ins[f"past_key_values.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "past_len", 16])
             assert outs[f"present.{i}.{kv}"] == ("tensor(float)", ["batch", 2, "total_len", 16])
-    assert len(ins) == 2 + 4 and len(outs) == 2 + 4
+    assert len(ins) == 4 + 4 and len(outs) == 2 + 4
     ins, outs = io(bundle / "text_encoder.onnx")
     assert ins == {"input_ids": ("tensor(int64)", ["batch", 77])}
     assert outs == {"text_embeds": ("tensor(float)", ["batch", 32])}
@@ -92,9 +101,7 @@ def test_lm_batches_are_independent(bundle, tiny):
     s = ort.InferenceSession(str(bundle / "lm.onnx"), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)
     prefix = torch.randn(2, 10, 32, generator=g).numpy()
-    feeds = {"prefix_embeds": prefix, "input_ids": np.zeros((2, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), np.float32)
-              for i in range(2) for kv in ("key", "value")}
+    feeds = prefix_feeds(prefix)
     both = s.run(["logits"], feeds)[0]
     one = {k: v[1:] for k, v in feeds.items()}
     assert np.abs(s.run(["logits"], one)[0][0] - both[1]).max() < 1e-5
@@ -111,6 +118,18 @@ def test_a_wrong_graph_stops_the_export(tiny, tokenizer, tmp_path, monkeypatch):
     with pytest.raises(graphs.ExportCheckError, match="lm.onnx logits"):
         write_bundle(tiny, tokenizer, tmp_path / "b", PROV)
     assert not (tmp_path / "b" / MANIFEST).exists()
+
+
+def test_a_graph_that_ignores_the_padding_stops_the_export(tiny, tokenizer, tmp_path, monkeypatch):
+    # Rows of one length pass either way: only the check of a padded batch tells this graph apart.
+    forward = graphs.LmGraph.forward
+
+    def sees_padding(self, prefix, ids, mask, positions, *past):
+        return forward(self, prefix, ids, torch.ones_like(mask), positions, *past)
+
+    monkeypatch.setattr(graphs.LmGraph, "forward", sees_padding)
+    with pytest.raises(graphs.ExportCheckError, match="lm.onnx padded logits"):
+        write_bundle(tiny, tokenizer, tmp_path / "b", PROV)
 
 
 def test_text_encoder_is_optional(tiny, tokenizer, tmp_path):
@@ -144,9 +163,7 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     # The same prefix pass, in fp32 and quantised: the tiny model's wide random weights are a hard
     # case (measured: mean error 1.1% / 12% of the logits' spread, correlation 0.9999 / 0.988).
     g = torch.Generator().manual_seed(1)
-    feeds = {"prefix_embeds": torch.randn(1, 10, 32, generator=g).numpy(), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
-              for i in range(2) for kv in ("key", "value")}
+    feeds = prefix_feeds(torch.randn(1, 10, 32, generator=g).numpy())
     fp32, quantised = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"])
                        .run(["logits"], feeds)[0][0] for b in (bundle, out))
     error, correlation = np.abs(quantised - fp32).mean() / fp32.std(), np.corrcoef(quantised, fp32)[0, 1]
@@ -173,9 +190,7 @@ def test_an_fp16_bundle_halves_every_graph_and_keeps_the_contract(bundle, tiny, 
         assert io(out / f"{name}.onnx") == io(bundle / f"{name}.onnx"), name
     # The prefix pass in fp32 and in fp16 (measured: mean error 0.05% of the logits' spread).
     g = torch.Generator().manual_seed(1)
-    feeds = {"prefix_embeds": torch.randn(1, 10, 32, generator=g).numpy(), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
-              for i in range(2) for kv in ("key", "value")}
+    feeds = prefix_feeds(torch.randn(1, 10, 32, generator=g).numpy())
     fp32, half = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"])
                   .run(["logits"], feeds)[0][0] for b in (bundle, out))
     error = np.abs(half - fp32).mean() / fp32.std()

@@ -22,6 +22,9 @@ pub struct Args {
     /// Measured rounds over the images, after one warm-up round.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Captions in flight at once, sharing the model's calls (captioning.max_batch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
     #[arg(long)]
     json: bool,
     #[arg(required = true, value_name = "IMAGE")]
@@ -31,8 +34,15 @@ pub struct Args {
 /// `started`: when the process started (the time to the first caption is measured from it).
 pub fn run(args: Args, config: Option<&Path>, started: Instant) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
-    let (mut decoders, seed) = args.decoding.create(&config, &super::factory(&config))?;
-    let mut captioner = super::load_captioner(&config, &args.bundle)?;
+    let factory = super::factory(&config);
+    let mut lanes = Vec::new();
+    let mut seed = 0;
+    for _ in 0..args.concurrency {
+        let (decoders, lane_seed) = args.decoding.create(&config, &factory)?;
+        lanes.push(decoders);
+        seed = lane_seed;
+    }
+    let captioner = super::load_captioner(&config, &args.bundle)?;
     let prepared = args
         .images
         .iter()
@@ -53,7 +63,7 @@ pub fn run(args: Args, config: Option<&Path>, started: Instant) -> anyhow::Resul
             .with_context(|| lm_file.display().to_string())?
             .len(),
     };
-    let report = bench::run(&mut captioner, &mut decoders, &setup)?;
+    let report = bench::run(&captioner, &mut lanes, &setup)?;
     print(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -96,6 +106,7 @@ fn print(report: &bench::Report, json: bool) -> anyhow::Result<()> {
         );
     }
     let m = &report.machine;
+    println!("{} captions in flight at once", report.concurrency);
     println!(
         "memory bound: {:.1} MB of LM weights / {:.1} GB/s read ({} threads) = {:.2} ms a step; \
          first caption {:.0} ms after start; peak RSS {:.0} MB",

@@ -55,6 +55,7 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         images: &images,
         decoders: &mut decoders,
         runtime: &runtime,
+        batching: config.captioning.batching(),
         seed,
         draws: args.draws,
     };

@@ -79,7 +79,7 @@ fn factory(config: &Config) -> DecoderFactory {
 fn load_captioner(config: &Config, bundle: &Path) -> anyhow::Result<Captioner> {
     let bundle = Bundle::open(bundle)?;
     let runtime = Runtime::init(&config.runtime)?;
-    Ok(Captioner::load(&bundle, &runtime)?)
+    Ok(Captioner::load(&bundle, &runtime, config.captioning.batching())?)
 }
 
 /// `--bundle`, else service.bundle of the config.

@@ -35,7 +35,11 @@ pub fn check(args: CheckArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     let config = Config::load(config)?;
     let bundle = super::bundle_path(&config, args.bundle)?;
     let loaded = service::load(&config, &bundle, &config.plugins.options())?;
-    Captioner::load(&loaded.bundle, &Runtime::init(&config.runtime)?)?;
+    Captioner::load(
+        &loaded.bundle,
+        &Runtime::init(&config.runtime)?,
+        config.captioning.batching(),
+    )?;
     let d = &loaded.decoders;
     // Each decoder as it will run: isolated ones have started their process to get here.
     let named = |d: &DecoderInstance| {

@@ -22,13 +22,17 @@ use crate::source::SourceConfig;
 use clipcap_core::decoding::{IsolationOptions, ParamValue, PluginOptions};
 use clipcap_core::imageio::Budget;
 use clipcap_core::runtime::RuntimeOptions;
+use clipcap_core::{Batching, Padding};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub runtime: RuntimeOptions,
     pub service: ServiceConfig,
+    /// `[source]`: one source. Read it through [`Config::sources`].
     pub source: SourceConfig,
+    /// `[[sources]]`: several named sources, instead of `[source]`.
+    pub sources: Vec<SourceConfig>,
     pub captioning: CaptioningConfig,
     pub plugins: PluginsConfig,
     pub decoding: DecodingConfig,
@@ -141,6 +145,25 @@ pub struct CaptioningConfig {
     pub votes: bool,
     /// Votes accepted per client (IP address) and minute.
     pub votes_per_minute: u32,
+    /// The most sequences one language-model call decodes together (every caption in flight,
+    /// each beam a sequence).
+    pub max_batch: usize,
+    /// How long a language-model call waits for the captions in flight that have not asked yet.
+    pub batch_wait_ms: u64,
+    /// How the sequences of a call are padded to one length ("full" or "longest").
+    pub batch_padding: Padding,
+    /// Threads captioning uploads, each an upload in flight.
+    pub upload_concurrency: usize,
+}
+
+impl CaptioningConfig {
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_batch: self.max_batch,
+            max_wait: Duration::from_millis(self.batch_wait_ms),
+            padding: self.batch_padding,
+        }
+    }
 }
 
 impl Default for CaptioningConfig {
@@ -153,6 +176,10 @@ impl Default for CaptioningConfig {
             compare_per_minute: 0,
             votes: false,
             votes_per_minute: 20,
+            max_batch: Batching::default().max_batch,
+            batch_wait_ms: Batching::default().max_wait.as_millis() as u64,
+            batch_padding: Batching::default().padding,
+            upload_concurrency: 2,
         }
     }
 }
@@ -258,6 +285,23 @@ fn in_file(file: &Option<PathBuf>) -> String {
 }
 
 impl Config {
+    /// The sources the daemon captions, each with its name: `[[sources]]`, else `[source]` (named
+    /// after its kind's label, `camera`, `folder` or `ros2`, unless it has a name) when its kind is
+    /// not `none`.
+    pub fn sources(&self) -> Vec<SourceConfig> {
+        if !self.sources.is_empty() {
+            return self.sources.clone();
+        }
+        let Some(label) = self.source.kind.label() else {
+            return Vec::new();
+        };
+        let mut single = self.source.clone();
+        if single.name.is_empty() {
+            single.name = label.as_str().into();
+        }
+        vec![single]
+    }
+
     /// Defaults, then `file`, then `CLIPCAP__*` environment variables; then every value checked.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load_with(file, None)
@@ -288,10 +332,17 @@ impl Config {
                 reason,
             },
         })?;
-        let config: Config = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| parse(e.to_string()))?;
+        let built = builder.build().map_err(|e| parse(e.to_string()))?;
+        // Defaults are serde's, not the builder's: a `source` table here is one the user gave.
+        let single = built.get_table("source").is_ok();
+        let config: Config = built.try_deserialize().map_err(|e| parse(e.to_string()))?;
+        if single && !config.sources.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.map(Path::to_path_buf),
+                key: "sources".into(),
+                reason: "both [source] and [[sources]] are given: use [[sources]] (named) for several".into(),
+            });
+        }
         validate::validate(&config).map_err(|invalid| ConfigError::Invalid {
             file: file.map(Path::to_path_buf),
             key: invalid.key,

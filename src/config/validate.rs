@@ -23,9 +23,10 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     })?;
     service(&config.service)?;
     captioning(&config.captioning)?;
-    source::validate(&config.source)?;
+    let sources = config.sources();
+    source::validate_all(&sources, !config.sources.is_empty())?;
     config.publish.validate()?;
-    if config.source.kind == SourceKind::Ros2 || config.ros2.enabled {
+    if sources.iter().any(|s| s.kind == SourceKind::Ros2) || config.ros2.enabled {
         config.ros2.validate()?;
     }
     runtime(&config.runtime)
@@ -109,7 +110,23 @@ fn captioning(c: &CaptioningConfig) -> Result<(), Invalid> {
         c.compare_every > 0 && c.votes_per_minute > 0,
         "captioning.compare_every",
         || "captioning.compare_every and votes_per_minute must be > 0".into(),
-    )
+    )?;
+    check(c.max_batch > 0, "captioning.max_batch", || {
+        "captioning.max_batch must be >= 1".into()
+    })?;
+    check(
+        (1..=64).contains(&c.upload_concurrency),
+        "captioning.upload_concurrency",
+        || {
+            format!(
+                "captioning.upload_concurrency = {} is outside 1 to 64",
+                c.upload_concurrency
+            )
+        },
+    )?;
+    check(c.batch_wait_ms <= 1000, "captioning.batch_wait_ms", || {
+        format!("captioning.batch_wait_ms = {} is over 1000", c.batch_wait_ms)
+    })
 }
 
 fn runtime(r: &RuntimeOptions) -> Result<(), Invalid> {

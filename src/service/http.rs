@@ -28,16 +28,13 @@ use crate::config::{CaptioningConfig, DecodingConfig, ServiceConfig};
 use crate::decoders::DecoderFactory;
 use crate::records::{CaptionEvent, Published, Vote};
 use crate::shutdown::Shutdown;
-use crate::source::{FrameSlot, Pixels, SourceStatus};
+use crate::source::Pixels;
 use clipcap_core::bundle::Manifest;
 use clipcap_core::imageio;
 
 pub struct Api {
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
-    /// The source's frames (the latest one is shown) and status (/metrics).
-    pub frames: Arc<FrameSlot>,
-    pub source: Arc<SourceStatus>,
     /// The sections the API reads.
     pub service: ServiceConfig,
     pub captioning: CaptioningConfig,
@@ -146,6 +143,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/captions", get(recent))
         .route("/v1/captions/stream", get(stream))
         .route("/v1/frame/latest.jpg", get(frame))
+        .route("/v1/sources", get(sources))
         .route("/v1/caption", post(upload))
         .route("/v1/decoders", get(decoders))
         .route("/v1/compare", get(compare))
@@ -190,7 +188,8 @@ async fn ready(Extract(api): Extract<Shared>) -> Response {
 async fn metrics(Extract(api): Extract<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.metrics.render(&api.source),
+        api.metrics
+            .render(api.state.sources().iter().map(|s| (s.name.as_str(), &*s.status))),
     )
         .into_response()
 }
@@ -267,8 +266,47 @@ async fn stream(
     Sse::new(events.take_until(stop)).keep_alive(KeepAlive::default())
 }
 
-async fn frame(Extract(api): Extract<Shared>) -> Response {
-    let Some(frame) = api.frames.latest() else {
+/// Each source: its name, kind, readiness (with the reason when not ready), whether it delivers,
+/// seconds since its last frame, and its last error.
+async fn sources(Extract(api): Extract<Shared>) -> Response {
+    let list: Vec<Value> = api
+        .state
+        .sources()
+        .iter()
+        .map(|s| {
+            let ready = s.kind.readiness(&s.status);
+            json!({
+                "name": s.name,
+                "kind": s.label,
+                "ready": ready.is_ok(),
+                "reason": ready.err().map(|r| r.to_string()),
+                "up": s.status.is_up(),
+                "since_last_frame_s": s.status.since_last_frame(),
+                "last_error": s.status.last_error(),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// The newest frame of `?source=NAME` (default: the first source) as a JPEG.
+async fn frame(Extract(api): Extract<Shared>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let q = match single(q) {
+        Ok(q) => q,
+        Err(repeated) => return error(StatusCode::BAD_REQUEST, repeated.to_string()),
+    };
+    let sources = api.state.sources();
+    let source = match q.get("source") {
+        Some(name) => match sources.iter().find(|s| &s.name == name) {
+            Some(s) => s,
+            None => return error(StatusCode::NOT_FOUND, format!("no source named {name:?}")),
+        },
+        None => match sources.first() {
+            Some(s) => s,
+            None => return error(StatusCode::NOT_FOUND, "no frame yet"),
+        },
+    };
+    let Some(frame) = source.frames.latest() else {
         return error(StatusCode::NOT_FOUND, "no frame yet");
     };
     // The camera's own JPEG when it sent one; anything else is converted and encoded here.

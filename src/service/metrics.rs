@@ -5,12 +5,11 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
 use crate::publish::PublishCounters;
-use crate::source::SourceLabel;
 use crate::source::{SourceCounters, SourceStatus};
 use clipcap_core::captioner::{Caption, CaptionError};
 use clipcap_core::decoding::DecodeError;
@@ -130,12 +129,12 @@ impl ConnectionRefusal {
 
 pub struct Metrics {
     registry: Registry,
-    frames_captured: IntCounter,
-    frames_dropped: IntCounter,
-    pub frames_skipped: IntCounter,
-    source_reconnects: IntCounter,
-    source_up: IntGauge,
-    source_frame_age: Gauge,
+    frames_captured: IntCounterVec,
+    frames_dropped: IntCounterVec,
+    frames_skipped: IntCounterVec,
+    source_reconnects: IntCounterVec,
+    source_up: IntGaugeVec,
+    source_frame_age: GaugeVec,
     captions: IntCounterVec,
     errors: IntCounterVec,
     connections_refused: IntCounterVec,
@@ -244,25 +243,34 @@ impl Metrics {
                 "clipcap_publish_dropped_total",
                 "records dropped unsent, the oldest first, because the spool was over publish.spool_max_mb",
             ),
-            frames_captured: counter("clipcap_frames_captured_total", "frames received from the source"),
-            frames_dropped: counter(
+            frames_captured: counter_vec("clipcap_frames_captured_total", "frames received, by source", "source"),
+            frames_dropped: counter_vec(
                 "clipcap_frames_dropped_total",
-                "frames replaced by a newer one before captioning (latest frame wins)",
+                "frames replaced by a newer one before captioning (latest frame wins), by source",
+                "source",
             ),
-            frames_skipped: counter(
+            frames_skipped: counter_vec(
                 "clipcap_frames_skipped_total",
-                "frames not captioned because the scene had not changed (captioning.scene_change)",
+                "frames not captioned because the scene had not changed (captioning.scene_change), by source",
+                "source",
             ),
-            source_reconnects: counter(
+            source_reconnects: counter_vec(
                 "clipcap_source_reconnects_total",
-                "times the source was open again after a failure",
+                "times a source was open again after a failure",
+                "source",
             ),
-            source_up: gauge("clipcap_source_up", "1 while the frame source delivers"),
+            source_up: registered(
+                &registry,
+                IntGaugeVec::new(Opts::new("clipcap_source_up", "1 while a source delivers"), &["source"]),
+            ),
             source_frame_age: registered(
                 &registry,
-                Gauge::new(
-                    "clipcap_source_frame_age_seconds",
-                    "seconds since the source's last frame (NaN before the first)",
+                GaugeVec::new(
+                    Opts::new(
+                        "clipcap_source_frame_age_seconds",
+                        "seconds since a source's last frame (NaN before the first)",
+                    ),
+                    &["source"],
                 ),
             ),
             #[cfg(feature = "ros2")]
@@ -385,19 +393,25 @@ impl Metrics {
         self.error(ErrorKind::Connection);
     }
 
-    /// A caption published, by where it came from.
-    pub fn caption(&self, source: SourceLabel) {
-        self.captions.with_label_values(&[source.as_str()]).inc();
+    /// A caption published, by the name of its source (`upload` for uploads).
+    pub fn caption(&self, source: &str) {
+        self.captions.with_label_values(&[source]).inc();
     }
 
-    /// The counters the source updates.
-    pub fn source_counters(&self) -> SourceCounters {
+    /// The counters the source named `source` updates. The series exist from the start, at 0.
+    pub fn source_counters(&self, source: &str) -> SourceCounters {
+        self.frames_skipped.with_label_values(&[source]);
         SourceCounters {
-            frames: self.frames_captured.clone(),
-            dropped: self.frames_dropped.clone(),
+            frames: self.frames_captured.with_label_values(&[source]),
+            dropped: self.frames_dropped.with_label_values(&[source]),
             errors: self.error_counter(ErrorKind::Source),
-            reconnects: self.source_reconnects.clone(),
+            reconnects: self.source_reconnects.with_label_values(&[source]),
         }
+    }
+
+    /// A frame of `source` not captioned: its scene had not changed.
+    pub fn frame_skipped(&self, source: &str) {
+        self.frames_skipped.with_label_values(&[source]).inc();
     }
 
     /// The counters and gauges the MQTT publisher updates.
@@ -422,10 +436,14 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition format, with the source's state as it is now.
-    pub fn render(&self, source: &SourceStatus) -> String {
-        self.source_up.set(source.is_up() as i64);
-        self.source_frame_age.set(source.since_last_frame().unwrap_or(f64::NAN));
+    /// The Prometheus text exposition format, with each source's state as it is now.
+    pub fn render<'a>(&self, sources: impl IntoIterator<Item = (&'a str, &'a SourceStatus)>) -> String {
+        for (name, status) in sources {
+            self.source_up.with_label_values(&[name]).set(status.is_up() as i64);
+            self.source_frame_age
+                .with_label_values(&[name])
+                .set(status.since_last_frame().unwrap_or(f64::NAN));
+        }
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -444,6 +462,7 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: prome
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceLabel;
     use clipcap_core::decoding::FaultKind;
 
     /// The values in the first column of the table that follows `intro` in docs/api.md.
@@ -468,7 +487,7 @@ mod tests {
         let errors: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(documented("Error kinds, the `kind`"), names(&errors));
         let sources: Vec<&str> = SourceLabel::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(documented("Source labels, the `source`"), names(&sources));
+        assert_eq!(documented("Source labels, the `kind`"), names(&sources));
         let faults: Vec<&str> = FaultKind::ALL.iter().map(|f| f.as_str()).collect();
         assert_eq!(documented("Fault kinds, the `fault`"), names(&faults));
         let reasons: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();

@@ -2,8 +2,9 @@
 //! thread and published over HTTP (JSON, Server-Sent Events, a kiosk page), Prometheus metrics and a
 //! JSON-lines log; systemd is told when it is ready, pinged while healthy, and told when it stops.
 //!
-//! Threads: the source's (`source::Kind::start`), one captioning thread (pipeline.rs) that owns the
-//! models and decoders, and the tokio runtime for HTTP. Faults are contained where they happen: a
+//! Threads: each source's (`source::Kind::start`), the captioning threads (pipeline.rs: one per
+//! source and the upload threads, sharing the models, each with its own decoders), and the tokio
+//! runtime for HTTP. Faults are contained where they happen: a
 //! missing camera is retried, a failing decoder falls back or fails one caption, a bad upload gets a
 //! 4xx; the daemon keeps serving.
 
@@ -30,7 +31,7 @@ use crate::config::Config;
 use crate::decoders::{DecoderFactory, Decoders};
 use crate::publish::{self, Outbox};
 use crate::shutdown::{Shutdown, Worker};
-use crate::source::{self, FrameSlot, Kind, SourceKind, SourceStatus};
+use crate::source::{self, FrameSlot, Kind, SourceStatus};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::decoding::{PluginOptions, Plugins};
 use clipcap_core::runtime::Runtime;
@@ -63,8 +64,35 @@ pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::
     })
 }
 
+/// A source opened at start (`source::open`), not started yet.
+struct Opened {
+    name: String,
+    kind: Arc<dyn Kind>,
+    label: source::SourceLabel,
+}
+
+/// Opens every configured source, before anything slow: a watched folder's "already there" is what
+/// was there at start.
+fn open_sources(config: &Config) -> anyhow::Result<Vec<Opened>> {
+    config
+        .sources()
+        .into_iter()
+        .map(|s| {
+            let kind: Arc<dyn Kind> = source::open(&s, config.service.decode_budget())
+                .with_context(|| format!("source {}", s.name))?
+                .into();
+            let label = s.kind.label().expect("Config::sources has no `none`");
+            Ok(Opened {
+                name: s.name,
+                kind,
+                label,
+            })
+        })
+        .collect()
+}
+
 /// The daemon's parts wired together, before anything runs: the shared state, the API, the captioning
-/// thread's set-up, the source's frame slot and status, and the MQTT outbox when publishing.
+/// threads' set-up (with each source's frame slot and status), and the MQTT outbox when publishing.
 struct Parts {
     state: Arc<State>,
     metrics: Arc<Metrics>,
@@ -73,13 +101,7 @@ struct Parts {
     outbox: Option<Arc<Outbox>>,
 }
 
-fn assemble(
-    config: &Config,
-    loaded: Loaded,
-    kind: Arc<dyn Kind>,
-    frames: Arc<FrameSlot>,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Parts> {
+fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shutdown) -> anyhow::Result<Parts> {
     let Loaded {
         bundle,
         decoders,
@@ -87,7 +109,33 @@ fn assemble(
     } = loaded;
     let metrics = Arc::new(Metrics::new(decoders.labels()));
     let access = Arc::new(access::Access::new(&config.service, metrics.clone())?);
-    let status = Arc::new(SourceStatus::new(metrics.source_counters()));
+    let feeds: Vec<pipeline::Feed> = opened
+        .iter()
+        .map(|o| pipeline::Feed {
+            name: o.name.clone(),
+            frames: Arc::new(FrameSlot::default()),
+            kind: o.kind.clone(),
+            status: Arc::new(SourceStatus::new(metrics.source_counters(&o.name))),
+        })
+        .collect();
+    let sources = feeds
+        .iter()
+        .zip(&opened)
+        .map(|(f, o)| state::Source {
+            name: f.name.clone(),
+            kind: f.kind.clone(),
+            label: o.label,
+            frames: f.frames.clone(),
+            status: f.status.clone(),
+        })
+        .collect();
+    // One set of decoders for each captioning thread: each source's, then each upload thread's.
+    let threads = feeds.len() + config.captioning.upload_concurrency;
+    let mut all = vec![decoders];
+    for _ in 1..threads {
+        all.push(Decoders::create(&factory, config)?);
+    }
+    let primary = all[0].default.label().to_string();
     let outbox = if config.publish.url.is_empty() {
         None
     } else {
@@ -100,19 +148,14 @@ fn assemble(
             outbox: outbox.clone(),
         },
         metrics.clone(),
-        state::Source {
-            kind: kind.clone(),
-            status: status.clone(),
-        },
-        decoders.default.label(),
+        sources,
+        &primary,
     ));
 
     let (uploads, queue) = uploads::uploads(UPLOAD_QUEUE, config.service.uploads_in_flight);
     let api = http::Api {
         state: state.clone(),
         metrics: metrics.clone(),
-        frames: frames.clone(),
-        source: status.clone(),
         service: config.service.clone(),
         captioning: config.captioning.clone(),
         decoding: config.decoding.clone(),
@@ -129,12 +172,12 @@ fn assemble(
     };
     let setup = pipeline::Setup {
         bundle,
-        decoders,
+        decoders: all,
         config: config.captioning.clone(),
         seed: config.decoding.seed,
         state: state.clone(),
         metrics: metrics.clone(),
-        source: pipeline::Feed { frames, kind, status },
+        sources: feeds,
         uploads: queue,
         shutdown: shutdown.clone(),
     };
@@ -147,14 +190,15 @@ fn assemble(
     })
 }
 
-/// The API and the captioning thread without a listener or a running source (source.kind is opened
-/// for its rules, never started): requests go to `router` in the process, with a
-/// `ConnectInfo<SocketAddr>` extension standing for the peer, and frames put in `frames` are
-/// captioned as a source's. The fuzz harnesses of the HTTP path
+/// The API and the captioning threads without a listener or running sources (the configured
+/// sources are opened for their rules, never started): requests go to `router` in the process, with
+/// a `ConnectInfo<SocketAddr>` extension standing for the peer, and frames put in `frames` are
+/// captioned as the first source's. The fuzz harnesses of the HTTP path
 /// (fuzz/src/lib.rs) and tests/camera_frames.rs drive the daemon this way.
 pub struct Offline {
     pub router: axum::Router,
-    /// The source's frame slot: a frame put here is captioned as the source's would be.
+    /// The first source's frame slot (a slot no thread reads, without sources): a frame put here is
+    /// captioned as that source's would be.
     pub frames: Arc<FrameSlot>,
     shutdown: Shutdown,
     captioning: Option<Worker>,
@@ -167,11 +211,14 @@ impl Offline {
         let loaded = load(config, bundle, plugins)?;
         let runtime = Runtime::init(&config.runtime)?;
         let shutdown = Shutdown::new();
-        // The configured kind's rules (readiness, every frame or not), but never started: the frames
+        // The configured kinds' rules (readiness, every frame or not), but never started: the frames
         // come from the caller.
-        let kind: Arc<dyn Kind> = source::open(&config.source, config.service.decode_budget())?.into();
-        let frames = Arc::new(FrameSlot::default());
-        let parts = assemble(config, loaded, kind, frames.clone(), &shutdown)?;
+        let parts = assemble(config, loaded, open_sources(config)?, &shutdown)?;
+        let frames = parts
+            .setup
+            .sources
+            .first()
+            .map_or_else(Arc::default, |f| f.frames.clone());
         let (captioning, model) = pipeline::spawn(runtime, parts.setup)?;
         let offline = Offline {
             router: http::router(parts.api),
@@ -226,14 +273,15 @@ fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow:
 
 /// The ROS 2 node, when the source is a ROS 2 topic or `ros2.enabled` asks to publish captions.
 #[cfg(feature = "ros2")]
-fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
-    let source = config.source.kind == SourceKind::Ros2;
-    if !source && !config.ros2.enabled {
+fn ros2_node(config: &Config, parts: &Parts, opened: &[Opened], shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
+    // At most one source is a ROS 2 topic (source::validate_all).
+    let topic = opened.iter().position(|o| o.label == source::SourceLabel::Ros2);
+    if topic.is_none() && !config.ros2.enabled {
         return Ok(None);
     }
-    let feed = source.then(|| crate::ros2::Feed {
-        slot: parts.setup.source.frames.clone(),
-        status: parts.setup.source.status.clone(),
+    let feed = topic.map(|i| crate::ros2::Feed {
+        slot: parts.setup.sources[i].frames.clone(),
+        status: parts.setup.sources[i].status.clone(),
         budget: config.service.decode_budget(),
     });
     let captions = parts.state.subscribe();
@@ -245,7 +293,7 @@ fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Res
 /// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
-    let kind: Arc<dyn Kind> = source::open(&config.source, config.service.decode_budget())?.into();
+    let opened = open_sources(&config)?;
     let loaded = load(&config, bundle, &config.plugins.options())?;
     let runtime = Runtime::init(&config.runtime)?;
     let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
@@ -255,10 +303,25 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let server = Server::bind(&config.service.listen, tls)?;
     let shutdown = Shutdown::new();
 
-    let frames = Arc::new(FrameSlot::default());
     let bundle_dir = loaded.bundle.dir.display().to_string();
-    let parts = assemble(&config, loaded, kind.clone(), frames.clone(), &shutdown)?;
-    let capture = kind.start(frames, parts.setup.source.status.clone(), shutdown.clone())?;
+    let kinds: Vec<Arc<dyn Kind>> = opened.iter().map(|o| o.kind.clone()).collect();
+    #[cfg(feature = "ros2")]
+    let ros2_sources: Vec<Opened> = opened
+        .iter()
+        .map(|o| Opened {
+            name: o.name.clone(),
+            kind: o.kind.clone(),
+            label: o.label,
+        })
+        .collect();
+    let parts = assemble(&config, loaded, opened, &shutdown)?;
+    let mut captures = Vec::new();
+    for (kind, feed) in kinds.iter().zip(&parts.setup.sources) {
+        let started = kind
+            .start(feed.frames.clone(), feed.status.clone(), shutdown.clone())
+            .with_context(|| format!("source {}", feed.name))?;
+        captures.extend(started);
+    }
     let publisher = match &parts.outbox {
         Some(outbox) => {
             let messages = status_messages(&config, &parts.state, &bundle_dir)?;
@@ -272,7 +335,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         None => None,
     };
     #[cfg(feature = "ros2")]
-    let ros2 = ros2_node(&config, &parts, &shutdown)?;
+    let ros2 = ros2_node(&config, &parts, &ros2_sources, &shutdown)?;
     let Parts { api, setup, .. } = parts;
     let (captioning, model) = pipeline::spawn(runtime, setup)?;
 
@@ -282,7 +345,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     shutdown.trigger();
     let deadline = Instant::now() + bound;
     captioning.join_by(deadline);
-    if let Some(capture) = capture {
+    for capture in captures {
         capture.join_by(deadline);
     }
     #[cfg(feature = "ros2")]

@@ -1,12 +1,15 @@
-//! The captioning thread: ONNX Runtime calls block, so they run here, off the async runtime. It
-//! serves uploads first (in turns across clients: uploads.rs), and otherwise captions the newest
-//! camera frame at most every `captioning.interval_ms`, skipping frames whose scene has not changed.
-//! After a source caption is published, the comparison decoders may run on the same frame
-//! (`captioning.compare`, sampled).
+//! The captioning threads: ONNX Runtime calls block, so they run here, off the async runtime. One
+//! thread loads the models, then runs one thread per source and `captioning.upload_concurrency`
+//! threads for uploads (in turns across clients: uploads.rs), each with its own decoders. They share
+//! one captioner, whose language-model calls decode every caption in flight together (clipcap-core's
+//! batch.rs). A source's thread captions its newest frame at most every `captioning.interval_ms`,
+//! skipping frames whose scene has not changed, so a slow or silent source holds up nothing but
+//! itself. After a source caption is published, the comparison decoders may caption the same frame
+//! (`captioning.compare`, sampled), all at once.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -24,22 +27,24 @@ use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
 use clipcap_core::runtime::Runtime;
 
-/// The source as the captioning thread sees it: its frames, its rules, its status.
+/// A source as its captioning thread sees it: its name, frames, rules and status.
 pub struct Feed {
+    pub name: String,
     pub frames: Arc<FrameSlot>,
     pub kind: Arc<dyn Kind>,
     pub status: Arc<SourceStatus>,
 }
 
-/// What the captioning thread works with, besides the models it loads itself.
+/// What the captioning threads work with, besides the models they load.
 pub struct Setup {
     pub bundle: Bundle,
-    pub decoders: Decoders,
+    /// One set for each thread: the sources' in their order, then the upload threads'.
+    pub decoders: Vec<Decoders>,
     pub config: CaptioningConfig,
     pub seed: u64,
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
-    pub source: Feed,
+    pub sources: Vec<Feed>,
     pub uploads: UploadReceiver,
     pub shutdown: Shutdown,
 }
@@ -55,86 +60,177 @@ enum NotCaptioned {
     Unchanged,
 }
 
-/// Starts the captioning thread. It loads the models first, reporting on the returned channel
-/// whether they loaded (the API serves meanwhile: on a Jetson, building TensorRT engines takes
-/// minutes), then captions until the shutdown.
+/// Starts the captioning threads. The models are loaded first, on the returned worker's thread,
+/// which reports on the returned channel whether they loaded (the API serves meanwhile: on a Jetson,
+/// building TensorRT engines takes minutes), then captions until the shutdown.
 pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot::Receiver<Result<(), CaptionError>>)> {
     let (loaded, model) = oneshot::channel();
     let worker = Worker::spawn("captioning", move || {
         tracing::info!("loading {}", setup.bundle.dir.display());
-        let captioner = match Captioner::load(&setup.bundle, &runtime) {
+        let captioner = match Captioner::load(&setup.bundle, &runtime, setup.config.batching()) {
             Ok(c) => c,
             Err(e) => return drop(loaded.send(Err(e))),
         };
         setup.state.set_model_ready();
         let _ = loaded.send(Ok(()));
-        Pipeline {
-            captioner,
-            s: setup,
-            compare_count: 0,
-            compared_at: VecDeque::new(),
-        }
-        .run()
+        run(&captioner, setup);
     })?;
     Ok((worker, model))
 }
 
-struct Pipeline {
-    captioner: Captioner,
-    s: Setup,
-    /// Source captions so far and the times of the comparisons of the last minute (sampling).
-    compare_count: u64,
-    compared_at: VecDeque<Instant>,
+/// What every captioning thread shares.
+struct Shared<'a> {
+    captioner: &'a Captioner,
+    config: &'a CaptioningConfig,
+    seed: u64,
+    state: &'a State,
+    metrics: &'a Metrics,
+    uploads: &'a UploadReceiver,
+    shutdown: &'a Shutdown,
+    /// Source captions so far and the times of the comparisons of the last minute (sampling), across
+    /// sources.
+    compares: Mutex<(u64, VecDeque<Instant>)>,
+    turns: Turns,
 }
 
-/// How long the thread waits at most before looking again (keeps the heartbeat fresh).
-const TICK: Duration = Duration::from_millis(200);
-/// Once a caption is due, how often the slot is checked for a new frame (the latency it adds).
-const POLL: Duration = Duration::from_millis(20);
+/// Sources take turns: a source with a frame to caption starts only when no other busy source has
+/// started fewer captions, busy being waiting to start one, or having finished one within `GRACE`
+/// (the time a folder takes to read its next file). When captioning is saturated, each busy source
+/// gets its share, give or take one; a source that is idle (waiting for its interval, or without
+/// frames) holds up no one for longer than `GRACE`, and the one with the fewest starts never waits.
+struct Turns {
+    sources: Mutex<Vec<Turn>>,
+    changed: Condvar,
+    grace: Duration,
+}
 
-impl Pipeline {
-    fn run(mut self) {
-        let interval = Duration::from_millis(self.s.config.interval_ms);
-        let queue = self.s.source.kind.every_frame();
-        let mut next_due = Instant::now();
-        let mut last_scene: Option<Vec<f32>> = None;
-        while !self.s.shutdown.is_set() {
-            self.s.state.beat();
-            let until_due = next_due.saturating_duration_since(Instant::now());
-            let wait = if until_due.is_zero() { POLL } else { until_due.min(TICK) };
-            match self.s.uploads.recv_timeout(wait) {
-                Ok(upload) => self.upload(upload),
-                Err(RecvTimeoutError::Disconnected) => return,
-                // A queue's files are captioned as they come: no cadence.
-                Err(RecvTimeoutError::Timeout) if queue || Instant::now() >= next_due => {
-                    if let Some(frame) = self.s.source.frames.take_new() {
-                        next_due = Instant::now() + interval;
-                        let outcome = self.camera(&frame, queue, &mut last_scene);
-                        match (&frame.ticket, outcome) {
-                            (Some(ticket), Ok(id)) => ticket.captioned(id),
-                            (Some(ticket), Err(e)) => ticket.failed(&e),
-                            (None, _) => {}
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
-        // Uploads already accepted still get their captions: their clients are waiting.
-        while let Some(upload) = self.s.uploads.try_recv() {
-            self.upload(upload);
+#[derive(Clone, Default)]
+struct Turn {
+    started: u64,
+    waiting: bool,
+    finished: Option<Instant>,
+}
+
+/// How long a source that just finished a caption keeps its turn.
+const GRACE: Duration = Duration::from_millis(10);
+
+impl Turns {
+    fn new(sources: usize, grace: Duration) -> Turns {
+        Turns {
+            sources: Mutex::new(vec![Turn::default(); sources]),
+            changed: Condvar::new(),
+            grace,
         }
     }
 
-    fn upload(&mut self, upload: Upload) {
+    /// Waits until source `me` may start a caption, and counts it started.
+    fn take(&self, me: usize) {
+        let mut turns = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        turns[me].waiting = true;
+        loop {
+            let mine = turns[me].started;
+            let busy = |t: &Turn| t.waiting || t.finished.is_some_and(|f| f.elapsed() < self.grace);
+            if !turns.iter().any(|t| t.started < mine && busy(t)) {
+                let turn = &mut turns[me];
+                (turn.started, turn.waiting) = (mine + 1, false);
+                self.changed.notify_all();
+                return;
+            }
+            // Woken when a source starts or finishes; the timeout ends a grace that ran out.
+            turns = self
+                .changed
+                .wait_timeout(turns, self.grace)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Source `me` finished a caption.
+    fn done(&self, me: usize) {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)[me].finished = Some(Instant::now());
+        self.changed.notify_all();
+    }
+}
+
+/// Runs one thread per source and the upload threads until the shutdown; then the uploads already
+/// accepted get their captions (their clients are waiting).
+fn run(captioner: &Captioner, setup: Setup) {
+    let Setup {
+        decoders,
+        config,
+        seed,
+        state,
+        metrics,
+        sources,
+        uploads,
+        shutdown,
+        ..
+    } = setup;
+    let shared = Shared {
+        captioner,
+        config: &config,
+        seed,
+        state: &state,
+        metrics: &metrics,
+        uploads: &uploads,
+        shutdown: &shutdown,
+        compares: Mutex::new((0, VecDeque::new())),
+        turns: Turns::new(sources.len(), GRACE),
+    };
+    let mut decoders = decoders.into_iter();
+    std::thread::scope(|scope| {
+        for (index, feed) in sources.iter().enumerate() {
+            let decoders = decoders.next().expect("one set of decoders per source");
+            let thread = SourceThread {
+                s: &shared,
+                index,
+                feed,
+                decoders,
+            };
+            spawn_scoped(scope, format!("caption-{}", feed.name), move || thread.run());
+        }
+        for (i, decoders) in decoders.enumerate() {
+            let shared = &shared;
+            spawn_scoped(scope, format!("upload-{i}"), move || {
+                let mut decoders = decoders;
+                while !shared.shutdown.is_set() {
+                    shared.state.beat();
+                    match shared.uploads.recv_timeout(TICK) {
+                        Ok(upload) => shared.upload(&mut decoders, upload),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                }
+                while let Some(upload) = shared.uploads.try_recv() {
+                    shared.upload(&mut decoders, upload);
+                }
+            });
+        }
+    });
+}
+
+/// A named scoped thread; a failure to start one is logged (the others go on).
+fn spawn_scoped<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: String,
+    body: impl FnOnce() + Send + 'scope,
+) {
+    if let Err(e) = std::thread::Builder::new().name(name.clone()).spawn_scoped(scope, body) {
+        tracing::error!("cannot start the captioning thread {name}: {e}");
+    }
+}
+
+/// How long a thread waits at most before looking again (keeps the heartbeat fresh).
+const TICK: Duration = Duration::from_millis(200);
+
+impl Shared<'_> {
+    fn upload(&self, decoders: &mut Decoders, upload: Upload) {
         let outcome = self.captioner.prepare(&upload.image).and_then(|prepared| {
-            let Decoders { default, fallback, .. } = &mut self.s.decoders;
+            let Decoders { default, fallback, .. } = decoders;
             let mut chosen = upload.decoder;
             let decoder = chosen.as_mut().unwrap_or(default);
-            let outcome = self
-                .captioner
-                .decode(&prepared, decoder, fallback.as_mut(), self.s.seed);
-            self.s.metrics.decoder_failures(&outcome);
+            let outcome = self.captioner.decode(&prepared, decoder, fallback.as_mut(), self.seed);
+            self.metrics.decoder_failures(&outcome);
             outcome
         });
         let origin = Origin {
@@ -143,62 +239,102 @@ impl Pipeline {
             header: None,
         };
         let result = outcome
-            .map(|caption| self.s.state.publish(origin, upload.received, caption))
-            .inspect_err(|_| self.s.metrics.error(ErrorKind::Caption));
+            .map(|caption| {
+                self.state
+                    .publish(SourceLabel::Upload.as_str(), origin, upload.received, caption)
+            })
+            .inspect_err(|_| self.metrics.error(ErrorKind::Caption));
         if let Ok(since) = upload.received.elapsed() {
-            self.s.metrics.upload_seconds.observe(since.as_secs_f64());
+            self.metrics.upload_seconds.observe(since.as_secs_f64());
         }
         let _ = upload.reply.send(result); // the client may have gone
+    }
+}
+
+/// One source's captioning thread.
+struct SourceThread<'a> {
+    s: &'a Shared<'a>,
+    /// Its place in `Shared::turns`.
+    index: usize,
+    feed: &'a Feed,
+    decoders: Decoders,
+}
+
+impl SourceThread<'_> {
+    fn run(mut self) {
+        let interval = Duration::from_millis(self.s.config.interval_ms);
+        // A queue's files are captioned as they come: no cadence.
+        let queue = self.feed.kind.every_frame();
+        let mut next_due = Instant::now();
+        let mut last_scene: Option<Vec<f32>> = None;
+        while !self.s.shutdown.is_set() {
+            self.s.state.beat();
+            let until_due = next_due.saturating_duration_since(Instant::now());
+            if !queue && !until_due.is_zero() {
+                std::thread::sleep(until_due.min(TICK));
+                continue;
+            }
+            let Some(frame) = self.feed.frames.wait_new(TICK) else {
+                continue;
+            };
+            self.s.turns.take(self.index);
+            next_due = Instant::now() + interval;
+            let outcome = self.caption(&frame, queue, &mut last_scene);
+            self.s.turns.done(self.index);
+            match (&frame.ticket, outcome) {
+                (Some(ticket), Ok(id)) => ticket.captioned(id),
+                (Some(ticket), Err(e)) => ticket.failed(&e),
+                (None, _) => {}
+            }
+        }
     }
 
     /// Captions a source frame (every one, without the scene-change rule, when `every_frame`): the
     /// published caption's id, or why there is none.
-    fn camera(
+    fn caption(
         &mut self,
         frame: &Frame,
         every_frame: bool,
         last_scene: &mut Option<Vec<f32>>,
     ) -> Result<u64, NotCaptioned> {
-        let source = frame.origin.source.as_str();
+        let (s, source) = (self.s, self.feed.name.as_str());
         let image = match frame.pixels.to_rgb() {
             Ok(image) => image,
             // A bad frame (a corrupt MJPEG, say) is the source's error; the camera goes on.
             Err(e) => {
-                tracing::warn!("{source} frame {}: {e}", frame.seq);
-                self.s.source.status.bad_frame();
+                tracing::warn!("source {source}: frame {}: {e}", frame.seq);
+                self.feed.status.bad_frame();
                 return Err(e.into());
             }
         };
-        let prepared = match self.captioner.prepare(&image) {
+        let prepared = match s.captioner.prepare(&image) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!("{source} frame: {e}");
-                self.s.metrics.error(ErrorKind::Caption);
+                tracing::warn!("source {source}: {e}");
+                s.metrics.error(ErrorKind::Caption);
                 return Err(e.into());
             }
         };
         if !every_frame && self.unchanged(&prepared, last_scene) {
-            self.s.metrics.frames_skipped.inc();
+            s.metrics.frame_skipped(source);
             return Err(NotCaptioned::Unchanged);
         }
-        let Decoders { default, fallback, .. } = &mut self.s.decoders;
-        let outcome = self
-            .captioner
-            .decode(&prepared, default, fallback.as_mut(), self.s.seed);
-        self.s.metrics.decoder_failures(&outcome);
+        let Decoders { default, fallback, .. } = &mut self.decoders;
+        let outcome = s.captioner.decode(&prepared, default, fallback.as_mut(), s.seed);
+        s.metrics.decoder_failures(&outcome);
         match outcome {
             Ok(caption) => {
                 *last_scene = Some(prepared.image_embeds.clone());
-                let event = self.s.state.publish(frame.origin.clone(), frame.captured, caption);
+                let event = s.state.publish(source, frame.origin.clone(), frame.captured, caption);
                 // Published first: comparing never delays the caption.
-                if !self.s.decoders.compare.is_empty() && self.compare_due() {
+                if !self.decoders.compare.is_empty() && self.compare_due() {
                     self.compare(&prepared, &event);
                 }
                 Ok(event.id)
             }
             Err(e) => {
-                tracing::warn!("{source} caption failed: {e}");
-                self.s.metrics.error(ErrorKind::Caption);
+                tracing::warn!("source {source}: caption failed: {e}");
+                s.metrics.error(ErrorKind::Caption);
                 Err(e.into())
             }
         }
@@ -206,18 +342,19 @@ impl Pipeline {
 
     /// Whether this caption's frame gets a comparison: every `compare_every`th source caption, at
     /// most `compare_per_minute` a minute, and not while a frame or an upload waits. Skips are counted.
-    fn compare_due(&mut self) -> bool {
-        let c = &self.s.config;
-        self.compare_count += 1;
-        let skip = if !(self.compare_count - 1).is_multiple_of(c.compare_every) {
+    fn compare_due(&self) -> bool {
+        let c = self.s.config;
+        let mut guard = self.s.compares.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, compared_at) = &mut *guard;
+        *count += 1;
+        let skip = if !(*count - 1).is_multiple_of(c.compare_every) {
             Some(SkipReason::Sampled)
-        } else if self.s.source.frames.waiting() || self.s.uploads.waiting() {
+        } else if self.feed.frames.waiting() || self.s.uploads.waiting() {
             Some(SkipReason::Busy)
         } else {
             let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
-            self.compared_at.retain(|t| minute_ago.is_none_or(|m| *t > m));
-            (c.compare_per_minute > 0 && self.compared_at.len() as u64 >= c.compare_per_minute)
-                .then_some(SkipReason::Rate)
+            compared_at.retain(|t| minute_ago.is_none_or(|m| *t > m));
+            (c.compare_per_minute > 0 && compared_at.len() as u64 >= c.compare_per_minute).then_some(SkipReason::Rate)
         };
         match skip {
             Some(reason) => {
@@ -225,20 +362,37 @@ impl Pipeline {
                 false
             }
             None => {
-                self.compared_at.push_back(Instant::now());
+                compared_at.push_back(Instant::now());
                 true
             }
         }
     }
 
-    /// Runs the comparison decoders on the frame of `event`, scores every caption with CLIP (when the
-    /// bundle has its text encoder), and publishes the comparison.
+    /// Runs the comparison decoders on the frame of `event`, all at once (their steps share the
+    /// model's calls), scores every caption with CLIP (when the bundle has its text encoder), and
+    /// publishes the comparison.
     fn compare(&mut self, prepared: &Prepared, event: &CaptionEvent) {
-        let metrics = &self.s.metrics;
-        let mut compared: Vec<Compared> = Vec::with_capacity(self.s.decoders.compare.len());
-        for d in self.s.decoders.compare.iter_mut() {
-            let start = Instant::now();
-            let outcome = self.captioner.decode(prepared, d, None, self.s.seed);
+        let (s, metrics) = (self.s, self.s.metrics);
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .decoders
+                .compare
+                .iter_mut()
+                .map(|d| {
+                    scope.spawn(move || {
+                        let start = Instant::now();
+                        let outcome = s.captioner.decode(prepared, d, None, s.seed);
+                        (d.label().to_string(), start.elapsed(), outcome)
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|r| r.join().expect("a decoder's panic is caught at the plugin boundary"))
+                .collect()
+        });
+        let mut compared: Vec<Compared> = Vec::with_capacity(outcomes.len());
+        for (label, took, outcome) in outcomes {
             metrics.decoder_failures(&outcome);
             compared.push(match outcome {
                 Ok(c) => {
@@ -254,10 +408,10 @@ impl Pipeline {
                 Err(e) => {
                     metrics.error(ErrorKind::Compare);
                     Compared {
-                        decoder: d.label().into(),
+                        decoder: label,
                         caption: None,
                         error: Some(e.to_string()),
-                        ms: start.elapsed().as_secs_f64() * 1e3,
+                        ms: took.as_secs_f64() * 1e3,
                         clip_score: None,
                     }
                 }
@@ -265,7 +419,7 @@ impl Pipeline {
         }
         let mut texts = vec![event.caption.caption.as_str()];
         texts.extend(compared.iter().filter_map(|c| c.caption.as_deref()));
-        let scores = match self.captioner.clip_scores(prepared, &texts) {
+        let scores = match s.captioner.clip_scores(prepared, &texts) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("CLIPScore: {e}");
@@ -280,13 +434,14 @@ impl Pipeline {
         }
         let comparison = Comparison {
             id: event.id,
+            source: event.source.clone(),
             decoder: event.caption.decoder.clone(),
             caption: event.caption.caption.clone(),
             clip_score,
             ms: event.caption.ms.decode,
             compare: compared,
         };
-        self.s.state.publish_comparison(comparison);
+        s.state.publish_comparison(comparison);
     }
 
     /// Whether the scene is within `scene_change` cosine distance of the last captioned one.
@@ -296,5 +451,39 @@ impl Pipeline {
             && last
                 .as_ref()
                 .is_some_and(|l| 1.0 - cosine(l, &prepared.image_embeds) < threshold as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_source_ahead_waits_for_a_busy_one_behind_and_not_for_an_idle_one() {
+        let turns = Turns::new(3, Duration::from_secs(30));
+        turns.take(0);
+        // Source 1 just finished a caption (it has started none here): source 0, one ahead, waits
+        // until source 1 starts again. Source 2 never captions: idle, it holds up no one.
+        turns.done(1);
+        let one_started = AtomicBool::new(false);
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| {
+                turns.take(0);
+                one_started.load(Ordering::SeqCst)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            one_started.store(true, Ordering::SeqCst);
+            turns.take(1);
+            assert!(
+                waiting.join().unwrap(),
+                "source 0 started before source 1, which was behind"
+            );
+        });
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the wait lasted the whole grace"
+        );
     }
 }

@@ -36,9 +36,13 @@ pub struct Sinks {
     pub outbox: Option<Arc<Outbox>>,
 }
 
-/// The source, as readiness sees it.
+/// A source, as readiness and GET /v1/sources see it.
 pub struct Source {
+    pub name: String,
     pub kind: Arc<dyn source::Kind>,
+    pub label: source::SourceLabel,
+    /// Its frames (the newest is shown by GET /v1/frame/latest.jpg).
+    pub frames: Arc<source::FrameSlot>,
     pub status: Arc<SourceStatus>,
 }
 
@@ -49,8 +53,8 @@ pub enum NotReady {
     Loading,
     #[error("publishing: {0}")]
     Publishing(String),
-    #[error(transparent)]
-    Source(#[from] source::NotReady),
+    #[error("source {0}: {1}")]
+    Source(String, source::NotReady),
 }
 
 pub struct State {
@@ -67,7 +71,7 @@ pub struct State {
     /// This run of the daemon (its start, Unix ms): caption ids restart at 1 in each run.
     run: u64,
     metrics: Arc<Metrics>,
-    source: Source,
+    sources: Vec<Source>,
     /// Running statistics of the compared decoders.
     compare: CompareStats,
     /// Who voted for which caption of the history: one vote each.
@@ -75,7 +79,13 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(capacity: usize, sinks: Sinks, metrics: Arc<Metrics>, source: Source, primary_decoder: &str) -> Self {
+    pub fn new(
+        capacity: usize,
+        sinks: Sinks,
+        metrics: Arc<Metrics>,
+        sources: Vec<Source>,
+        primary_decoder: &str,
+    ) -> Self {
         State {
             history: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
@@ -89,7 +99,7 @@ impl State {
             heartbeat: Mutex::new(Instant::now()),
             model_ready: AtomicBool::new(false),
             metrics,
-            source,
+            sources,
             compare: CompareStats::new(primary_decoder),
             voters: Mutex::default(),
         }
@@ -132,15 +142,16 @@ impl State {
         }
     }
 
-    /// Stores, broadcasts and logs a caption of an image from `origin`, taken at `time`; returns the
-    /// event.
-    pub fn publish(&self, origin: Origin, time: SystemTime, caption: Caption) -> Arc<CaptionEvent> {
+    /// Stores, broadcasts and logs a caption of an image of the source named `source` (or `upload`)
+    /// from `origin`, taken at `time`; returns the event.
+    pub fn publish(&self, source: &str, origin: Origin, time: SystemTime, caption: Caption) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
-        self.metrics.caption(origin.source);
+        self.metrics.caption(source);
         let event = Arc::new(CaptionEvent {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             time: humantime::format_rfc3339_millis(time).to_string(),
-            source: origin.source,
+            source: source.to_string(),
+            kind: origin.source,
             origin: origin.name,
             header: origin.header,
             caption,
@@ -229,9 +240,14 @@ impl State {
         self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < window
     }
 
-    /// Ready: the model is loaded, the broker has not refused us, and the source is ready as its kind
-    /// says (a camera or ROS 2 topic sent a frame in the last 5 s, a folder can be listed, no source
-    /// always). Otherwise the reason.
+    /// The configured sources, in order.
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// Ready: the model is loaded, the broker has not refused us, and every source is ready as its
+    /// kind says (a camera or ROS 2 topic sent a frame in the last 5 s, a folder can be listed).
+    /// Otherwise the reason, naming the first source that is not.
     pub fn readiness(&self) -> Result<(), NotReady> {
         if !self.model_ready() {
             return Err(NotReady::Loading);
@@ -239,6 +255,11 @@ impl State {
         if let Some(refusal) = self.outbox.as_ref().and_then(|o| o.refusal()) {
             return Err(NotReady::Publishing(refusal));
         }
-        Ok(self.source.kind.readiness(&self.source.status)?)
+        for s in &self.sources {
+            s.kind
+                .readiness(&s.status)
+                .map_err(|why| NotReady::Source(s.name.clone(), why))?;
+        }
+        Ok(())
     }
 }

@@ -100,6 +100,8 @@ pub struct FrameSlot {
     state: Mutex<SlotState>,
     /// Notified when a frame is taken (a queued `put` waits for it).
     taken: Condvar,
+    /// Notified when a frame is stored (the captioning thread waits for it).
+    stored: Condvar,
 }
 
 #[derive(Default)]
@@ -115,6 +117,7 @@ impl FrameSlot {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let dropped = s.waiting();
         s.store(image, origin, None);
+        self.stored.notify_all();
         dropped
     }
 
@@ -126,7 +129,7 @@ impl FrameSlot {
             if shutdown.is_set() {
                 return false;
             }
-            // Woken by `take_new`; the timeout only bounds how late the shutdown is noticed.
+            // Woken by `wait_new`; the timeout only bounds how late the shutdown is noticed.
             s = self
                 .taken
                 .wait_timeout(s, Duration::from_millis(50))
@@ -134,6 +137,7 @@ impl FrameSlot {
                 .0;
         }
         s.store(image, origin, Some(ticket));
+        self.stored.notify_all();
         true
     }
 
@@ -147,9 +151,13 @@ impl FrameSlot {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).latest.clone()
     }
 
-    /// The newest frame not taken yet, marking it taken.
-    pub fn take_new(&self) -> Option<Arc<Frame>> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// The newest frame not taken yet, marking it taken; waits up to `wait` for one to arrive.
+    pub fn wait_new(&self, wait: Duration) -> Option<Arc<Frame>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut s, _) = self
+            .stored
+            .wait_timeout_while(s, wait, |s| !s.waiting())
+            .unwrap_or_else(|p| p.into_inner());
         let frame = s.latest.clone().filter(|f| f.seq > s.taken)?;
         s.taken = frame.seq;
         self.taken.notify_all();

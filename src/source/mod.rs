@@ -59,7 +59,7 @@ impl SourceLabel {
 }
 
 /// Where frames come from (`source.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A V4L2 camera (camera.rs).
@@ -70,6 +70,18 @@ pub enum SourceKind {
     Ros2,
     /// No source: only images POSTed to the API are captioned (none.rs).
     None,
+}
+
+impl SourceKind {
+    /// The label its captions carry; `none` has no captions.
+    pub fn label(self) -> Option<SourceLabel> {
+        match self {
+            SourceKind::V4l2 => Some(SourceLabel::Camera),
+            SourceKind::Folder => Some(SourceLabel::Folder),
+            SourceKind::Ros2 => Some(SourceLabel::Ros2),
+            SourceKind::None => None,
+        }
+    }
 }
 
 /// How a watched folder is used (folder.rs).
@@ -86,6 +98,9 @@ pub enum FolderMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
+    /// The source's name, which its captions and metrics carry (letters, digits, `-`, `_`). Required
+    /// in `[[sources]]`; a lone `[source]` is named after its kind's label unless it has one.
+    pub name: String,
     pub kind: SourceKind,
     pub device: PathBuf,
     pub width: u32,
@@ -109,6 +124,7 @@ pub struct SourceConfig {
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
+            name: String::new(),
             kind: SourceKind::V4l2,
             device: PathBuf::from("/dev/video0"),
             width: 640,
@@ -212,6 +228,38 @@ fn spec(kind: SourceKind) -> Spec {
 pub fn validate(config: &SourceConfig) -> Result<(), Invalid> {
     check_waits(config)?;
     (spec(config.kind).validate)(config)
+}
+
+/// Checks a set of sources (Config::sources): each one's keys, their names (unique, made of letters,
+/// digits, `-` and `_`), and at most one ROS 2 image topic (the node subscribes one). A refusal of
+/// the `index`th of several names it as `sources[index]`.
+pub fn validate_all(sources: &[SourceConfig], several: bool) -> Result<(), Invalid> {
+    for (i, source) in sources.iter().enumerate() {
+        let prefix = if several {
+            format!("sources[{i}]")
+        } else {
+            "source".into()
+        };
+        let name = &source.name;
+        let named = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        check(named, format!("{prefix}.name"), || {
+            format!("{prefix}.name = {name:?}: a source's name is made of letters, digits, '-' and '_'")
+        })?;
+        check(source.kind != SourceKind::None, format!("{prefix}.kind"), || {
+            format!("{prefix}.kind = \"none\": leave the source out instead (uploads need none)")
+        })?;
+        check(
+            !sources[..i].iter().any(|s| &s.name == name),
+            format!("{prefix}.name"),
+            || format!("{prefix}.name = {name:?} is the name of an earlier source"),
+        )?;
+        let renamed = |text: &str| text.replace("source.", &format!("{prefix}."));
+        validate(source).map_err(|e| Invalid::new(renamed(&e.key), renamed(&e.reason)))?;
+    }
+    let ros2 = sources.iter().filter(|s| s.kind == SourceKind::Ros2).count();
+    check(ros2 <= 1, "sources", || {
+        format!("{ros2} sources are ROS 2 topics; the daemon's ROS 2 node subscribes to one (ros2.image_topic)")
+    })
 }
 
 /// The configured source, created before anything slow happens at start (so that a folder's "already

@@ -208,7 +208,7 @@ impl Daemon {
              [plugins]\ndirectories = [{plugins:?}]\nallow_insecure = true\n",
             plugins = plugin_dir(),
         );
-        let config = if config.contains("[source]") {
+        let config = if config.contains("[source]") || config.contains("[[sources]]") {
             config
         } else {
             format!(

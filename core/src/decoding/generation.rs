@@ -1,18 +1,21 @@
 //! One caption being generated: the host-side state a decoder drives through the host table.
 //!
-//! It owns the KV cache (through the language model), remembers the hidden states of every position
+//! It holds the caption's session with the language model (batch.rs, which keeps the KV cache and
+//! shares model calls with the other captions in flight), remembers the hidden states of every position
 //! of every live sequence (as a tree of steps, so forks cost nothing until a decoder asks), enforces
 //! the step budget, and provides the seeded random stream and CLIP similarity.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
+use crate::batch::{BatchedLm, LmSession};
 use crate::bundle::TokenizerSpec;
 use crate::clip_text::{TextEncoder, TextError};
-use crate::lm::{LanguageModel, LmError, LmState, StepError};
+use crate::lm::{LmError, StepError};
 
 /// Why image-text similarity is not available to a decoder.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +26,10 @@ pub enum SimilarityError {
     Text(#[from] TextError),
 }
 
-/// CLIP's text encoder and the embedding of the image being captioned.
+/// CLIP's text encoder (shared by the captions in flight) and the embedding of the image being
+/// captioned.
 pub struct ClipGuide<'a> {
-    pub encoder: &'a mut TextEncoder,
+    pub encoder: &'a Mutex<TextEncoder>,
     pub image_embeds: &'a [f32],
 }
 
@@ -36,12 +40,11 @@ struct Step {
 }
 
 pub struct Generation<'a> {
-    lm: &'a mut LanguageModel,
+    lm: LmSession<'a>,
     prefix: &'a [f32],
     tokenizer: &'a Tokenizer,
     clip: Option<ClipGuide<'a>>,
     rules: &'a TokenizerSpec,
-    state: LmState,
     prefix_hidden: Vec<f32>,
     history: Vec<Step>,
     steps: usize,
@@ -52,7 +55,7 @@ pub struct Generation<'a> {
 impl<'a> Generation<'a> {
     /// Runs the prefix pass. `rules`: the bundle's stop tokens, end-of-text and token budget.
     pub fn new(
-        lm: &'a mut LanguageModel,
+        lm: &'a BatchedLm,
         prefix: &'a [f32],
         tokenizer: &'a Tokenizer,
         rules: &'a TokenizerSpec,
@@ -60,15 +63,15 @@ impl<'a> Generation<'a> {
         seed: u64,
     ) -> Result<Self, LmError> {
         let t = Instant::now();
-        let state = lm.start(prefix)?;
-        let prefix_hidden = state.added_hidden(0).to_vec();
+        let mut lm = lm.session();
+        lm.start(prefix)?;
+        let prefix_hidden = lm.added_hidden(0).to_vec();
         Ok(Generation {
             lm,
             prefix,
             tokenizer,
             clip,
             rules,
-            state,
             prefix_hidden,
             history: Vec::new(),
             steps: 0,
@@ -97,7 +100,7 @@ impl<'a> Generation<'a> {
         self.prefix_hidden.len() / self.hidden_size() + self.max_tokens()
     }
     pub fn batch(&self) -> usize {
-        self.state.batch()
+        self.lm.batch()
     }
     /// Model steps taken so far.
     pub fn steps(&self) -> usize {
@@ -108,13 +111,15 @@ impl<'a> Generation<'a> {
         self.model_time
     }
     pub fn logit_scale(&self) -> Option<f32> {
-        self.clip.as_ref().map(|c| c.encoder.logit_scale())
+        self.clip
+            .as_ref()
+            .map(|c| c.encoder.lock().unwrap_or_else(PoisonError::into_inner).logit_scale())
     }
 
     /// Back to the prefix alone (the cache is rebuilt, the step budget is not restored).
     pub fn start(&mut self) -> Result<(), LmError> {
         let t = Instant::now();
-        self.state = self.lm.start(self.prefix)?;
+        self.lm.start(self.prefix)?;
         self.history.clear();
         self.model_time += t.elapsed();
         Ok(())
@@ -127,11 +132,11 @@ impl<'a> Generation<'a> {
         }
         let parents_usize: Vec<usize> = parents.iter().map(|&p| p as usize).collect();
         let t = Instant::now();
-        self.lm.step(&mut self.state, &parents_usize, tokens)?;
+        self.lm.step(&parents_usize, tokens)?;
         self.model_time += t.elapsed();
         self.steps += 1;
-        let hidden = (0..self.state.batch())
-            .flat_map(|i| self.state.hidden(i).iter().copied())
+        let hidden = (0..self.lm.batch())
+            .flat_map(|i| self.lm.hidden(i).iter().copied())
             .collect();
         self.history.push(Step {
             parents: parents.to_vec(),
@@ -141,11 +146,11 @@ impl<'a> Generation<'a> {
     }
 
     pub fn logits(&self, seq: usize) -> Option<&[f32]> {
-        (seq < self.batch()).then(|| self.state.logits(seq))
+        (seq < self.batch()).then(|| self.lm.logits(seq))
     }
 
     pub fn hidden(&self, seq: usize) -> Option<&[f32]> {
-        (seq < self.batch()).then(|| self.state.hidden(seq))
+        (seq < self.batch()).then(|| self.lm.hidden(seq))
     }
 
     /// States of every position of `seq`, prefix first, [positions, width] flattened.
@@ -183,6 +188,8 @@ impl<'a> Generation<'a> {
         let t = Instant::now();
         let result = clip
             .encoder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .similarity(texts, clip.image_embeds)
             .map_err(SimilarityError::from);
         self.model_time += t.elapsed();
