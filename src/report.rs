@@ -1,7 +1,9 @@
 //! `clipcap report`: the daemons' caption logs (one device or several, as files or from an MQTT
 //! broker) turned into the comparison table, intervals and plot of `clipcap eval`, reference-free
 //! (CLIPScore, length, diversity, latency), over the frames where the decoders were compared; then
-//! the people's votes as pairwise win rates with bootstrap intervals.
+//! the people's votes as pairwise win rates with bootstrap intervals; with `--group-by source`, the
+//! same for each source's frames after the whole (in the Markdown and JSON; the CSV and plot are the
+//! whole's).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,11 +19,20 @@ use crate::publish::{self, PublishConfig};
 
 use crate::records::{Comparison, Vote};
 
-/// A log line: its kind and its daemon run.
+/// A log line: its kind, its daemon run, and (captions) its source.
 #[derive(Deserialize)]
 struct Line {
     event: String,
     run: u64,
+    #[serde(default)]
+    source: String,
+}
+
+/// What `clipcap report --group-by` splits the frames by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// The source's name (`[[sources]]`); logs from before sources had names are one group, "".
+    Source,
 }
 
 /// A frame, across logs: (log, run, caption id).
@@ -33,7 +44,8 @@ pub struct Logs {
     votes: Vec<(Frame, Vote)>,
     /// Who voted on which frame, for one vote each.
     voters: HashSet<(Frame, String)>,
-    captions: usize,
+    /// The source of each caption logged.
+    captions: Vec<String>,
 }
 
 impl Logs {
@@ -42,7 +54,36 @@ impl Logs {
             comparisons: Vec::new(),
             votes: Vec::new(),
             voters: HashSet::new(),
-            captions: 0,
+            captions: Vec::new(),
+        }
+    }
+
+    /// The sources of the logged captions, in the order they first appear.
+    fn sources(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in &self.captions {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
+    /// The captions, comparisons and votes of the source named `source` only.
+    fn of_source(&self, source: &str) -> Logs {
+        let comparisons: Vec<(Frame, Comparison)> = self
+            .comparisons
+            .iter()
+            .filter(|(_, c)| c.source == source)
+            .cloned()
+            .collect();
+        let frames: HashSet<&Frame> = comparisons.iter().map(|(f, _)| f).collect();
+        let votes: Vec<(Frame, Vote)> = self.votes.iter().filter(|(f, _)| frames.contains(f)).cloned().collect();
+        Logs {
+            voters: votes.iter().map(|(f, v)| (*f, v.voter().to_string())).collect(),
+            comparisons,
+            votes,
+            captions: self.captions.iter().filter(|c| *c == source).cloned().collect(),
         }
     }
 
@@ -50,7 +91,7 @@ impl Logs {
     fn add(&mut self, index: usize, raw: &str) -> anyhow::Result<()> {
         let line: Line = serde_json::from_str(raw).context("not a caption-log record")?;
         match line.event.as_str() {
-            "caption" => self.captions += 1,
+            "caption" => self.captions.push(line.source),
             "comparison" => {
                 let c: Comparison = serde_json::from_str(raw)?;
                 self.comparisons.push(((index, line.run, c.id), c));
@@ -186,10 +227,29 @@ pub struct Report {
     pub comparison: eval::Report,
     pub votes: usize,
     pub win_rates: Vec<WinRate>,
+    /// With `--group-by`: the same report for each group's frames, by group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<(String, Report)>,
 }
 
-/// The decoder comparison of the logs: decoders in the order they first appear.
-pub fn report(logs: &Logs, draws: usize, seed: u64) -> Report {
+/// The decoder comparison of the logs (decoders in the order they first appear), and with `group_by`
+/// that of each group too.
+pub fn report(logs: &Logs, draws: usize, seed: u64, group_by: Option<GroupBy>) -> Report {
+    let mut whole = report_of(logs, draws, seed);
+    if group_by == Some(GroupBy::Source) {
+        whole.groups = logs
+            .sources()
+            .into_iter()
+            .map(|name| {
+                let group = report_of(&logs.of_source(&name), draws, seed);
+                (name, group)
+            })
+            .collect();
+    }
+    whole
+}
+
+fn report_of(logs: &Logs, draws: usize, seed: u64) -> Report {
     let mut order: Vec<String> = Vec::new();
     for (_, c) in &logs.comparisons {
         for d in std::iter::once(&c.decoder).chain(c.compare.iter().map(|x| &x.decoder)) {
@@ -245,11 +305,12 @@ pub fn report(logs: &Logs, draws: usize, seed: u64) -> Report {
         .push("latencies are the decoders' decoding times on the daemon (ms per caption)".into());
     let win_rates = win_rates(logs, &order, draws, seed);
     Report {
-        captions: logs.captions,
+        captions: logs.captions.len(),
         compared_frames: complete.len(),
         comparison,
         votes: logs.votes.len(),
         win_rates,
+        groups: Vec::new(),
     }
 }
 
@@ -336,6 +397,9 @@ impl Table for Report {
             }
         } else {
             out += "\n";
+        }
+        for (name, group) in &self.groups {
+            out += &format!("\n# Source {name}\n\n{}", group.markdown());
         }
         out
     }

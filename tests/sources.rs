@@ -237,3 +237,49 @@ fn busy_sources_get_equal_shares_of_the_captions() {
         "when the first source was through: {counts:?} (log order: {order:?})"
     );
 }
+
+#[test]
+fn clipcap_report_groups_the_comparisons_by_source() {
+    let names = ["front", "rear"];
+    let daemon = Daemon::start_with(
+        &format!(
+            "[captioning]\ninterval_ms = 50\ncompare = [\"beam:num_beams=2\"]\n{}",
+            folders(&names, "camera")
+        ),
+        &[],
+        |dir| make_folders(dir, &names),
+    );
+    daemon.wait_ready();
+    // One frame at a time: a comparison is skipped while another frame waits.
+    let sent = [("front", "08200.png"), ("front", "08203.png"), ("rear", "08202.png")];
+    for (i, (source, image)) in sent.iter().enumerate() {
+        put(&daemon, source, image, &format!("{i}.png"));
+        daemon.wait_until(|| daemon.log_records("comparison").len() == i + 1, "the frame compared");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .args(["report", "--group-by", "source", "--json"])
+        .arg(daemon.log_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["captions"].as_u64(), report["compared_frames"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let groups: Vec<(&str, u64, u64)> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g[0].as_str().unwrap(),
+                g[1]["captions"].as_u64().unwrap(),
+                g[1]["compared_frames"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut groups = groups;
+    groups.sort();
+    assert_eq!(groups, [("front", 2, 2), ("rear", 1, 1)]);
+}

@@ -33,7 +33,9 @@ def test_rivals_run_the_same_caption_and_report_every_system(tmp_path, gpt2_file
     report = json.loads(out.stdout)
     assert report["clipcap_steps"] == [5.0] * 4  # 2 rounds x 2 bundles
     systems = {row["system"]: row for row in report["systems"]}
-    assert list(systems) == ["reference", "pytorch-kv", "onnxruntime", "clipcap fp32", "clipcap int8"]
+    # With several captions at once (--streams 4): clipcap at concurrency 4 on each bundle.
+    assert list(systems) == ["reference", "pytorch-kv", "onnxruntime", "clipcap fp32", "clipcap int8",
+                             "clipcap fp32 x4", "clipcap int8 x4"]
     assert systems["clipcap fp32"]["vs_clipcap"] == 1.0
     for name in ["reference", "pytorch-kv", "onnxruntime"]:
         assert systems[name]["token_agreement"] == 1.0, name

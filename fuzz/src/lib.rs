@@ -142,7 +142,7 @@ pub fn decoder_spec(data: &[u8]) {
 pub fn caption_log(data: &[u8]) {
     let path = scratch("captions.jsonl", data);
     if let Ok(logs) = clipcap::report::read(&[path]) {
-        let _ = clipcap::report::report(&logs, 20, 0);
+        let _ = clipcap::report::report(&logs, 20, 0, Some(clipcap::report::GroupBy::Source));
     }
 }
 

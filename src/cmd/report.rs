@@ -26,6 +26,9 @@ pub struct Args {
     /// Folder for report.md, report.csv, report.json and report.svg.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also a report for each group of frames: `source`, by the source's name.
+    #[arg(long, value_name = "GROUP")]
+    group_by: Option<report::GroupBy>,
     #[arg(long, default_value_t = 1000)]
     draws: usize,
     #[arg(long, default_value_t = 0)]
@@ -44,6 +47,10 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         None => report::read(&args.logs)?,
     };
-    super::emit(&report::report(&logs, args.draws, args.seed), args.json, args.out)?;
+    super::emit(
+        &report::report(&logs, args.draws, args.seed, args.group_by),
+        args.json,
+        args.out,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
