@@ -99,8 +99,9 @@ pub struct Decoders {
 }
 
 impl Decoders {
-    /// decoding.decoder, decoding.fallback and captioning.compare, each error naming its key.
-    pub fn create(factory: &DecoderFactory, config: &Config) -> anyhow::Result<Decoders> {
+    /// decoding.decoder, decoding.fallback and (with `compare`; uploads are never compared)
+    /// captioning.compare, each error naming its key.
+    pub fn create(factory: &DecoderFactory, config: &Config, compare: bool) -> anyhow::Result<Decoders> {
         let create = |key: &str, name: &str| -> anyhow::Result<DecoderInstance> {
             factory.create(name).with_context(|| format!("{key} = {name:?}"))
         };
@@ -114,6 +115,7 @@ impl Decoders {
                 .captioning
                 .compare
                 .iter()
+                .filter(|_| compare)
                 .map(|n| {
                     factory
                         .create_compared(n)

@@ -270,4 +270,47 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
     );
     assert!(event.get("header").is_none(), "{event}");
     assert_eq!(got["texts"][0], json!(cb));
+    drop(folder);
+
+    // Several sources: each also has its caption topics under its name, as a ROS name
+    // (`yard-2` becomes `yard_2`), and only its own captions go there.
+    let sources = Daemon::start_with(
+        &format!(
+            "[captioning]\ninterval_ms = 100\n[ros2]\nenabled = true\ndomain_id = {DOMAIN}\n\
+             [[sources]]\nname = \"door\"\nkind = \"folder\"\nfolder = \"{{dir}}/door\"\npoll_ms = 50\n\
+             [[sources]]\nname = \"yard-2\"\nkind = \"folder\"\nfolder = \"{{dir}}/yard\"\npoll_ms = 50\n"
+        ),
+        &[],
+        |d| {
+            ["door", "yard"]
+                .iter()
+                .for_each(|f| std::fs::create_dir(d.join(f)).unwrap())
+        },
+    );
+    let (mut peer, out) = cyclone_peer(
+        dir.path(),
+        "yard",
+        json!({"domain": DOMAIN, "topic": null, "captions": 1, "captions_prefix": "rt/clipcap/yard_2"}),
+    );
+    let mut peer = peer.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    for n in 0.. {
+        if peer.try_wait().unwrap().is_some() {
+            break;
+        }
+        // The door's frame first: were it published on the yard's topics, the peer would read it.
+        for (folder, image) in [("door", "08202.png"), ("yard", "08203.png")] {
+            let tmp = sources.dir.path().join(format!(".{n}.png"));
+            std::fs::copy(demo_image(image), &tmp).unwrap();
+            std::fs::rename(&tmp, sources.dir.path().join(folder).join(format!("{n}.png"))).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+    let got = read_back(peer.wait_with_output().unwrap(), &out);
+    let event = &got["events"][0];
+    assert_eq!(
+        (&event["source"], &event["caption"]),
+        (&json!("yard-2"), &json!(cb)),
+        "{event}"
+    );
+    assert_eq!(got["texts"][0], json!(cb));
 }

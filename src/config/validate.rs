@@ -28,6 +28,11 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     config.publish.validate()?;
     if sources.iter().any(|s| s.kind == SourceKind::Ros2) || config.ros2.enabled {
         config.ros2.validate()?;
+        #[cfg(feature = "ros2")]
+        if sources.len() > 1 {
+            let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+            config.ros2.validate_sources(&names)?;
+        }
     }
     runtime(&config.runtime)
 }

@@ -62,7 +62,55 @@ impl Default for Ros2Config {
     }
 }
 
+/// `topic` with the source's name as a namespace before its last segment
+/// (`/clipcap/caption` for `front-left`: `/clipcap/front_left/caption`), the name made a ROS name:
+/// `-` becomes `_`, and one that starts with a digit gets `source_` before it.
+pub fn source_topic(topic: &str, source: &str) -> String {
+    let mut name = source.replace('-', "_");
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert_str(0, "source_");
+    }
+    let (parent, leaf) = topic.rsplit_once('/').unwrap_or(("", topic));
+    format!("{parent}/{name}/{leaf}")
+}
+
 impl Ros2Config {
+    /// The caption topics of the source named `source` when there are several: `caption_topic` and
+    /// `caption_json_topic` with its name before their last segment (empty when not published).
+    pub fn source_topics(&self, source: &str) -> [String; 2] {
+        [&self.caption_topic, &self.caption_json_topic].map(|t| {
+            if t.is_empty() {
+                String::new()
+            } else {
+                source_topic(t, source)
+            }
+        })
+    }
+
+    /// Checks the caption topics of several sources: ROS 2 names, one set per source.
+    #[cfg(feature = "ros2")]
+    pub fn validate_sources(&self, sources: &[String]) -> Result<(), Invalid> {
+        let mut seen: Vec<String> = Vec::new();
+        for source in sources {
+            for topic in self.source_topics(source).into_iter().filter(|t| !t.is_empty()) {
+                ros2_client::Name::parse(&topic).map_err(|e| {
+                    Invalid::new(
+                        "sources",
+                        format!("source {source:?}: {topic:?} is not a ROS 2 topic name: {e}"),
+                    )
+                })?;
+                if seen.contains(&topic) {
+                    return Err(Invalid::new(
+                        "sources",
+                        format!("source {source:?}: its ROS 2 topic {topic} is another source's too"),
+                    ));
+                }
+                seen.push(topic);
+            }
+        }
+        Ok(())
+    }
+
     /// The topic the images come from: `image_topic`, or its `/compressed` sibling.
     pub fn image_topic(&self) -> String {
         if self.compressed {
@@ -104,5 +152,26 @@ impl Ros2Config {
             "ros2.enabled",
             "source.kind = \"ros2\" and ros2.enabled need clipcap built with the ros2 feature",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_has_its_caption_topics_under_a_ros_name() {
+        let config = Ros2Config::default();
+        assert_eq!(
+            config.source_topics("front-left"),
+            ["/clipcap/front_left/caption", "/clipcap/front_left/caption_json"]
+        );
+        assert_eq!(source_topic("/clipcap/caption", "2nd"), "/clipcap/source_2nd/caption");
+        #[cfg(feature = "ros2")]
+        {
+            config.validate_sources(&["door".into(), "yard-2".into()]).unwrap();
+            let clash = config.validate_sources(&["a-b".into(), "a_b".into()]).unwrap_err();
+            assert!(clash.reason.contains("is another source's too"), "{}", clash.reason);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The node's thread: the DDS participant, the image subscription (when ROS 2 is the source) and the
 //! caption publishers, driven by one single-threaded async runtime.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,7 @@ pub struct Counters {
 pub fn spawn(
     config: &Ros2Config,
     feed: Option<Feed>,
+    sources: &[String],
     captions: broadcast::Receiver<Published>,
     counters: Counters,
     shutdown: Shutdown,
@@ -59,8 +60,22 @@ pub fn spawn(
         Some(feed) if config.compressed => Some(Images::Compressed(subscribe(&mut node, config, &topic)?, feed)),
         Some(feed) => Some(Images::Raw(subscribe(&mut node, config, &topic)?, feed)),
     };
-    let text = publisher(&mut node, &config.caption_topic)?;
-    let json = publisher(&mut node, &config.caption_json_topic)?;
+    let shared = Captions {
+        text: publisher(&mut node, &config.caption_topic)?,
+        json: publisher(&mut node, &config.caption_json_topic)?,
+    };
+    // With several sources, each also has caption topics of its own, under its name.
+    let mut per_source = HashMap::new();
+    if sources.len() > 1 {
+        for source in sources {
+            let [text, json] = config.source_topics(source);
+            let captions = Captions {
+                text: publisher(&mut node, &text)?,
+                json: publisher(&mut node, &json)?,
+            };
+            per_source.insert(source.clone(), captions);
+        }
+    }
     let spinner = node
         .spinner()
         .map_err(|e| anyhow::anyhow!("ROS 2: cannot start the node: {e:?}"))?;
@@ -72,9 +87,18 @@ pub fn spawn(
         } else {
             String::new()
         },
-        match (&text, &json) {
+        match (&shared.text, &shared.json) {
             (None, None) => String::new(),
-            _ => format!(", captions on {} {}", config.caption_topic, config.caption_json_topic),
+            _ => format!(
+                ", captions on {} {}{}",
+                config.caption_topic,
+                config.caption_json_topic,
+                if per_source.is_empty() {
+                    ""
+                } else {
+                    " and each source's under its name"
+                }
+            ),
         }
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -96,7 +120,7 @@ pub fn spawn(
                 tokio::select! {
                     () = shutdown.wait() => {}
                     () = take => {}
-                    () = publish(captions, text, json, &counters) => {}
+                    () = publish(captions, &shared, &per_source, &counters) => {}
                 }
             }
             // The subscription and publishers go first, then the node, whose drop stops the spinner:
@@ -208,13 +232,19 @@ async fn take<M: RosImage>(sub: &Subscription<M>, node: &Node, topic: &str, feed
 }
 
 /// Publishes each caption's text and event (as JSON) until the daemon's events end.
-async fn publish(
-    mut captions: broadcast::Receiver<Published>,
+/// A set of caption publishers: the texts, and the events as JSON (either may be off).
+struct Captions {
     text: Option<Publisher<String>>,
     json: Option<Publisher<String>>,
+}
+
+async fn publish(
+    mut captions: broadcast::Receiver<Published>,
+    shared: &Captions,
+    per_source: &HashMap<String, Captions>,
     counters: &Counters,
 ) {
-    if text.is_none() && json.is_none() {
+    if shared.text.is_none() && shared.json.is_none() && per_source.is_empty() {
         return std::future::pending().await;
     }
     loop {
@@ -228,10 +258,14 @@ async fn publish(
             }
             Err(RecvError::Closed) => return,
         };
-        let messages = [
-            (&text, event.caption.caption.clone()),
-            (&json, serde_json::to_string(&*event).expect("caption events serialise")),
-        ];
+        let (text, json) = (
+            event.caption.caption.clone(),
+            serde_json::to_string(&*event).expect("caption events serialise"),
+        );
+        let mut messages = vec![(&shared.text, text.clone()), (&shared.json, json.clone())];
+        if let Some(own) = per_source.get(&event.source) {
+            messages.extend([(&own.text, text), (&own.json, json)]);
+        }
         let mut sent = true;
         for (publisher, message) in messages {
             if let Some(publisher) = publisher

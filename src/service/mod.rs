@@ -56,7 +56,7 @@ pub struct Loaded {
 pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Loaded> {
     let bundle = Bundle::open(bundle)?;
     let factory = DecoderFactory::new(config, Arc::new(Plugins::load(plugins)));
-    let decoders = Decoders::create(&factory, config)?;
+    let decoders = Decoders::create(&factory, config, true)?;
     Ok(Loaded {
         bundle,
         decoders,
@@ -129,11 +129,12 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
             status: f.status.clone(),
         })
         .collect();
-    // One set of decoders for each captioning thread: each source's, then each upload thread's.
+    // One set of decoders for each captioning thread: each source's, then each upload thread's
+    // (without the compared ones, which only sources use; isolated, each is a process).
     let threads = feeds.len() + config.captioning.upload_concurrency;
     let mut all = vec![decoders];
-    for _ in 1..threads {
-        all.push(Decoders::create(&factory, config)?);
+    for thread in 1..threads {
+        all.push(Decoders::create(&factory, config, thread < feeds.len())?);
     }
     let primary = all[0].default.label().to_string();
     let outbox = if config.publish.url.is_empty() {
@@ -286,7 +287,8 @@ fn ros2_node(config: &Config, parts: &Parts, opened: &[Opened], shutdown: &Shutd
     });
     let captions = parts.state.subscribe();
     let counters = parts.metrics.ros2_counters();
-    let node = crate::ros2::spawn(&config.ros2, feed, captions, counters, shutdown.clone())?;
+    let names: Vec<String> = opened.iter().map(|o| o.name.clone()).collect();
+    let node = crate::ros2::spawn(&config.ros2, feed, &names, captions, counters, shutdown.clone())?;
     Ok(Some(node))
 }
 

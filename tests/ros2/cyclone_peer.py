@@ -7,7 +7,8 @@ captions back from its std_msgs/String topics.
 PLAN: {"domain": D, "topic": "rt/camera/image_raw" (or its /compressed sibling; null: publish no
 images, only read "captions" caption events of another source), "images": [{"id",
 "file", "encoding" ("rgb8", "bgr8", "mono8", ..., or "jpeg"/"png" for a CompressedImage of the file's
-bytes), "pad" (bytes added to each row), "expect_caption" (false: sent 3 times, no caption awaited)}]}.
+bytes), "pad" (bytes added to each row), "expect_caption" (false: sent 3 times, no caption awaited)}],
+"captions_prefix": the caption topics' namespace, "rt/clipcap" unless given}.
 Each image goes out with header.frame_id = its id and is re-sent every 3 s (best effort may lose a
 fragment) until a caption event carrying that frame id comes back. OUT gets {"captions": {id: event},
 "events": [every caption event, in order], "texts": [every text caption, in order]}. Cyclone is
@@ -112,8 +113,9 @@ def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
     participant = DomainParticipant(plan["domain"])
     reliable = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(100))
-    events = DataReader(participant, Topic(participant, "rt/clipcap/caption_json", String), qos=reliable)
-    texts = DataReader(participant, Topic(participant, "rt/clipcap/caption", String), qos=reliable)
+    prefix = plan.get("captions_prefix", "rt/clipcap")
+    events = DataReader(participant, Topic(participant, f"{prefix}/caption_json", String), qos=reliable)
+    texts = DataReader(participant, Topic(participant, f"{prefix}/caption", String), qos=reliable)
     for reader in (events, texts):
         wait("match with clipcap's caption publishers",
              lambda reader=reader: reader.get_subscription_matched_status().current_count > 0, 30)
