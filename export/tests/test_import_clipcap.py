@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FIXTURES
 
+from clipcap_export import graphs
 from clipcap_export.bundle import read_manifest
 from clipcap_export.cli import main
 from clipcap_export.models import Source, build_models
@@ -62,9 +63,8 @@ def test_bundle_carries_the_checkpoint_weights(imported, checkpoint):
     assert np.abs(got - want.numpy()).max() < 1e-5
     # The LM is the checkpoint's GPT-2, not the random one of --random-init: its token embedding matches.
     lm = ort.InferenceSession(str(imported / "lm.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"prefix_embeds": np.zeros((1, 1, 32), np.float32), "input_ids": np.zeros((1, 0), np.int64)}
-    feeds |= {f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 16), np.float32)
-              for i in range(2) for kv in ("key", "value")}
+    feeds = graphs.lm_feeds(graphs.lm_input_names(2), np.zeros((1, 1, 32), np.float32), np.zeros((1, 0), np.int64),
+                            [0], [np.zeros((1, 2, 0, 16), np.float32)] * 4)
     hidden = lm.run(["hidden_states"], feeds)[0][0, 0]
     wte = state["gpt.transformer.wte.weight"]
     logits = lm.run(["logits"], feeds)[0][0]

@@ -30,6 +30,7 @@ TENSORRT_OPS = {
                      "Exp", "Reciprocal"], FLOAT),
     "Cast": ANY,
     "Not": {T.BOOL},
+    "And": {T.BOOL},  # the LM's causal mask and attention_mask (format 2)
 }
 
 
