@@ -109,32 +109,22 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
     } = loaded;
     let metrics = Arc::new(Metrics::new(decoders.labels()));
     let access = Arc::new(access::Access::new(&config.service, metrics.clone())?);
-    let feeds: Vec<pipeline::Feed> = opened
-        .iter()
-        .map(|o| pipeline::Feed {
-            name: o.name.clone(),
+    let sources: Vec<state::Source> = opened
+        .into_iter()
+        .map(|o| state::Source {
             frames: Arc::new(FrameSlot::default()),
-            kind: o.kind.clone(),
             status: Arc::new(SourceStatus::new(metrics.source_counters(&o.name))),
-        })
-        .collect();
-    let sources = feeds
-        .iter()
-        .zip(&opened)
-        .map(|(f, o)| state::Source {
-            name: f.name.clone(),
-            kind: f.kind.clone(),
+            name: o.name,
+            kind: o.kind,
             label: o.label,
-            frames: f.frames.clone(),
-            status: f.status.clone(),
         })
         .collect();
     // One set of decoders for each captioning thread: each source's, then each upload thread's
     // (without the compared ones, which only sources use; isolated, each is a process).
-    let threads = feeds.len() + config.captioning.upload_concurrency;
+    let threads = sources.len() + config.captioning.upload_concurrency;
     let mut all = vec![decoders];
     for thread in 1..threads {
-        all.push(Decoders::create(&factory, config, thread < feeds.len())?);
+        all.push(Decoders::create(&factory, config, thread < sources.len())?);
     }
     let primary = all[0].default.label().to_string();
     let outbox = if config.publish.url.is_empty() {
@@ -178,7 +168,6 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
         seed: config.decoding.seed,
         state: state.clone(),
         metrics: metrics.clone(),
-        sources: feeds,
         uploads: queue,
         shutdown: shutdown.clone(),
     };
@@ -216,10 +205,10 @@ impl Offline {
         // come from the caller.
         let parts = assemble(config, loaded, open_sources(config)?, &shutdown)?;
         let frames = parts
-            .setup
-            .sources
+            .state
+            .sources()
             .first()
-            .map_or_else(Arc::default, |f| f.frames.clone());
+            .map_or_else(Arc::default, |s| s.frames.clone());
         let (captioning, model) = pipeline::spawn(runtime, parts.setup)?;
         let offline = Offline {
             router: http::router(parts.api),
@@ -274,20 +263,21 @@ fn status_messages(config: &Config, state: &Arc<State>, bundle: &str) -> anyhow:
 
 /// The ROS 2 node, when the source is a ROS 2 topic or `ros2.enabled` asks to publish captions.
 #[cfg(feature = "ros2")]
-fn ros2_node(config: &Config, parts: &Parts, opened: &[Opened], shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
+fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Result<Option<Worker>> {
+    let sources = parts.state.sources();
     // At most one source is a ROS 2 topic (source::validate_all).
-    let topic = opened.iter().position(|o| o.label == source::SourceLabel::Ros2);
+    let topic = sources.iter().find(|s| s.label == source::SourceLabel::Ros2);
     if topic.is_none() && !config.ros2.enabled {
         return Ok(None);
     }
-    let feed = topic.map(|i| crate::ros2::Feed {
-        slot: parts.setup.sources[i].frames.clone(),
-        status: parts.setup.sources[i].status.clone(),
+    let feed = topic.map(|s| crate::ros2::Feed {
+        slot: s.frames.clone(),
+        status: s.status.clone(),
         budget: config.service.decode_budget(),
     });
     let captions = parts.state.subscribe();
     let counters = parts.metrics.ros2_counters();
-    let names: Vec<String> = opened.iter().map(|o| o.name.clone()).collect();
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let node = crate::ros2::spawn(&config.ros2, feed, &names, captions, counters, shutdown.clone())?;
     Ok(Some(node))
 }
@@ -306,22 +296,13 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
 
     let bundle_dir = loaded.bundle.dir.display().to_string();
-    let kinds: Vec<Arc<dyn Kind>> = opened.iter().map(|o| o.kind.clone()).collect();
-    #[cfg(feature = "ros2")]
-    let ros2_sources: Vec<Opened> = opened
-        .iter()
-        .map(|o| Opened {
-            name: o.name.clone(),
-            kind: o.kind.clone(),
-            label: o.label,
-        })
-        .collect();
     let parts = assemble(&config, loaded, opened, &shutdown)?;
     let mut captures = Vec::new();
-    for (kind, feed) in kinds.iter().zip(&parts.setup.sources) {
-        let started = kind
-            .start(feed.frames.clone(), feed.status.clone(), shutdown.clone())
-            .with_context(|| format!("source {}", feed.name))?;
+    for s in parts.state.sources() {
+        let started = s
+            .kind
+            .start(s.frames.clone(), s.status.clone(), shutdown.clone())
+            .with_context(|| format!("source {}", s.name))?;
         captures.extend(started);
     }
     let publisher = match &parts.outbox {
@@ -337,7 +318,7 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
         None => None,
     };
     #[cfg(feature = "ros2")]
-    let ros2 = ros2_node(&config, &parts, &ros2_sources, &shutdown)?;
+    let ros2 = ros2_node(&config, &parts, &shutdown)?;
     let Parts { api, setup, .. } = parts;
     let (captioning, model) = pipeline::spawn(runtime, setup)?;
 

@@ -15,36 +15,28 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::{ErrorKind, Metrics, SkipReason};
-use super::state::State;
+use super::state::{Source, State};
 use super::uploads::{Upload, UploadReceiver};
 use crate::config::CaptioningConfig;
 use crate::decoders::Decoders;
 use crate::records::{CaptionEvent, Compared, Comparison};
 use crate::shutdown::{Shutdown, Worker};
-use crate::source::{Frame, FrameError, FrameSlot, Kind, Origin, SourceLabel, SourceStatus};
+use crate::source::{Frame, FrameError, Origin, SourceLabel};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
 use clipcap_core::runtime::Runtime;
 
-/// A source as its captioning thread sees it: its name, frames, rules and status.
-pub struct Feed {
-    pub name: String,
-    pub frames: Arc<FrameSlot>,
-    pub kind: Arc<dyn Kind>,
-    pub status: Arc<SourceStatus>,
-}
-
 /// What the captioning threads work with, besides the models they load.
 pub struct Setup {
     pub bundle: Bundle,
-    /// One set for each thread: the sources' in their order, then the upload threads'.
+    /// One set for each thread: the sources' (`State::sources`) in their order, then the upload
+    /// threads'.
     pub decoders: Vec<Decoders>,
     pub config: CaptioningConfig,
     pub seed: u64,
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
-    pub sources: Vec<Feed>,
     pub uploads: UploadReceiver,
     pub shutdown: Shutdown,
 }
@@ -161,11 +153,11 @@ fn run(captioner: &Captioner, setup: Setup) {
         seed,
         state,
         metrics,
-        sources,
         uploads,
         shutdown,
         ..
     } = setup;
+    let sources = state.sources();
     let shared = Shared {
         captioner,
         config: &config,
@@ -256,7 +248,7 @@ struct SourceThread<'a> {
     s: &'a Shared<'a>,
     /// Its place in `Shared::turns`.
     index: usize,
-    feed: &'a Feed,
+    feed: &'a Source,
     decoders: Decoders,
 }
 

@@ -36,7 +36,8 @@ pub struct Sinks {
     pub outbox: Option<Arc<Outbox>>,
 }
 
-/// A source, as readiness and GET /v1/sources see it.
+/// A source as the daemon runs it: its captioning thread, readiness, GET /v1/sources and the frame
+/// endpoint read it here.
 pub struct Source {
     pub name: String,
     pub kind: Arc<dyn source::Kind>,
