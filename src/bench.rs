@@ -101,9 +101,8 @@ pub fn run(captioner: &Captioner, lanes: &mut [Vec<DecoderInstance>], s: &Setup)
     let images = s.images.len();
     for d in 0..lanes.first().map_or(0, Vec::len) {
         let label = lanes[0][d].label().to_string();
-        // Warm-up (allocator, caches, lazy init), then the measured rounds.
-        let (mut captions, mut captions_per_s): (Vec<Caption>, f64) = (Vec::new(), f64::NAN);
-        for (rounds, measured) in [(1, false), (s.runs, true)] {
+        // `rounds` over the images on every lane: the captions, and the wall time they took.
+        let mut round = |rounds: usize| -> Result<(Vec<Caption>, f64), CaptionError> {
             let t = Instant::now();
             let mut results = Vec::with_capacity(rounds * images);
             jobs::run(
@@ -116,13 +115,11 @@ pub fn run(captioner: &Captioner, lanes: &mut [Vec<DecoderInstance>], s: &Setup)
                 },
             );
             let wall = t.elapsed().as_secs_f64();
-            if measured {
-                captions = results.into_iter().collect::<Result<_, _>>()?;
-                captions_per_s = captions.len() as f64 / wall;
-            } else {
-                results.into_iter().collect::<Result<Vec<_>, _>>()?;
-            }
-        }
+            Ok((results.into_iter().collect::<Result<_, _>>()?, wall))
+        };
+        round(1)?; // warm-up: allocator, caches, lazy init
+        let (captions, wall) = round(s.runs)?;
+        let captions_per_s = captions.len() as f64 / wall;
         let of = |f: fn(&Caption) -> f64| median(captions.iter().map(f).collect());
         let decode_ms = of(|c| c.ms.decode);
         let per_step = |f: fn(&Caption) -> f64| median(captions.iter().map(|c| f(c) / c.steps.max(1) as f64).collect());

@@ -225,11 +225,7 @@ fn kiosk_page_shows_a_tile_per_source_and_long_decoder_names_beside_their_captio
             }
         },
     );
-    let put = |side: &str, image: &str| {
-        let tmp = daemon.dir.path().join(format!(".{side}.png"));
-        std::fs::copy(common::demo_image(image), &tmp).unwrap();
-        std::fs::rename(&tmp, daemon.dir.path().join(side).join(image)).unwrap();
-    };
+    let put = |side: &str, image: &str| daemon.drop_image_into(side, image, image);
     let latest = |side: &str| {
         daemon
             .get_json("/v1/captions")

@@ -299,9 +299,7 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
         }
         // The door's frame first: were it published on the yard's topics, the peer would read it.
         for (folder, image) in [("door", "08202.png"), ("yard", "08203.png")] {
-            let tmp = sources.dir.path().join(format!(".{n}.png"));
-            std::fs::copy(demo_image(image), &tmp).unwrap();
-            std::fs::rename(&tmp, sources.dir.path().join(folder).join(format!("{n}.png"))).unwrap();
+            sources.drop_image_into(folder, image, &format!("{n}.png"));
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
     }

@@ -29,12 +29,6 @@ fn make_folders(dir: &Path, names: &[&str]) {
     }
 }
 
-fn put(daemon: &Daemon, source: &str, image: &str, as_name: &str) {
-    let tmp = daemon.dir.path().join(format!(".{as_name}"));
-    std::fs::copy(demo_image(image), &tmp).unwrap();
-    std::fs::rename(&tmp, daemon.dir.path().join(source).join(as_name)).unwrap();
-}
-
 #[test]
 fn every_output_names_the_source_of_its_caption() {
     let names = ["front", "rear-left"];
@@ -62,8 +56,8 @@ fn every_output_names_the_source_of_its_caption() {
     let stream = ureq::get(&format!("{}/v1/captions/stream", daemon.url)).call().unwrap();
     let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
     // One frame each, and an upload, all at once.
-    put(&daemon, "front", "08202.png", "a.png");
-    put(&daemon, "rear-left", "08203.png", "b.png");
+    daemon.drop_image_into("front", "08202.png", "a.png");
+    daemon.drop_image_into("rear-left", "08203.png", "b.png");
     let upload = ureq::post(&format!("{}/v1/caption", daemon.url))
         .send(&std::fs::read(demo_image("08208.png")).unwrap()[..])
         .unwrap()
@@ -167,7 +161,7 @@ fn a_source_that_fails_holds_up_no_other() {
         "readiness to name the failed source",
     );
     for (i, image) in ["08200.png", "08203.png", "08208.png"].iter().enumerate() {
-        put(&daemon, "door", image, &format!("{i}.png"));
+        daemon.drop_image_into("door", image, &format!("{i}.png"));
         daemon.wait_until(
             || {
                 daemon
@@ -253,7 +247,7 @@ fn clipcap_report_groups_the_comparisons_by_source() {
     // One frame at a time: a comparison is skipped while another frame waits.
     let sent = [("front", "08200.png"), ("front", "08203.png"), ("rear", "08202.png")];
     for (i, (source, image)) in sent.iter().enumerate() {
-        put(&daemon, source, image, &format!("{i}.png"));
+        daemon.drop_image_into(source, image, &format!("{i}.png"));
         daemon.wait_until(|| daemon.log_records("comparison").len() == i + 1, "the frame compared");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))

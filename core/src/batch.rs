@@ -415,10 +415,7 @@ impl Scheduler {
             .collect();
         let tokens: Vec<u32> = places.iter().flat_map(|(.., t)| t.iter().copied()).collect();
         match self.lm.step(&rows, &tokens, self.batching.padding) {
-            Ok(out) => {
-                drop(rows);
-                self.deliver(served.into_iter(), out)
-            }
+            Ok(out) => self.deliver(served.into_iter(), out),
             Err(e) => self.fail(served.into_iter().map(|(id, ..)| id), e),
         }
     }

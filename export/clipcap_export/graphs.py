@@ -195,6 +195,14 @@ def lm_feeds(names: list[str], prefix: np.ndarray, ids: np.ndarray, lengths: lis
                                                                                              strict=True))
 
 
+def pad_left(caches: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """One batch of past tensors from rows' own caches (each a list of [1, H, T_row, D/H]): every row
+    padded on the left to the longest, as the runtime batches captions of different lengths."""
+    total = max(c[0].shape[2] for c in caches)
+    return [np.concatenate([np.pad(c[i], ((0, 0), (0, 0), (total - c[i].shape[2], 0), (0, 0))) for c in caches])
+            for i in range(len(caches[0]))]
+
+
 def export_lm(models: Models, path: Path) -> float:
     gpt = models.gpt
     cfg = gpt.config
@@ -252,9 +260,7 @@ def export_lm(models: Models, path: Path) -> float:
         out = session.run(None, lm_feeds(inputs, prefixes[row:row + 1].numpy(), tokens[row:row + 1, :n].numpy(),
                                           [0], no_past(1)))
         caches.append(out[2:])
-    total = prefix_len + max(lengths)
-    past = [np.concatenate([np.pad(c[i], ((0, 0), (0, 0), (total - c[i].shape[2], 0), (0, 0))) for c in caches])
-            for i in range(len(inputs) - 4)]
+    past = pad_left(caches)
     real = [prefix_len + n for n in lengths]
     for step in range(steps):
         ids = np.stack([tokens[row, n + step:n + step + 1].numpy() for row, n in enumerate(lengths)])

@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, helper
 
 from .bundle import FORMAT_VERSION, MANIFEST, read_manifest
-from .graphs import ExportCheckError, _compare, lm_feeds, lm_input_names
+from .graphs import ExportCheckError, _compare, lm_feeds, lm_input_names, pad_left
 
 MASK, POSITIONS = "attention_mask", "position_ids"
 
@@ -92,9 +92,7 @@ def _check(old: Path, new: Path, layers: int, heads: int, width: int, vocab: int
         worst = _compare(f"{new.name} (equal rows)", g, torch.from_numpy(w), worst)
     # Unequal rows, each cache built alone by the original graph, then stepped together.
     caches = [old_run(prefixes[r:r + 1], tokens[r:r + 1, :n], empty(1)) for r, n in enumerate(lengths)]
-    total = prefix_len + max(lengths)
-    past = [np.concatenate([np.pad(c[2 + i], ((0, 0), (0, 0), (total - c[2 + i].shape[2], 0), (0, 0)))
-                            for c in caches]) for i in range(len(names) - 4)]
+    past = pad_left([c[2:] for c in caches])
     real = [prefix_len + n for n in lengths]
     for step in range(steps):
         ids = np.stack([tokens[r, n + step:n + step + 1] for r, n in enumerate(lengths)])

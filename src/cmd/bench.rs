@@ -35,13 +35,7 @@ pub struct Args {
 pub fn run(args: Args, config: Option<&Path>, started: Instant) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let factory = super::factory(&config);
-    let mut lanes = Vec::new();
-    let mut seed = 0;
-    for _ in 0..args.concurrency {
-        let (decoders, lane_seed) = args.decoding.create(&config, &factory)?;
-        lanes.push(decoders);
-        seed = lane_seed;
-    }
+    let (mut lanes, seed) = args.decoding.create_lanes(&config, &factory, args.concurrency.into())?;
     let captioner = super::load_captioner(&config, &args.bundle)?;
     let prepared = args
         .images

@@ -37,17 +37,14 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let factory = super::factory(&config);
     let fallback = args.fallback.unwrap_or_else(|| config.decoding.fallback.clone());
-    let mut lanes = (0..args.concurrency as usize)
-        .map(|_| {
-            let (decoders, seed) = args.decoding.create(&config, &factory)?;
+    let (sets, seed) = args.decoding.create_lanes(&config, &factory, args.concurrency.into())?;
+    let mut lanes = sets
+        .into_iter()
+        .map(|decoders| {
             let fallback = (!fallback.is_empty())
                 .then(|| super::create(&factory, &fallback))
                 .transpose()?;
-            Ok(Lane {
-                decoders,
-                fallback,
-                seed,
-            })
+            Ok(Lane { decoders, fallback })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let captioner = super::load_captioner(&config, &args.bundle)?;
@@ -55,7 +52,7 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     jobs::run(
         &mut lanes,
         args.images.len(),
-        |lane, i| caption(&captioner, lane, &args.images[i]),
+        |lane, i| caption(&captioner, lane, seed, &args.images[i]),
         |i, results| {
             for result in results {
                 failed |= print(&args.images[i], result, args.json);
@@ -69,11 +66,10 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
 struct Lane {
     decoders: Vec<DecoderInstance>,
     fallback: Option<DecoderInstance>,
-    seed: u64,
 }
 
 /// One image with every decoder of the lane: each decoder's label and caption or error.
-fn caption(captioner: &Captioner, lane: &mut Lane, path: &Path) -> Vec<(String, anyhow::Result<Caption>)> {
+fn caption(captioner: &Captioner, lane: &mut Lane, seed: u64, path: &Path) -> Vec<(String, anyhow::Result<Caption>)> {
     let prepared = imageio::load_file(path)
         .map_err(anyhow::Error::from)
         .and_then(|img| Ok(captioner.prepare(&img)?));
@@ -83,7 +79,7 @@ fn caption(captioner: &Captioner, lane: &mut Lane, path: &Path) -> Vec<(String, 
             let result = prepared
                 .as_ref()
                 .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .and_then(|p| Ok(captioner.decode(p, decoder, lane.fallback.as_mut(), lane.seed)?));
+                .and_then(|p| Ok(captioner.decode(p, decoder, lane.fallback.as_mut(), seed)?));
             (decoder.label().to_string(), result)
         })
         .collect()

@@ -62,7 +62,24 @@ impl DecoderArgs {
             .iter()
             .map(|n| create(factory, n))
             .collect::<anyhow::Result<_>>()?;
-        Ok((decoders, self.seed.unwrap_or(config.decoding.seed)))
+        Ok((decoders, self.seed(config)))
+    }
+
+    /// `lanes` sets of the decoders, one for each thread of `--concurrency`, and the seed.
+    fn create_lanes(
+        &self,
+        config: &Config,
+        factory: &DecoderFactory,
+        lanes: usize,
+    ) -> anyhow::Result<(Vec<Vec<DecoderInstance>>, u64)> {
+        let sets = (0..lanes)
+            .map(|_| Ok(self.create(config, factory)?.0))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((sets, self.seed(config)))
+    }
+
+    fn seed(&self, config: &Config) -> u64 {
+        self.seed.unwrap_or(config.decoding.seed)
     }
 }
 

@@ -328,9 +328,14 @@ impl Daemon {
 
     /// Puts demo image `name` into the watched folder as `file`.
     pub fn drop_image_as(&self, name: &str, file: &str) {
-        let tmp = self.dir.path().join(format!("{file}.part"));
+        self.drop_image_into("in", name, file);
+    }
+
+    /// Puts demo image `name` as `file` into `<dir>/folder` (one of several sources' folders).
+    pub fn drop_image_into(&self, folder: &str, name: &str, file: &str) {
+        let tmp = self.dir.path().join(format!("{folder}-{file}.part"));
         std::fs::copy(demo_image(name), &tmp).unwrap();
-        std::fs::rename(&tmp, self.folder().join(file)).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(folder).join(file)).unwrap();
     }
 
     pub fn stderr(&self) -> String {
