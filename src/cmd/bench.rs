@@ -102,7 +102,7 @@ fn print(report: &bench::Report, json: bool) -> anyhow::Result<()> {
     let m = &report.machine;
     println!("{} captions in flight at once", report.concurrency);
     println!(
-        "memory bound: {:.1} MB of LM weights / {:.1} GB/s read ({} threads) = {:.2} ms a step; \
+        "memory bound: {:.1} MB of LM weights / {:.1} GB/s read (best of {} and twice as many threads) = {:.2} ms a step; \
          first caption {:.0} ms after start; peak RSS {:.0} MB",
         m.lm_weight_bytes as f64 / 1e6,
         m.read_gb_per_s,
