@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
-use common::{runtime, tiny_bundle};
+use clipcap_core::graph_io::GraphIo;
+use common::{references, runtime, tiny_bundle};
 
 /// A copy of the tiny bundle with `edit` applied to it.
 fn broken(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
@@ -146,6 +147,42 @@ fn refuses_a_text_encoder_that_disagrees_with_the_manifest() {
     );
     let err = load_error(|dir| std::fs::write(dir.join("clip_tokenizer.json"), "{}").unwrap());
     assert_mentions(&err, &["clip_tokenizer.json", "not a tokenizers JSON file"]);
+}
+
+#[test]
+fn graphs_are_read_as_onnx_runtime_reads_them_and_the_text_encoder_is_created_on_first_use() {
+    // What a file declares, read without a session, is what ONNX Runtime declares for it; only output
+    // axes the file leaves dynamic may be fixed by ONNX Runtime's shape inference.
+    for name in ["image_encoder.onnx", "mapper.onnx", "lm.onnx", "text_encoder.onnx"] {
+        let path = tiny_bundle().join(name);
+        let (session, _) = runtime().session(&path, &[]).unwrap();
+        let (read, seen) = (GraphIo::read(&path).unwrap(), GraphIo::of(&session));
+        assert_eq!(read.inputs, seen.inputs, "{name}");
+        assert_eq!(read.outputs.len(), seen.outputs.len(), "{name}");
+        for (r, s) in read.outputs.iter().zip(&seen.outputs) {
+            assert_eq!((&r.name, r.ty, r.shape.len()), (&s.name, s.ty, s.shape.len()), "{name}");
+            assert!(
+                r.shape.iter().zip(&s.shape).all(|(a, b)| a == b || *a == -1),
+                "{name}: {r:?} {s:?}"
+            );
+        }
+    }
+    // A text encoder that is not a whole ONNX file is refused at start, with the others.
+    let err = load_error(|dir| {
+        let bytes = std::fs::read(dir.join("text_encoder.onnx")).unwrap();
+        std::fs::write(dir.join("text_encoder.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert_mentions(&err, &["text_encoder.onnx", "not an ONNX model"]);
+    // Its session is created when first needed, and checked then as well: replaced after the load by
+    // another graph, it fails CLIPScore with the file and tensor named, and captions are unharmed.
+    let (_tmp, dir) = broken(|_| {});
+    let captioner = Captioner::load(&Bundle::open(&dir).unwrap(), &runtime(), Batching::default()).unwrap();
+    std::fs::copy(dir.join("mapper.onnx"), dir.join("text_encoder.onnx")).unwrap();
+    let image = image::open(references("greedy")[0].image_path()).unwrap().to_rgb8();
+    let prepared = captioner.prepare(&image).unwrap();
+    let err = captioner.clip_scores(&prepared, &["a photo"]).unwrap_err().to_string();
+    assert_mentions(&err, &["text_encoder.onnx", "tensor `image_embeds`", "does not define"]);
+    assert!(captioner.has_text_encoder());
 }
 
 #[test]

@@ -251,28 +251,88 @@ fn a_cpu_build_is_the_quiet_default_and_only_a_provider_asked_for_is_warned_abou
     );
 }
 
+/// The oldest ONNX Runtime clipcap is tested with (scripts/setup-lab.sh puts it there).
+fn oldest_runtime() -> std::path::PathBuf {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");
+    assert!(lib.is_file(), "{} missing: run scripts/setup-lab.sh", lib.display());
+    lib
+}
+
+/// `clipcap caption --json` of `image` with `bundle` on the ONNX Runtime at `lib` (None: the pinned one).
+fn caption_on(lib: Option<&Path>, bundle: &Path, image: &Path) -> Output {
+    let mut c = command();
+    if let Some(lib) = lib {
+        c.env("ORT_DYLIB_PATH", lib);
+    }
+    c.args([
+        "caption",
+        "--json",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap()
+}
+
+fn token_ids(out: &Output) -> Vec<u32> {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    serde_json::from_value(line["token_ids"].clone()).unwrap()
+}
+
 #[test]
 fn the_same_binary_runs_on_an_older_onnx_runtime() {
     // api-17 asks ONNX Runtime for nothing newer than 1.17, so older builds (as Jetson images ship) work.
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime-1.19.2/libonnxruntime.so");
-    assert!(lib.is_file(), "{} missing: run scripts/setup-lab.sh", lib.display());
     let r = &references("greedy")[0];
-    let bundle = tiny_bundle();
-    let out = command()
-        .env("ORT_DYLIB_PATH", &lib)
-        .args([
-            "caption",
-            "--json",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            r.image_path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    let ids: Vec<u32> = serde_json::from_value(line["token_ids"].clone()).unwrap();
-    assert_eq!(ids, r.token_ids);
+    let out = caption_on(Some(&oldest_runtime()), &tiny_bundle(), &r.image_path());
+    assert_eq!(token_ids(&out), r.token_ids);
+}
+
+#[test]
+fn quantised_bundles_caption_on_the_oldest_and_the_pinned_onnx_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = references("greedy")[0].image_path();
+    for precision in ["int8", "int4"] {
+        let bundle = tmp.path().join(precision);
+        let quantize = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("export/.venv/bin/clipcap-export"))
+            .args([
+                "quantize",
+                tiny_bundle().to_str().unwrap(),
+                "--precision",
+                precision,
+                "--out",
+            ])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(quantize.status.success(), "{}", text(&quantize.stderr));
+        let pinned = token_ids(&caption_on(None, &bundle, &image));
+        assert!(!pinned.is_empty());
+        // The same kernels (MatMulInteger, 4-bit MatMulNBits) in both releases: the same tokens.
+        assert_eq!(
+            token_ids(&caption_on(Some(&oldest_runtime()), &bundle, &image)),
+            pinned,
+            "{precision}"
+        );
+    }
+    // An int8 bundle of the export tool before MatMulInteger (8-bit MatMulNBits, which ONNX Runtime
+    // runs from 1.22 on) is refused on 1.19 before its graphs load, naming both versions.
+    let manifest = tmp.path().join("int8/manifest.toml");
+    let recorded = std::fs::read_to_string(&manifest).unwrap();
+    let old = recorded.replacen("method = \"MatMulInteger\"", "method = \"MatMulNBits\"", 1);
+    assert_ne!(old, recorded);
+    std::fs::write(&manifest, old).unwrap();
+    let out = caption_on(Some(&oldest_runtime()), &tmp.path().join("int8"), &image);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("manifest.toml")
+            && said.contains("int8 MatMulNBits")
+            && said.contains("from 1.22 on")
+            && said.contains("the loaded ONNX Runtime is 1.19.2"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ort::session::Session;
-use ort::value::{TensorElementType, ValueType};
+use ort::value::TensorElementType;
 use serde::{Deserialize, Serialize};
+
+use crate::graph_io::GraphIo;
 
 /// The format versions this reader loads; export writes the newest. Version 2 added the language
 /// model's `attention_mask` and `position_ids`, which batching captions of different lengths needs;
@@ -150,11 +151,29 @@ pub struct Bundle {
     pub manifest: Manifest,
 }
 
+/// Quantisations that need a newer ONNX Runtime than the oldest clipcap supports, as the manifest
+/// records them (`provenance.quantization`: weights, method), with the oldest version that runs them
+/// on the CPU. 8-bit MatMulNBits (int8 bundles of clipcap-export before MatMulInteger) is refused by
+/// 1.19 to 1.21 as the graph loads ("Only 4b quantization is supported for MatMulNBits op").
+const NEWER_RUNTIME: [(&str, &str, (u32, u32)); 1] = [("int8", "MatMulNBits", (1, 22))];
+
 impl Manifest {
     /// Whether the language model takes what batching captions of different lengths needs
     /// (`attention_mask`, `position_ids`: format 2).
     pub fn batches_captions(&self) -> bool {
         self.format_version >= 2
+    }
+
+    /// The oldest ONNX Runtime (major, minor) that runs this bundle's quantisation, where that is
+    /// newer than clipcap's oldest, with the quantisation's name ("int8 MatMulNBits").
+    pub fn runtime_needed(&self) -> Option<((u32, u32), String)> {
+        let q = self.provenance.quantization.as_ref()?;
+        let field = |key: &str| q.get(key).and_then(toml::Value::as_str).unwrap_or_default();
+        let (weights, method) = (field("weights"), field("method"));
+        NEWER_RUNTIME
+            .iter()
+            .find(|(w, m, _)| *w == weights && *m == method)
+            .map(|&(w, m, version)| (version, format!("{w} {m}")))
     }
 }
 
@@ -177,6 +196,28 @@ impl Bundle {
 
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Refuses a bundle whose quantisation the ONNX Runtime of `version` ("1.19.2") cannot run, before
+    /// any of its graphs is loaded, naming the version it needs.
+    pub fn check_runtime(&self, version: &str) -> Result<(), BundleError> {
+        let Some(((major, minor), quantisation)) = self.manifest.runtime_needed() else {
+            return Ok(());
+        };
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let loaded = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if loaded >= (major, minor) {
+            return Ok(());
+        }
+        Err(BundleError::Manifest {
+            path: self.file(MANIFEST),
+            message: format!(
+                "the language model is quantised as {quantisation} (provenance.quantization), which ONNX Runtime \
+                 runs from {major}.{minor} on; the loaded ONNX Runtime is {version}. Point runtime.onnxruntime_library \
+                 at ONNX Runtime {major}.{minor} or newer, or quantise the fp32 bundle again with this clipcap-export \
+                 (`clipcap-export quantize --precision int8` makes MatMulInteger, which every supported runtime runs)"
+            ),
+        })
     }
 
     fn validate(&self) -> Result<(), BundleError> {
@@ -314,12 +355,12 @@ impl TensorSpec {
     }
 }
 
-/// Refuses a graph whose inputs or outputs differ from the format: a missing tensor, another element
-/// type, rank or width, a fixed axis where the format needs a dynamic one, or an input the runtime
-/// would not feed.
+/// Refuses a graph whose declared inputs or outputs differ from the format: a missing tensor, another
+/// element type, rank or width, a fixed axis where the format needs a dynamic one, or an input the
+/// runtime would not feed.
 pub fn check_graph(
     path: &Path,
-    session: &Session,
+    io: &GraphIo,
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
 ) -> Result<(), BundleError> {
@@ -328,31 +369,32 @@ pub fn check_graph(
         tensor: tensor.to_string(),
         message,
     };
-    for outlet in session.inputs() {
-        if !inputs.iter().any(|s| s.name == outlet.name()) {
+    for declared in &io.inputs {
+        if !inputs.iter().any(|s| s.name == declared.name) {
             return Err(tensor_err(
-                outlet.name(),
+                &declared.name,
                 "the graph requires this input, which the bundle format does not define".into(),
             ));
         }
     }
-    for (role, specs, outlets) in [
-        ("input", inputs, session.inputs()),
-        ("output", outputs, session.outputs()),
-    ] {
+    for (role, specs, declared) in [("input", inputs, &io.inputs), ("output", outputs, &io.outputs)] {
         for spec in specs {
-            let Some(outlet) = outlets.iter().find(|o| o.name() == spec.name) else {
+            let Some(outlet) = declared.iter().find(|o| o.name == spec.name) else {
                 return Err(tensor_err(&spec.name, format!("missing {role}")));
             };
-            let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
-                return Err(tensor_err(&spec.name, format!("{role} is not a tensor")));
+            let Some(ty) = outlet.ty else {
+                return Err(tensor_err(
+                    &spec.name,
+                    format!("{role} is not a tensor of a type the format uses"),
+                ));
             };
-            if *ty != spec.ty {
+            if ty != spec.ty {
                 return Err(tensor_err(
                     &spec.name,
                     format!("{role} has element type {ty}, expected {}", spec.ty),
                 ));
             }
+            let shape = &outlet.shape;
             if shape.len() != spec.dims.len() {
                 return Err(tensor_err(
                     &spec.name,
@@ -379,4 +421,36 @@ pub fn check_graph(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny fixture bundle with its manifest's quantisation record set to `weights`, `method`.
+    fn quantised(weights: &str, method: &str) -> Bundle {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bundle");
+        let mut bundle = Bundle::open(dir).unwrap();
+        let record = [("weights", weights), ("method", method)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string())))
+            .collect();
+        bundle.manifest.provenance.quantization = Some(record);
+        bundle
+    }
+
+    #[test]
+    fn a_quantisation_is_refused_below_the_runtime_it_needs() {
+        let old_int8 = quantised("int8", "MatMulNBits");
+        for version in ["1.19.2", "1.21.1"] {
+            let err = old_int8.check_runtime(version).unwrap_err().to_string();
+            assert!(err.contains("from 1.22 on") && err.contains(&format!("is {version}")), "{err}");
+        }
+        for version in ["1.22.0", "1.23.2", "1.32.0", "2.0.0"] {
+            old_int8.check_runtime(version).unwrap();
+        }
+        for (weights, method) in [("int8", "MatMulInteger"), ("int4", "MatMulNBits"), ("fp16", "float16")] {
+            quantised(weights, method).check_runtime("1.19.2").unwrap();
+        }
+    }
 }

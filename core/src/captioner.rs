@@ -101,7 +101,7 @@ pub struct Captioner {
     encoder: Mutex<ImageEncoder>,
     mapper: Mutex<Mapper>,
     lm: BatchedLm,
-    text: Option<Mutex<TextEncoder>>,
+    text: Option<TextEncoder>,
     tokenizer: Tokenizer,
     rules: TokenizerSpec,
 }
@@ -114,6 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Captioner {
     pub fn load(bundle: &Bundle, runtime: &Runtime, batching: Batching) -> Result<Self, CaptionError> {
         let m = &bundle.manifest;
+        bundle.check_runtime(runtime.version())?;
         // In the order of the path, so that the first disagreement reported is the first on it.
         let encoder = Mutex::new(ImageEncoder::load(bundle, runtime)?);
         let mapper = Mutex::new(Mapper::load(bundle, runtime)?);
@@ -123,7 +124,7 @@ impl Captioner {
             encoder,
             mapper,
             lm: BatchedLm::spawn(lm, batching).map_err(CaptionError::Thread)?,
-            text: TextEncoder::load(bundle, runtime)?.map(Mutex::new),
+            text: TextEncoder::load(bundle, runtime)?,
             tokenizer: load_tokenizer(bundle)?,
             rules: m.tokenizer.clone(),
         })
@@ -147,7 +148,7 @@ impl Captioner {
         };
         let prefixed: Vec<String> = texts.iter().map(|t| format!("{}{t}", clipscore::PREFIX)).collect();
         let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
-        Ok(Some(lock(encoder).embed(&refs)?))
+        Ok(Some(encoder.embed(&refs)?))
     }
 
     /// The CLIPScore of each caption of a prepared image, or None without a text encoder.

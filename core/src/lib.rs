@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod captioner;
 mod clip_text;
 pub mod decoding;
+pub mod graph_io;
 pub mod imageio;
 mod lm;
 pub mod metrics;

@@ -16,6 +16,7 @@ use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor};
 
 use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
+use crate::graph_io::GraphIo;
 use crate::runtime::{Provider, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +178,7 @@ impl LanguageModel {
         ];
         outputs.extend(present_names.iter().map(|name| kv(name.clone(), Dim::Dynamic)));
         let (session, provider) = runtime.session(&path, &inputs)?;
-        check_graph(&path, &session, &inputs, &outputs)?;
+        check_graph(&path, &GraphIo::of(&session), &inputs, &outputs)?;
         Ok(LanguageModel {
             session,
             spec,

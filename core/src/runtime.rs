@@ -48,6 +48,8 @@ pub enum RuntimeError {
         path: PathBuf,
         source: ort::LoadDynamicError,
     },
+    #[error("ONNX Runtime at {path}: cannot read its version (OrtGetApiBase)")]
+    Version { path: PathBuf },
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
     #[error("{path}: cannot load the ONNX graph: {source}")]
@@ -131,8 +133,11 @@ impl Default for RuntimeOptions {
     }
 }
 
+#[derive(Clone)]
 pub struct Runtime {
     env: Environment,
+    /// The loaded library's version, as it reports it ("1.23.2").
+    version: String,
     /// The configured providers that this ONNX Runtime build has, in order; CPU is implied last.
     providers: Vec<Provider>,
     options: RuntimeOptions,
@@ -157,6 +162,7 @@ impl Runtime {
                 }
             }
         };
+        let version = library_version(&path).ok_or_else(|| RuntimeError::Version { path: path.clone() })?;
         let explicit = !options.providers.is_empty();
         let wanted = if explicit {
             &options.providers[..]
@@ -186,9 +192,15 @@ impl Runtime {
         }
         Ok(Runtime {
             env,
+            version,
             providers,
             options: options.clone(),
         })
+    }
+
+    /// The loaded ONNX Runtime's version ("1.23.2").
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// A session for the graph at `path`, whose `inputs` (as the loader checks them) give TensorRT the
@@ -298,6 +310,32 @@ fn progress(path: &Path, done: mpsc::Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(30)) {
         tracing::info!(model = %path.display(), "TensorRT: still building engines ({} s)", start.elapsed().as_secs());
     }
+}
+
+/// The version that the ONNX Runtime library `ort` loaded from `path` reports (`OrtGetApiBase()->
+/// GetVersionString`, which `ort` reads but does not expose). The path is resolved as `ort` resolves it
+/// (next to the executable first), and the library is only looked up among those already loaded
+/// (`RTLD_NOLOAD`), so this reads the very library the sessions use; None if it is not found.
+fn library_version(path: &Path) -> Option<String> {
+    use libloading::os::unix::{Library, RTLD_NOW, Symbol};
+    let beside = std::env::current_exe().ok()?.parent()?.join(path);
+    let resolved = if !path.is_absolute() && beside.exists() {
+        beside
+    } else {
+        path.to_path_buf()
+    };
+    // SAFETY: RTLD_NOLOAD opens nothing new: it returns the handle of a library already loaded (by
+    // `ort`, whose initialisers have run), or fails.
+    let library = unsafe { Library::open(Some(&resolved), RTLD_NOW | libc::RTLD_NOLOAD) }.ok()?;
+    // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release (onnxruntime_c_api.h).
+    let base: Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+        unsafe { library.get(b"OrtGetApiBase") }.ok()?;
+    // SAFETY: the API base is a static of the library, valid while it is loaded (it stays loaded:
+    // `ort` holds it for the life of the process).
+    let base = unsafe { base().as_ref() }?;
+    // SAFETY: GetVersionString returns a pointer to a static NUL-terminated string of the library.
+    let version = unsafe { std::ffi::CStr::from_ptr((base.GetVersionString)()) };
+    version.to_str().ok().map(str::to_owned)
 }
 
 /// How many files `folder` holds (0 if it is unset or unreadable).

@@ -4,6 +4,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, check_graph};
+use crate::graph_io::GraphIo;
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,7 @@ impl ImageEncoder {
         let (session, _) = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
-            &session,
+            &GraphIo::of(&session),
             &inputs,
             &[TensorSpec::f32("image_embeds", vec![Dim::Dynamic, Dim::Fixed(dim)])],
         )?;
@@ -73,7 +74,7 @@ impl Mapper {
         let (session, _) = runtime.session(&path, &inputs)?;
         check_graph(
             &path,
-            &session,
+            &GraphIo::of(&session),
             &inputs,
             &[TensorSpec::f32(
                 "prefix",

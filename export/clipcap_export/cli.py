@@ -95,8 +95,9 @@ def _bundle_args(p: argparse.ArgumentParser, training_data: str | None = None) -
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="caption length budget (default %(default)s)")
     p.add_argument("--no-text-encoder", action="store_true", help="leave CLIP's text tower out of the bundle")
     p.add_argument("--quantize", choices=PRECISIONS,
-                   help="fp16: every graph in fp16 (GPU bundles); int8, int4: language-model weights in 8 or 4 "
-                        "bits (ONNX Runtime's MatMulNBits) and the image encoder in int8 (CPU bundles); default fp32")
+                   help="fp16: every graph in fp16 (GPU bundles); int8: the language model and the image encoder "
+                        "in int8 (MatMulInteger); int4: language-model weights in 4 bits (ONNX Runtime's "
+                        "MatMulNBits) and the image encoder in int8 (CPU bundles); default fp32")
 
 
 def _export_bundle(args: argparse.Namespace, training_data: str, require_gpt: bool = False) -> Models:

@@ -1,15 +1,20 @@
 """Lower precisions of a bundle's graphs. `fp16` (for GPUs) halves every graph; `int8` and `int4`
 (for CPUs) quantise the two large graphs, each the way that measured fastest on a CPU:
-- the language model, weight-only: every projection and the LM head become ONNX Runtime's
-  MatMulNBits (4- or 8-bit weights in blocks of 32 along the input axis, symmetric, each block with
-  its own scale; `accuracy_level` 4 lets the CPU kernel multiply in int8). A step reads each weight
-  once for one token, so fewer weight bytes is what makes it faster;
-- the image encoder, int8 weights and activations (dynamic quantisation: each MatMul becomes
-  MatMulInteger, its input quantised per tensor as it runs). The encoder multiplies 50 tokens by
-  each weight, so integer arithmetic is what pays: on the full-size encoder MatMulNBits was slower
-  than fp32 at 8 bits (1.13x) and barely faster at 4 (0.87x), dynamic int8 0.65x.
+- the language model at int8, and the image encoder at either precision: int8 weights (one scale a
+  tensor) and activations (dynamic quantisation: each MatMul becomes MatMulInteger, its input
+  quantised per tensor as it runs, which ONNX Runtime fuses into DynamicQuantizeMatMul). Standard
+  ONNX operators, which every runtime clipcap supports runs (ONNX Runtime 1.19 has no 8-bit
+  MatMulNBits). On the full-size LM a greedy step took 0.69x the time of 8-bit MatMulNBits (blocks of
+  32) and a 5-beam step 0.65x; weights with one scale a column were slower (0.90x). The encoder
+  multiplies 50 tokens by each weight, so integer arithmetic is what pays there: MatMulNBits was
+  slower than fp32 at 8 bits (1.13x) and barely faster at 4 (0.87x), dynamic int8 0.65x;
+- the language model at int4, weight-only: every projection and the LM head become ONNX Runtime's
+  MatMulNBits (4-bit weights in blocks of 32 along the input axis, symmetric, each block with its
+  own scale; `accuracy_level` 4 lets the CPU kernel multiply in int8). A step reads each weight once
+  for one token, so fewer weight bytes is what makes it faster. Blocks of 64 or 128 were faster
+  still (0.7x to 0.75x) but cost CIDEr-D on the demo set (BENCHMARKS.md).
 
-The exported graph computes projections with Gemm, which the quantiser does not take, and the LM head
+The exported graph computes projections with Gemm, which the quantisers do not take, and the LM head
 as Gemm(transB=1) over the token embedding (so the fp32 graph stores it once). Before quantising,
 each Gemm becomes MatMul (+ Add for its bias), the head's over a transposed copy of the embedding,
 which is then quantised: the fp32 embedding stays for the input lookup (a few rows a step).
@@ -30,8 +35,7 @@ logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
 
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4
-BITS = {"int8": 8, "int4": 4}
-PRECISIONS = ["fp16", *BITS]
+PRECISIONS = ["fp16", "int8", "int4"]
 
 
 def gemms_as_matmuls(model: onnx.ModelProto) -> int:
@@ -82,12 +86,12 @@ def _count_quantized(path: Path, graph: onnx.GraphProto, op: str, weights: set[s
     return quantized
 
 
-def quantize_lm(path: Path, precision: str) -> int:
-    """Quantises the language model at `path` in place to `precision`; returns its MatMulNBits count."""
+def quantize_lm_int4(path: Path) -> int:
+    """Quantises the language model at `path` in place to int4 weights; returns its MatMulNBits count."""
     model = onnx.load(str(path))
     gemms_as_matmuls(model)
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True,
-                                                accuracy_level=ACCURACY_LEVEL, bits=BITS[precision])
+                                                accuracy_level=ACCURACY_LEVEL, bits=4)
     quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     graph = quantizer.model.model.graph
@@ -96,8 +100,9 @@ def quantize_lm(path: Path, precision: str) -> int:
     return count
 
 
-def quantize_image_encoder(path: Path) -> int:
-    """Quantises the image encoder at `path` in place (int8, dynamic); returns its MatMulInteger count."""
+def quantize_dynamic_int8(path: Path) -> int:
+    """Quantises the graph at `path` in place (int8 weights and activations, dynamic); returns its
+    MatMulInteger count."""
     model = onnx.load(str(path))
     gemms_as_matmuls(model)
     root = logging.getLogger()
@@ -136,7 +141,9 @@ def quantize_graphs(graphs: dict[str, Path], precision: str) -> dict:
     if precision == "fp16":
         halved = {name: halve(path) for name, path in graphs.items()}
         return {"weights": "fp16", "method": "float16", "graphs": list(halved), "initializers": sum(halved.values())}
-    return {"weights": precision, "method": "MatMulNBits", "block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL,
-            "graphs": ["lm", "image_encoder"], "matmuls": quantize_lm(graphs["lm"], precision),
-            "image_encoder": {"weights": "int8", "activations": "int8, dynamic, per tensor",
-                              "method": "MatMulInteger", "matmuls": quantize_image_encoder(graphs["image_encoder"])}}
+    dynamic = {"weights": "int8", "activations": "int8, dynamic, per tensor", "method": "MatMulInteger"}
+    lm = dynamic | {"matmuls": quantize_dynamic_int8(graphs["lm"])} if precision == "int8" else \
+        {"weights": "int4", "method": "MatMulNBits", "block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL,
+         "matmuls": quantize_lm_int4(graphs["lm"])}
+    return lm | {"graphs": ["lm", "image_encoder"],
+                 "image_encoder": dynamic | {"matmuls": quantize_dynamic_int8(graphs["image_encoder"])}}

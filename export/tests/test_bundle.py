@@ -145,12 +145,13 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     write_bundle(tiny, tokenizer, out, PROV, quantize=precision)
     lm = onnx.load(str(out / "lm.onnx"))
     ops = [n.op_type for n in lm.graph.node]
-    # Every projection and the head: 4 per block, and the head.
-    assert ops.count("MatMulNBits") == 4 * 2 + 1 and "Gemm" not in ops
+    # Every projection and the head: 4 per block, and the head; int8 as MatMulInteger (which every
+    # supported ONNX Runtime runs), int4 as 4-bit MatMulNBits.
+    method = {"int8": "MatMulInteger", "int4": "MatMulNBits"}[precision]
+    assert ops.count(method) == 4 * 2 + 1 and "Gemm" not in ops
     assert io(out / "lm.onnx") == io(bundle / "lm.onnx")
     q = read_manifest(out)["provenance"]["quantization"]
-    assert (q["weights"], q["method"], q["graphs"], q["matmuls"]) == \
-        (precision, "MatMulNBits", ["lm", "image_encoder"], 9)
+    assert (q["weights"], q["method"], q["graphs"], q["matmuls"]) == (precision, method, ["lm", "image_encoder"], 9)
     # The image encoder, int8 at either precision: every projection of its blocks, and the last one.
     encoder = [n.op_type for n in onnx.load(str(out / "image_encoder.onnx")).graph.node]
     assert encoder.count("MatMulInteger") == q["image_encoder"]["matmuls"] == IMAGE_MATMULS and "Gemm" not in encoder
@@ -161,7 +162,7 @@ def test_a_quantised_bundle_keeps_the_contract_and_the_logits(bundle, tiny, toke
     cosine = fp32 @ quantised / np.linalg.norm(fp32) / np.linalg.norm(quantised)
     assert cosine > 0.999, cosine  # measured 0.99969 (full-size encoder: 0.99985)
     # The same prefix pass, in fp32 and quantised: the tiny model's wide random weights are a hard
-    # case (measured: mean error 1.1% / 12% of the logits' spread, correlation 0.9999 / 0.988).
+    # case (measured: mean error 1.5% / 12% of the logits' spread, correlation 0.9998 / 0.988).
     g = torch.Generator().manual_seed(1)
     feeds = prefix_feeds(torch.randn(1, 10, 32, generator=g).numpy())
     fp32, quantised = (ort.InferenceSession(str(b / "lm.onnx"), providers=["CPUExecutionProvider"])

@@ -5,7 +5,6 @@
 //! of every live sequence (as a tree of steps, so forks cost nothing until a decoder asks), enforces
 //! the step budget, and provides the seeded random stream and CLIP similarity.
 
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
@@ -29,7 +28,7 @@ pub enum SimilarityError {
 /// CLIP's text encoder (shared by the captions in flight) and the embedding of the image being
 /// captioned.
 pub struct ClipGuide<'a> {
-    pub encoder: &'a Mutex<TextEncoder>,
+    pub encoder: &'a TextEncoder,
     pub image_embeds: &'a [f32],
 }
 
@@ -111,9 +110,7 @@ impl<'a> Generation<'a> {
         self.model_time
     }
     pub fn logit_scale(&self) -> Option<f32> {
-        self.clip
-            .as_ref()
-            .map(|c| c.encoder.lock().unwrap_or_else(PoisonError::into_inner).logit_scale())
+        self.clip.as_ref().map(|c| c.encoder.logit_scale())
     }
 
     /// Back to the prefix alone (the cache is rebuilt, the step budget is not restored).
@@ -188,8 +185,6 @@ impl<'a> Generation<'a> {
         let t = Instant::now();
         let result = clip
             .encoder
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .similarity(texts, clip.image_embeds)
             .map_err(SimilarityError::from);
         self.model_time += t.elapsed();
