@@ -75,8 +75,9 @@ def test_every_graph_is_one_tensorrt_parses(tmp_path, precision):
 
 
 def test_the_check_sees_what_tensorrt_refuses(tmp_path):
-    int8 = tmp_path / "int8"
-    quantize_bundle(TINY, "int8", out=int8)
-    found = refusals(int8 / "lm.onnx") + refusals(int8 / "image_encoder.onnx")
+    # int4: the language model's MatMulNBits, the image encoder's MatMulInteger.
+    int4 = tmp_path / "int4"
+    quantize_bundle(TINY, "int4", out=int4)
+    found = refusals(int4 / "lm.onnx") + refusals(int4 / "image_encoder.onnx")
     assert any("com.microsoft.MatMulNBits is not supported" in f for f in found), found
     assert any("MatMulInteger is not supported" in f for f in found), found
