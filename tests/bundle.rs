@@ -10,6 +10,7 @@ use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::graph_io::GraphIo;
+use clipcap_core::runtime::{Provider, Runtime, RuntimeOptions};
 use common::{references, runtime, tiny_bundle};
 
 /// A copy of the tiny bundle with `edit` applied to it.
@@ -183,6 +184,33 @@ fn graphs_are_read_as_onnx_runtime_reads_them_and_the_text_encoder_is_created_on
     let err = captioner.clip_scores(&prepared, &["a photo"]).unwrap_err().to_string();
     assert_mentions(&err, &["text_encoder.onnx", "tensor `image_embeds`", "does not define"]);
     assert!(captioner.has_text_encoder());
+}
+
+#[test]
+fn sessions_created_at_once_compute_alike_and_report_the_first_disagreement_on_the_path() {
+    let parallel = Runtime::init(&RuntimeOptions {
+        providers: vec![Provider::Cpu],
+        intra_threads: 1,
+        parallel_sessions: true,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let bundle = Bundle::open(tiny_bundle()).unwrap();
+    let image = image::open(references("greedy")[0].image_path()).unwrap().to_rgb8();
+    let embeds = |rt: &Runtime| {
+        let captioner = Captioner::load(&bundle, rt, Batching::default()).unwrap();
+        let prepared = captioner.prepare(&image).unwrap();
+        (prepared.image_embeds, prepared.prefix)
+    };
+    assert_eq!(embeds(&parallel), embeds(&runtime()));
+    // A width that disagrees with the mapper and the language model: the mapper, first on the path,
+    // is named, as when they load one after another (refuses_width_that_disagrees_with_the_graphs).
+    let (_tmp, dir) = broken(manifest_edit("width = 32", "width = 64"));
+    let err = Captioner::load(&Bundle::open(&dir).unwrap(), &parallel, Batching::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(&err, &["mapper.onnx", "tensor `prefix`", "says 64"]);
 }
 
 #[test]

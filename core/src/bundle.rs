@@ -444,7 +444,10 @@ mod tests {
         let old_int8 = quantised("int8", "MatMulNBits");
         for version in ["1.19.2", "1.21.1"] {
             let err = old_int8.check_runtime(version).unwrap_err().to_string();
-            assert!(err.contains("from 1.22 on") && err.contains(&format!("is {version}")), "{err}");
+            assert!(
+                err.contains("from 1.22 on") && err.contains(&format!("is {version}")),
+                "{err}"
+            );
         }
         for version in ["1.22.0", "1.23.2", "1.32.0", "2.0.0"] {
             old_int8.check_runtime(version).unwrap();

@@ -106,6 +106,11 @@ pub struct Captioner {
     rules: TokenizerSpec,
 }
 
+/// A scoped thread's result; its panic, if it panicked, goes on in this thread.
+fn joined<T>(result: std::thread::Result<T>) -> T {
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// The guarded value even if a thread panicked holding it: the encoders keep no state between calls.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -115,10 +120,24 @@ impl Captioner {
     pub fn load(bundle: &Bundle, runtime: &Runtime, batching: Batching) -> Result<Self, CaptionError> {
         let m = &bundle.manifest;
         bundle.check_runtime(runtime.version())?;
-        // In the order of the path, so that the first disagreement reported is the first on it.
-        let encoder = Mutex::new(ImageEncoder::load(bundle, runtime)?);
-        let mapper = Mutex::new(Mapper::load(bundle, runtime)?);
-        let lm = LanguageModel::load(bundle, runtime)?;
+        // Either way errors are reported in the order of the path, so that the first disagreement
+        // reported is the first on it.
+        let (encoder, mapper, lm) = if runtime.parallel_sessions() {
+            let (encoder, mapper, lm) = std::thread::scope(|s| {
+                let lm = s.spawn(|| LanguageModel::load(bundle, runtime));
+                let mapper = s.spawn(|| Mapper::load(bundle, runtime));
+                let encoder = ImageEncoder::load(bundle, runtime);
+                (encoder, joined(mapper.join()), joined(lm.join()))
+            });
+            (encoder?, mapper?, lm?)
+        } else {
+            (
+                ImageEncoder::load(bundle, runtime)?,
+                Mapper::load(bundle, runtime)?,
+                LanguageModel::load(bundle, runtime)?,
+            )
+        };
+        let (encoder, mapper) = (Mutex::new(encoder), Mutex::new(mapper));
         Ok(Captioner {
             preprocessor: Preprocessor::new(&m.preprocess),
             encoder,

@@ -103,6 +103,9 @@ pub struct RuntimeOptions {
     pub intra_threads: usize,
     /// Threads across independent operators; 1 runs the graph sequentially.
     pub inter_threads: usize,
+    /// Create a bundle's image encoder, mapper and language model sessions at once: a sooner first
+    /// caption for a higher peak of memory while they load (BENCHMARKS.md, "What we tried").
+    pub parallel_sessions: bool,
     /// CUDA device index, for CUDA and TensorRT.
     pub gpu_device: u32,
     /// CUDA's memory arena limit in MiB; 0: no limit.
@@ -123,6 +126,7 @@ impl Default for RuntimeOptions {
             providers: Vec::new(),
             intra_threads: 0,
             inter_threads: 1,
+            parallel_sessions: false,
             gpu_device: 0,
             gpu_memory_limit_mb: 0,
             cuda_arena: Arena::NextPowerOfTwo,
@@ -196,6 +200,11 @@ impl Runtime {
             providers,
             options: options.clone(),
         })
+    }
+
+    /// Whether a bundle's sessions are created at once (`parallel_sessions`).
+    pub fn parallel_sessions(&self) -> bool {
+        self.options.parallel_sessions
     }
 
     /// The loaded ONNX Runtime's version ("1.23.2").
