@@ -1,14 +1,14 @@
 //! The aarch64 build (`scripts/cross.sh --test`, the cross-test profile) run under qemu-user with the aarch64 onnxruntime wheel's
 //! library: the same captions and token ids as this x86-64 build, on the tiny and the demo bundle,
 //! greedy and beam search (both from a decoder plugin), and on the oldest ONNX Runtime the project
-//! supports (api-17; the oldest wheel with the C library).
+//! supports (api-17; the oldest wheel with the C library), fp32 and the int8 and int4 bundles.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{demo_image, fixtures, plugin_dir, tiny_bundle};
+use common::{demo_image, fixtures, plugin_dir, quantised_tiny_bundle, tiny_bundle};
 
 const TARGET: &str = "aarch64-unknown-linux-gnu";
 
@@ -123,4 +123,17 @@ fn the_aarch64_build_runs_on_the_oldest_onnx_runtime_and_lists_the_same_plugins(
     let x86 = listed(x86_64());
     assert!(x86.iter().any(|l| l.contains("beam")), "{x86:?}");
     assert_eq!(listed(aarch64("onnxruntime-aarch64")), x86);
+}
+
+#[test]
+fn quantised_bundles_caption_on_aarch64_on_the_oldest_and_the_pinned_onnx_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = &photographs()[..1];
+    for precision in ["int8", "int4"] {
+        let bundle = quantised_tiny_bundle(tmp.path(), precision);
+        let pinned = captions(aarch64("onnxruntime-aarch64"), &bundle, "greedy", images);
+        assert!(pinned.iter().all(|(text, ids)| !text.is_empty() && !ids.is_empty()));
+        let oldest = captions(aarch64("onnxruntime-aarch64-1.19.2"), &bundle, "greedy", images);
+        assert_eq!(oldest, pinned, "{precision}");
+    }
 }

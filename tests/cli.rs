@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixtures, plugin_dir, references, tiny_bundle};
+use common::{fixtures, plugin_dir, quantised_tiny_bundle, references, tiny_bundle};
 
 /// The CLI with the workspace's plugins (see common::plugins for why insecure folders are allowed).
 fn command() -> Command {
@@ -294,19 +294,7 @@ fn quantised_bundles_caption_on_the_oldest_and_the_pinned_onnx_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let image = references("greedy")[0].image_path();
     for precision in ["int8", "int4"] {
-        let bundle = tmp.path().join(precision);
-        let quantize = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("export/.venv/bin/clipcap-export"))
-            .args([
-                "quantize",
-                tiny_bundle().to_str().unwrap(),
-                "--precision",
-                precision,
-                "--out",
-            ])
-            .arg(&bundle)
-            .output()
-            .unwrap();
-        assert!(quantize.status.success(), "{}", text(&quantize.stderr));
+        let bundle = quantised_tiny_bundle(tmp.path(), precision);
         let pinned = token_ids(&caption_on(None, &bundle, &image));
         assert!(!pinned.is_empty());
         // The same kernels (MatMulInteger, 4-bit MatMulNBits) in both releases: the same tokens.

@@ -17,6 +17,24 @@ pub fn tiny_bundle() -> PathBuf {
     fixtures().join("tiny-bundle")
 }
 
+/// A copy of the tiny bundle quantised to `precision` ("int8", "int4") by the export tool, in `dir`.
+pub fn quantised_tiny_bundle(dir: &Path, precision: &str) -> PathBuf {
+    let bundle = dir.join(precision);
+    let out = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("export/.venv/bin/clipcap-export"))
+        .args([
+            "quantize",
+            tiny_bundle().to_str().unwrap(),
+            "--precision",
+            precision,
+            "--out",
+        ])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bundle
+}
+
 /// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml to where scripts/setup.sh puts it).
 pub fn runtime() -> Runtime {
     let options = RuntimeOptions {
