@@ -13,8 +13,9 @@ LLAMA_CPP_PYTHON=0.3.36
 
 step "llama.cpp for scripts/bench_rivals.py (export/.venv, .cache/llama.cpp)"
 # Built for this CPU (-march=native) but without ggml's AMX kernels: on AMX machines (Sapphire Rapids)
-# llama_decode segfaults in ggml_backend_amx_mul_mat on the tests' tiny GGUF files. -U of the
-# compiler's own __AMX_INT8__ is what compiles them out, since -march=native is added after CXXFLAGS.
+# llama_decode segfaults in ggml_backend_amx_mul_mat on the tests' tiny GGUF files, and segfaults at
+# Q8_0 and Q4_0 on the full-size model too (BENCHMARKS.md, "What we tried"). -U of the compiler's own
+# __AMX_INT8__ is what compiles them out, since -march=native is added after CXXFLAGS.
 # --no-cache-dir: pip's wheel cache does not key on these flags. A build with AMX is replaced.
 # LLAVA_BUILD=OFF leaves out the multimodal library (mtmd), which bench_rivals does not load.
 if ! export/.venv/bin/python -c 'import llama_cpp, sys
