@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use ort::value::TensorElementType;
 use serde::{Deserialize, Serialize};
 
-use crate::graph_io::GraphIo;
-
 /// The format versions this reader loads; export writes the newest. Version 2 added the language
 /// model's `attention_mask` and `position_ids`, which batching captions of different lengths needs;
 /// a version-1 bundle still loads and decodes one caption per model call.
@@ -353,74 +351,6 @@ impl TensorSpec {
             dims,
         }
     }
-}
-
-/// Refuses a graph whose declared inputs or outputs differ from the format: a missing tensor, another
-/// element type, rank or width, a fixed axis where the format needs a dynamic one, or an input the
-/// runtime would not feed.
-pub fn check_graph(
-    path: &Path,
-    io: &GraphIo,
-    inputs: &[TensorSpec],
-    outputs: &[TensorSpec],
-) -> Result<(), BundleError> {
-    let tensor_err = |tensor: &str, message: String| BundleError::Tensor {
-        path: path.to_path_buf(),
-        tensor: tensor.to_string(),
-        message,
-    };
-    for declared in &io.inputs {
-        if !inputs.iter().any(|s| s.name == declared.name) {
-            return Err(tensor_err(
-                &declared.name,
-                "the graph requires this input, which the bundle format does not define".into(),
-            ));
-        }
-    }
-    for (role, specs, declared) in [("input", inputs, &io.inputs), ("output", outputs, &io.outputs)] {
-        for spec in specs {
-            let Some(outlet) = declared.iter().find(|o| o.name == spec.name) else {
-                return Err(tensor_err(&spec.name, format!("missing {role}")));
-            };
-            let Some(ty) = outlet.ty else {
-                return Err(tensor_err(
-                    &spec.name,
-                    format!("{role} is not a tensor of a type the format uses"),
-                ));
-            };
-            if ty != spec.ty {
-                return Err(tensor_err(
-                    &spec.name,
-                    format!("{role} has element type {ty}, expected {}", spec.ty),
-                ));
-            }
-            let shape = &outlet.shape;
-            if shape.len() != spec.dims.len() {
-                return Err(tensor_err(
-                    &spec.name,
-                    format!("{role} has rank {}, expected {}", shape.len(), spec.dims.len()),
-                ));
-            }
-            for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {
-                match want {
-                    Dim::Dynamic | Dim::Range { .. } if got >= 0 => {
-                        return Err(tensor_err(
-                            &spec.name,
-                            format!("{role} axis {axis} is fixed to {got}, it must be dynamic"),
-                        ));
-                    }
-                    Dim::Fixed(n) if got >= 0 && got as usize != *n => {
-                        return Err(tensor_err(
-                            &spec.name,
-                            format!("{role} axis {axis} is {got}, the manifest says {n}"),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
-use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec, check_graph};
+use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, TextEncoderSpec};
 use crate::cosine;
-use crate::graph_io::GraphIo;
+use crate::graph_io::{GraphIo, check_graph};
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]

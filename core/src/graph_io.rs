@@ -1,6 +1,6 @@
-//! A graph's declared inputs and outputs, from a session or straight from the ONNX file, so that a
-//! graph created only when first needed (the CLIP text encoder) is still checked against the format
-//! at start.
+//! A graph's declared inputs and outputs, from a session or straight from the ONNX file, and their
+//! check against the format (`check_graph`), so that a graph created only when first needed (the CLIP
+//! text encoder) is still checked at start.
 //!
 //! Reading the file decodes only `ModelProto.graph.{input, output}` (onnx.proto's field numbers) with
 //! `prost`; every other field, the weights included, is skipped by length without being read, and the
@@ -11,7 +11,7 @@ use std::path::Path;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
-use crate::bundle::BundleError;
+use crate::bundle::{BundleError, Dim, TensorSpec};
 
 /// One declared input or output: its element type (None: not a tensor, or a type the format never
 /// uses) and its axes (-1 where dynamic).
@@ -87,6 +87,74 @@ impl GraphIo {
             outputs: graph.output.iter().map(proto::ValueInfo::declared).collect(),
         })
     }
+}
+
+/// Refuses a graph whose declared inputs or outputs differ from the format: a missing tensor, another
+/// element type, rank or width, a fixed axis where the format needs a dynamic one, or an input the
+/// runtime would not feed.
+pub fn check_graph(
+    path: &Path,
+    io: &GraphIo,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Result<(), BundleError> {
+    let tensor_err = |tensor: &str, message: String| BundleError::Tensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message,
+    };
+    for declared in &io.inputs {
+        if !inputs.iter().any(|s| s.name == declared.name) {
+            return Err(tensor_err(
+                &declared.name,
+                "the graph requires this input, which the bundle format does not define".into(),
+            ));
+        }
+    }
+    for (role, specs, declared) in [("input", inputs, &io.inputs), ("output", outputs, &io.outputs)] {
+        for spec in specs {
+            let Some(outlet) = declared.iter().find(|o| o.name == spec.name) else {
+                return Err(tensor_err(&spec.name, format!("missing {role}")));
+            };
+            let Some(ty) = outlet.ty else {
+                return Err(tensor_err(
+                    &spec.name,
+                    format!("{role} is not a tensor of a type the format uses"),
+                ));
+            };
+            if ty != spec.ty {
+                return Err(tensor_err(
+                    &spec.name,
+                    format!("{role} has element type {ty}, expected {}", spec.ty),
+                ));
+            }
+            let shape = &outlet.shape;
+            if shape.len() != spec.dims.len() {
+                return Err(tensor_err(
+                    &spec.name,
+                    format!("{role} has rank {}, expected {}", shape.len(), spec.dims.len()),
+                ));
+            }
+            for (axis, (&got, want)) in shape.iter().zip(&spec.dims).enumerate() {
+                match want {
+                    Dim::Dynamic | Dim::Range { .. } if got >= 0 => {
+                        return Err(tensor_err(
+                            &spec.name,
+                            format!("{role} axis {axis} is fixed to {got}, it must be dynamic"),
+                        ));
+                    }
+                    Dim::Fixed(n) if got >= 0 && got as usize != *n => {
+                        return Err(tensor_err(
+                            &spec.name,
+                            format!("{role} axis {axis} is {got}, the manifest says {n}"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The parts of onnx.proto read here, with its field numbers.

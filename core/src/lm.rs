@@ -15,8 +15,8 @@ use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor};
 
-use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec, check_graph};
-use crate::graph_io::GraphIo;
+use crate::bundle::{Bundle, BundleError, Dim, LanguageModelSpec, TensorSpec};
+use crate::graph_io::{GraphIo, check_graph};
 use crate::runtime::{Provider, Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]

@@ -151,22 +151,25 @@ impl Runtime {
     /// Loads ONNX Runtime on first use; later calls share the process's one environment (ONNX Runtime
     /// allows one per process) and only apply their own session settings.
     pub fn init(options: &RuntimeOptions) -> Result<Runtime, RuntimeError> {
-        static ENV: Mutex<Option<Environment>> = Mutex::new(None);
+        // The environment and the version of the library it was loaded from: later calls may name
+        // another library, but the process keeps the first.
+        static ENV: Mutex<Option<(Environment, String)>> = Mutex::new(None);
         let path = library_path(options);
-        let env = {
+        let (env, version) = {
             let mut env = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match &*env {
-                Some(e) => e.clone(),
+                Some(loaded) => loaded.clone(),
                 None => {
                     let builder = ort::init_from(&path).map_err(|source| RuntimeError::Library {
                         path: path.clone(),
                         source,
                     })?;
-                    env.insert(builder.with_name("clipcap").build()?).clone()
+                    let built = builder.with_name("clipcap").build()?;
+                    let version = library_version(&path).ok_or_else(|| RuntimeError::Version { path: path.clone() })?;
+                    env.insert((built, version)).clone()
                 }
             }
         };
-        let version = library_version(&path).ok_or_else(|| RuntimeError::Version { path: path.clone() })?;
         let explicit = !options.providers.is_empty();
         let wanted = if explicit {
             &options.providers[..]

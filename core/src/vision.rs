@@ -3,8 +3,8 @@
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::bundle::{Bundle, BundleError, Dim, TensorSpec, check_graph};
-use crate::graph_io::GraphIo;
+use crate::bundle::{Bundle, BundleError, Dim, TensorSpec};
+use crate::graph_io::{GraphIo, check_graph};
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
