@@ -101,6 +101,19 @@ fn read_back(done: std::process::Output, out: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
 
+/// What the peer read, `feed(n)` called for n = 0, 1, ... until it has read what its plan asks
+/// (it may match the daemon only after the first images).
+fn read_while_feeding(mut peer: Command, out: &Path, mut feed: impl FnMut(usize)) -> Value {
+    let mut peer = peer.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    for n in 0.. {
+        if peer.try_wait().unwrap().is_some() {
+            break;
+        }
+        feed(n);
+    }
+    read_back(peer.wait_with_output().unwrap(), out)
+}
+
 /// The peer publishing `images` on `topic` until each has its caption.
 fn publish_images(dir: &Path, topic: &str, images: &[Value]) -> Value {
     let name = topic.replace('/', "-");
@@ -247,21 +260,16 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
         &format!("[captioning]\ninterval_ms = 100\n[ros2]\nenabled = true\ndomain_id = {DOMAIN}\n"),
         &[],
     );
-    let (mut peer, out) = cyclone_peer(
+    let (peer, out) = cyclone_peer(
         dir.path(),
         "folder",
         json!({"domain": DOMAIN, "topic": null, "captions": 1}),
     );
-    let mut peer = peer.stderr(std::process::Stdio::piped()).spawn().unwrap();
-    // Images keep coming until the peer (which may match after the first) has read a caption.
-    for n in 0.. {
-        if peer.try_wait().unwrap().is_some() {
-            break;
-        }
+    // Images keep coming until the peer has read a caption.
+    let got = read_while_feeding(peer, &out, |n| {
         folder.drop_image_as("08203.png", &format!("{n}.png"));
         std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let got = read_back(peer.wait_with_output().unwrap(), &out);
+    });
     let event = &got["events"][0];
     assert_eq!(
         (&event["source"], &event["caption"]),
@@ -287,23 +295,18 @@ fn images_from_cyclone_dds_get_the_captions_clipcap_caption_gives() {
                 .for_each(|f| std::fs::create_dir(d.join(f)).unwrap())
         },
     );
-    let (mut peer, out) = cyclone_peer(
+    let (peer, out) = cyclone_peer(
         dir.path(),
         "yard",
         json!({"domain": DOMAIN, "topic": null, "captions": 1, "captions_prefix": "rt/clipcap/yard_2"}),
     );
-    let mut peer = peer.stderr(std::process::Stdio::piped()).spawn().unwrap();
-    for n in 0.. {
-        if peer.try_wait().unwrap().is_some() {
-            break;
-        }
+    let got = read_while_feeding(peer, &out, |n| {
         // The door's frame first: were it published on the yard's topics, the peer would read it.
         for (folder, image) in [("door", "08202.png"), ("yard", "08203.png")] {
             sources.drop_image_into(folder, image, &format!("{n}.png"));
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
-    }
-    let got = read_back(peer.wait_with_output().unwrap(), &out);
+    });
     let event = &got["events"][0];
     assert_eq!(
         (&event["source"], &event["caption"]),

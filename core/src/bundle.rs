@@ -164,7 +164,7 @@ impl Manifest {
 
     /// The oldest ONNX Runtime (major, minor) that runs this bundle's quantisation, where that is
     /// newer than clipcap's oldest, with the quantisation's name ("int8 MatMulNBits").
-    pub fn runtime_needed(&self) -> Option<((u32, u32), String)> {
+    fn runtime_needed(&self) -> Option<((u32, u32), String)> {
         let q = self.provenance.quantization.as_ref()?;
         let field = |key: &str| q.get(key).and_then(toml::Value::as_str).unwrap_or_default();
         let (weights, method) = (field("weights"), field("method"));

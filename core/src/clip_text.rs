@@ -4,7 +4,7 @@
 //! padding to the context length; a text too long is cut and still ends with end-of-text.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -38,9 +38,9 @@ impl From<ort::Error> for TextError {
 pub struct TextEncoder {
     path: PathBuf,
     runtime: Runtime,
-    session: OnceLock<Mutex<Session>>,
-    /// Held while the session is created, so that two first uses create one.
-    creating: Mutex<()>,
+    /// None until a text is first embedded; held while it is created, so that two first uses
+    /// create one.
+    session: Mutex<Option<Session>>,
     tokenizer: Tokenizer,
     spec: TextEncoderSpec,
     eos: u32,
@@ -67,8 +67,7 @@ impl TextEncoder {
         Ok(Some(TextEncoder {
             path,
             runtime: runtime.clone(),
-            session: OnceLock::new(),
-            creating: Mutex::new(()),
+            session: Mutex::new(None),
             tokenizer,
             spec,
             eos,
@@ -79,20 +78,13 @@ impl TextEncoder {
         self.spec.logit_scale
     }
 
-    /// The session, created on first use (and its declared inputs and outputs checked again, as the
+    /// The session, created for its first use (its declared inputs and outputs checked again, as the
     /// runtime sees them).
-    fn session(&self) -> Result<&Mutex<Session>, TextError> {
-        if let Some(session) = self.session.get() {
-            return Ok(session);
-        }
-        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(session) = self.session.get() {
-            return Ok(session);
-        }
+    fn create_session(&self) -> Result<Session, TextError> {
         let inputs = inputs(&self.spec);
         let (session, _) = self.runtime.session(&self.path, &inputs)?;
         check_graph(&self.path, &GraphIo::of(&session), &inputs, &outputs(&self.spec))?;
-        Ok(self.session.get_or_init(|| Mutex::new(session)))
+        Ok(session)
     }
 
     /// Token ids of `text` as the graph takes them, [context_length].
@@ -118,7 +110,11 @@ impl TextEncoder {
             ids.extend(self.ids(t)?);
         }
         let input = TensorRef::from_array_view(([texts.len(), self.spec.context_length], ids.as_slice()))?;
-        let mut session = self.session()?.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let session = match &mut *slot {
+            Some(session) => session,
+            empty @ None => empty.insert(self.create_session()?),
+        };
         let outputs = session.run(ort::inputs!["input_ids" => input])?;
         let (shape, data) = outputs["text_embeds"].try_extract_tensor::<f32>()?;
         let dim = self.spec.embedding_dim;
