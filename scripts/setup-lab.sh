@@ -3,8 +3,9 @@
 # (test.sh runs it first, and it installs only what is missing):
 #   - Debian packages: Java for the metrics' reference (pycocoevalcap's PTB tokenizer), qemu and a
 #     busybox for the vivid camera VM, Chromium and chromedriver for the kiosk page, mosquitto for
-#     the MQTT tests, systemd-analyze, iproute2 for the ROS 2 test's network namespace, qemu-user and
-#     the aarch64 C++ library to run the aarch64 build (scripts/cross.sh installs the cross compiler),
+#     the MQTT tests, minisign for signed bundles and plugins, systemd-analyze, iproute2 for the
+#     ROS 2 test's network namespace, qemu-user and the aarch64 C++ library to run the aarch64 build
+#     (scripts/cross.sh installs the cross compiler),
 #   - the export tool's virtualenv and GPT-2's tokenizer files (scripts/setup-export.sh),
 #   - Eclipse Cyclone DDS's Python binding in export/.venv, the independent ROS 2 peer of tests/ros2.rs,
 #   - ONNX Runtime's library of the oldest supported version, for x86-64 (tests/cli.rs) and aarch64
@@ -27,6 +28,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v minisign >/dev/null || missing+=(minisign)  # signed bundles and plugins (tests/trust.rs)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 PATH=$PATH:/usr/sbin command -v ip >/dev/null || missing+=(iproute2)

@@ -152,7 +152,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let no_plugins = clipcap_core::decoding::PluginOptions {
             directories: Vec::new(),
-            ..config.plugins.options()
+            ..config.plugin_options()
         };
         let factory = DecoderFactory::new(&config, Arc::new(Plugins::load(&no_plugins)));
         let beam5 = factory.request("beam5").unwrap();

@@ -187,7 +187,7 @@ pub struct Report {
 
 /// What to compare, on what.
 pub struct Plan<'a> {
-    pub bundles: &'a [PathBuf],
+    pub bundles: &'a [Bundle],
     pub images: &'a [Image],
     pub decoders: &'a mut [DecoderInstance],
     pub runtime: &'a Runtime,
@@ -201,14 +201,9 @@ pub struct Plan<'a> {
 pub fn run(plan: Plan, stop: &Arc<AtomicBool>, progress: &indicatif::ProgressBar) -> anyhow::Result<Report> {
     let mut systems: Vec<System> = Vec::new();
     let mut interrupted = false;
-    'bundles: for path in plan.bundles {
-        let bundle = Bundle::open(path)?;
-        let captioner = Captioner::load(&bundle, plan.runtime, plan.batching.clone())?;
-        let name = path
-            .file_name()
-            .unwrap_or(path.as_os_str())
-            .to_string_lossy()
-            .into_owned();
+    'bundles: for bundle in plan.bundles {
+        let captioner = Captioner::load(bundle, plan.runtime, plan.batching.clone())?;
+        let name = bundle.name();
         let first = systems.len();
         let scored = captioner.has_text_encoder();
         for d in plan.decoders.iter() {

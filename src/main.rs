@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use cmd::{bench, caption, decoder_host, eval, plugins, report, score, serve};
+use cmd::{bench, caption, decoder_host, eval, plugins, report, score, serve, verify};
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +40,11 @@ enum Command {
     Serve(serve::ServeArgs),
     CheckConfig(serve::CheckArgs),
     Plugins(plugins::Args),
+    Verify(verify::Args),
     #[command(hide = true)]
     DecoderHost(decoder_host::Args),
+    #[command(hide = true)]
+    DescribePlugin(decoder_host::DescribeArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +61,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args, config),
         Command::CheckConfig(args) => serve::check(args, config),
         Command::Plugins(args) => plugins::run(args, config),
+        Command::Verify(args) => verify::run(args, config),
         Command::DecoderHost(args) => decoder_host::run(args),
+        Command::DescribePlugin(args) => decoder_host::describe(args),
     };
     ran.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -6,14 +6,15 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clipcap_core::Batching;
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::{DecoderRequest, Plugins};
 use clipcap_core::imageio;
-use common::{RULE_BREAKERS, Reference, decoder, options, plugin_dir, plugins, references, runtime, tiny_bundle};
+use common::{
+    RULE_BREAKERS, Reference, build_c_plugin, decoder, options, plugin_dir, plugins, references, runtime, tiny_bundle,
+};
 
 fn captioner(bundle: &Path) -> Captioner {
     Captioner::load(&Bundle::open(bundle).unwrap(), &runtime(), Batching::default()).unwrap()
@@ -157,37 +158,10 @@ fn decoder_parameters_are_checked_by_name() {
     );
 }
 
-/// Builds plugins/c/greedy.c into `dir` with one of its ABI-breaking macros.
-fn build_c_plugin(dir: &Path, name: &str, define: Option<&str>) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = dir.join(format!("lib{name}.so"));
-    let mut cc = Command::new("cc");
-    // Warnings are errors, but the NULL_DECODE build leaves `greedy` unused on purpose.
-    cc.args([
-        "-std=c11",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-Wno-unused-function",
-        "-shared",
-        "-fPIC",
-        "-I",
-    ])
-    .arg(root.join("plugins/sdk/include"))
-    .arg("-o")
-    .arg(&out)
-    .arg(root.join("plugins/c/greedy.c"));
-    if let Some(d) = define {
-        cc.arg(format!("-D{d}"));
-    }
-    assert!(cc.status().unwrap().success(), "cc failed for {name}");
-    out
-}
-
 #[test]
 fn a_plugin_written_in_c_captions_like_the_rust_one() {
     let tmp = tempfile::tempdir_in(plugin_dir()).unwrap();
-    build_c_plugin(tmp.path(), "c_example", None);
+    build_c_plugin(tmp.path(), "c_example", None, None);
     let plugins = Plugins::load(&options(vec![tmp.path().to_path_buf()], true));
     assert!(plugins.refused().is_empty(), "{:?}", plugins.refused());
     let info = plugins.decoders().iter().find(|d| d.name == "c_greedy").unwrap();
@@ -202,7 +176,12 @@ fn a_plugin_written_in_c_captions_like_the_rust_one() {
     // The same source built against the older minor (2.0: no extensions, smaller structs) loads in
     // this host and captions alike; its minor-1 decoder is not there.
     let older = tempfile::tempdir_in(plugin_dir()).unwrap();
-    build_c_plugin(older.path(), "c_older", Some("CLIPCAP_DECODER_ABI_TARGET_MINOR=0"));
+    build_c_plugin(
+        older.path(),
+        "c_older",
+        Some("CLIPCAP_DECODER_ABI_TARGET_MINOR=0"),
+        None,
+    );
     let older = Plugins::load(&options(vec![older.path().to_path_buf()], true));
     assert!(older.refused().is_empty(), "{:?}", older.refused());
     let names: Vec<(&str, &str)> = older
@@ -264,7 +243,7 @@ fn libraries_that_break_the_abi_are_refused_with_the_reason() {
     let mut expected: Vec<(PathBuf, &str)> = cases
         .iter()
         .enumerate()
-        .map(|(i, (define, why))| (build_c_plugin(tmp.path(), &format!("broken{i}"), *define), *why))
+        .map(|(i, (define, why))| (build_c_plugin(tmp.path(), &format!("broken{i}"), *define, None), *why))
         .collect();
     let garbage = tmp.path().join("libgarbage.so");
     std::fs::write(&garbage, "not a shared library").unwrap();
@@ -357,4 +336,61 @@ fn plugins_others_could_replace_are_refused() {
         home.display()
     );
     assert_eq!(plugins.decoders().len(), 2);
+}
+
+/// What the issue tried: a copy of plugins/c/greedy.c whose constructor writes through a null
+/// pointer, beside the shipped plugins. Each library is read by a process of its own, so that one is
+/// refused with the reason, and every other decoder captions, in this process and isolated: nothing
+/// of the crashing library ever ran in clipcap's own process (it would have died of SIGSEGV).
+#[test]
+fn a_library_whose_constructor_crashes_costs_that_plugin_only() {
+    let tmp = tempfile::tempdir_in(plugin_dir()).unwrap();
+    let dir = tmp.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    for lib in ["libclipcap_search.so", "libclipcap_sampling.so"] {
+        std::fs::copy(plugin_dir().join(lib), dir.join(lib)).unwrap();
+    }
+    let crash = "__attribute__((constructor)) static void crash(void) { *(volatile int *)0 = 1; }\n";
+    let crashing = build_c_plugin(&dir, "crashing", None, Some(crash));
+    std::fs::remove_file(dir.join("crashing-extra.c")).unwrap();
+
+    let plugins = Plugins::load(&options(vec![dir.clone()], true));
+    let refused: Vec<String> = plugins.refused().iter().map(ToString::to_string).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].starts_with(&crashing.display().to_string())
+            && refused[0].contains("crashed the process that read its descriptor")
+            && refused[0].contains("SIGSEGV"),
+        "{refused:?}"
+    );
+    let names: Vec<&str> = plugins.decoders().iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["sample", "greedy", "beam"]);
+
+    let image = common::fixtures().join("images/coffee.png");
+    for isolate in [false, true] {
+        let config = tmp.path().join("clipcap.toml");
+        std::fs::write(
+            &config,
+            format!("[plugins]\ndirectories = [{dir:?}]\nallow_insecure = true\nisolate = {isolate}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+            .arg("--config")
+            .arg(&config)
+            .args(["caption", "--decoder", "greedy", "--bundle"])
+            .arg(tiny_bundle())
+            .arg(&image)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "isolate = {isolate}: {:?}\n{stderr}", out.status);
+        assert!(stdout.contains("coffee.png [greedy]: "), "{stdout}");
+        assert!(
+            stderr.contains("plugin refused") && stderr.contains("libcrashing.so") && stderr.contains("SIGSEGV"),
+            "{stderr}"
+        );
+    }
 }

@@ -2,13 +2,16 @@
 //!
 //! The schema is docs/bundle.md; this module is its reader. Everything that can be checked without
 //! running a model is checked here, before any session runs, so a bad bundle fails at load with the
-//! file and the key or tensor named, never later in the middle of a caption.
+//! file and the key or tensor named, never later in the middle of a caption. A bundle opened with
+//! trusted keys is also checked for who signed it and that its files are those it pins (trust.rs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ort::value::TensorElementType;
 use serde::{Deserialize, Serialize};
+
+use crate::trust::{self, FilePin, TrustError, TrustedKeys};
 
 /// The format versions this reader loads; export writes the newest. Version 2 added the language
 /// model's `attention_mask` and `position_ids`, which batching captions of different lengths needs;
@@ -30,6 +33,8 @@ pub enum BundleError {
     },
     #[error("{path}: {message}")]
     Graph { path: PathBuf, message: String },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -43,6 +48,10 @@ pub struct Manifest {
     pub language_model: LanguageModelSpec,
     pub tokenizer: TokenizerSpec,
     pub text_encoder: Option<TextEncoderSpec>,
+    /// Every file of the bundle, by name, with its size and SHA-256: what a signature of the manifest
+    /// vouches for. Optional (bundles exported before it have none), required of a trusted bundle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FilePin>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -147,6 +156,11 @@ pub struct TextEncoderSpec {
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// SHA-256 of manifest.toml as read (lower-case hex): with the pins it lists, the identity of the
+    /// bundle's contents, which every caption record carries.
+    pub manifest_sha256: String,
+    /// The ID of the trusted key that signed the manifest, when opened with [`Bundle::open_trusted`].
+    pub signed_by: Option<String>,
 }
 
 /// Quantisations that need a newer ONNX Runtime than the oldest clipcap supports, as the manifest
@@ -178,18 +192,94 @@ impl Manifest {
 impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_path_buf();
+        let bytes = read_manifest(&dir)?;
+        Bundle::parse(dir, &bytes, None)
+    }
+
+    /// Opens a bundle only if `keys` vouch for it: manifest.toml signed by one of them
+    /// (manifest.toml.minisig), and every file the manifest names pinned in `[files]` and equal to
+    /// its pin. The manifest is read once, and what is parsed is what was verified; each pinned file
+    /// is read once, the files on parallel threads.
+    pub fn open_trusted(dir: impl AsRef<Path>, keys: &TrustedKeys) -> Result<Bundle, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let bytes = read_manifest(&dir)?;
+        let signer = keys.verify(&dir.join(MANIFEST), &bytes)?;
+        let bundle = Bundle::parse(dir, &bytes, Some(signer))?;
+        bundle.check_pins()?;
+        Ok(bundle)
+    }
+
+    fn parse(dir: PathBuf, bytes: &[u8], signed_by: Option<String>) -> Result<Bundle, BundleError> {
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|error| BundleError::Read {
+        let bad = |message: String| BundleError::Manifest {
             path: path.clone(),
-            error,
-        })?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest {
-            path: path.clone(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        let bundle = Bundle { dir, manifest };
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
+        let bundle = Bundle {
+            dir,
+            manifest,
+            manifest_sha256: trust::sha256_hex(bytes),
+            signed_by,
+        };
         bundle.validate()?;
         Ok(bundle)
+    }
+
+    /// The bundle's name in records and logs: its folder's name.
+    pub fn name(&self) -> String {
+        let dir = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string())
+    }
+
+    /// Checks that every file the manifest names is pinned in `[files]`, and every pinned file equals
+    /// its pin (size, then SHA-256), one thread per file.
+    pub fn check_pins(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        if m.files.is_empty() {
+            return Err(BundleError::Manifest {
+                path: self.file(MANIFEST),
+                message: "has no [files]: its files are not pinned, so its signature vouches for none of them; \
+                          export it again with clipcap-export, which pins them"
+                    .into(),
+            });
+        }
+        if let Some((key, file)) = self.named_files().into_iter().find(|(_, f)| !m.files.contains_key(*f)) {
+            return Err(BundleError::Manifest {
+                path: self.file(MANIFEST),
+                message: format!("{key} = {file:?} is not pinned in [files]"),
+            });
+        }
+        std::thread::scope(|scope| {
+            let checks: Vec<_> = m
+                .files
+                .iter()
+                .map(|(name, pin)| scope.spawn(move || trust::check_pin(&self.file(name), pin)))
+                .collect();
+            checks
+                .into_iter()
+                .try_for_each(|c| c.join().expect("a pin check does not panic"))
+        })?;
+        Ok(())
+    }
+
+    /// Each file the manifest names, with its key.
+    fn named_files(&self) -> Vec<(&'static str, &String)> {
+        let m = &self.manifest;
+        let mut files = vec![
+            ("image_encoder.file", &m.image_encoder.file),
+            ("mapper.file", &m.mapper.file),
+            ("language_model.file", &m.language_model.file),
+            ("tokenizer.file", &m.tokenizer.file),
+        ];
+        if let Some(te) = &m.text_encoder {
+            files.push(("text_encoder.file", &te.file));
+            files.push(("text_encoder.tokenizer", &te.tokenizer));
+        }
+        files
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -296,23 +386,18 @@ impl Bundle {
                 te.embedding_dim, m.image_encoder.embedding_dim
             )));
         }
-        let mut files = vec![
-            ("image_encoder.file", &m.image_encoder.file),
-            ("mapper.file", &m.mapper.file),
-            ("language_model.file", &lm.file),
-            ("tokenizer.file", &t.file),
-        ];
-        if let Some(te) = &m.text_encoder {
-            files.push(("text_encoder.file", &te.file));
-            files.push(("text_encoder.tokenizer", &te.tokenizer));
-        }
-        for (key, file) in files {
+        for (key, file) in self.named_files() {
             if !self.file(file).is_file() {
                 return Err(bad(format!("{key}: {} does not exist", self.file(file).display())));
             }
         }
         Ok(())
     }
+}
+
+fn read_manifest(dir: &Path) -> Result<Vec<u8>, BundleError> {
+    let path = dir.join(MANIFEST);
+    std::fs::read(&path).map_err(|error| BundleError::Read { path, error })
 }
 
 /// One axis of a tensor as the bundle format declares it.

@@ -16,6 +16,7 @@ mod lm;
 pub mod metrics;
 pub mod preprocess;
 pub mod runtime;
+pub mod trust;
 mod vision;
 
 pub use batch::{BatchStats, BatchedLm, Batching, LmSession};

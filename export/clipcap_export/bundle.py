@@ -1,12 +1,14 @@
 """Writing a model bundle: the folder the daemon loads (schema: docs/bundle.md).
 
 The manifest is written last, after every graph has passed its ONNX Runtime check, so a folder with a
-manifest is a finished bundle; a failed export leaves none.
+manifest is a finished bundle; a failed export leaves none. It pins every file it names (`[files]`:
+size and SHA-256), so that a signature of the manifest (minisign, docs/fleet.md) vouches for them all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from .tokenizer import CLIP_BOS, CLIP_CONTEXT, CLIP_EOS, EOS, clip_tokenizer, sp
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.toml"
+SIGNATURE = MANIFEST + ".minisig"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 MAX_TOKENS = 67  # ClipCap's entry_length
@@ -97,8 +100,33 @@ def write_bundle(models: Models, tok: Tokenizer, out: Path, provenance: Provenan
                                     "logit_scale": models.logit_scale}
     if quantize:  # before the manifest is written: a bundle with a manifest is complete
         prov["quantization"] = quantize_graphs(graph_files(out, manifest), quantize)
-    (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
+    write_manifest(out, manifest)
     return manifest
+
+
+def named_files(manifest: dict) -> list[str]:
+    """Every file the manifest names (docs/bundle.md)."""
+    files = [manifest[s]["file"] for s in ("image_encoder", "mapper", "language_model", "tokenizer")]
+    if "text_encoder" in manifest:
+        files += [manifest["text_encoder"]["file"], manifest["text_encoder"]["tokenizer"]]
+    return files
+
+
+def pin(path: Path) -> dict:
+    """A file's size and SHA-256, as `[files]` records them."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_manifest(bundle: Path, manifest: dict) -> None:
+    """Pins the files `manifest` names as they are now, and writes it. A signature of an earlier
+    manifest is removed: it vouches for other contents, and the daemon would refuse it as tampered."""
+    manifest["files"] = {name: pin(bundle / name) for name in named_files(manifest)}
+    (bundle / SIGNATURE).unlink(missing_ok=True)
+    (bundle / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
 
 
 # The manifest section of each graph, by the name quantize.py and provenance.quantization use.
@@ -121,9 +149,9 @@ def quantize_bundle(bundle: Path, precision: str, out: Path) -> dict:
         raise ValueError(f"{out}: the copy must go elsewhere than the bundle")
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST))
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns(MANIFEST, SIGNATURE))
     manifest["provenance"]["quantization"] = quantize_graphs(graph_files(out, manifest), precision)
-    (out / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
+    write_manifest(out, manifest)
     return manifest
 
 

@@ -12,7 +12,17 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from . import tokenizer as tokenizers_
-from .bundle import FORMAT_VERSION, MAX_TOKENS, Provenance, quantize_bundle, stop_tokens, write_bundle
+from .bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MAX_TOKENS,
+    Provenance,
+    quantize_bundle,
+    read_manifest,
+    stop_tokens,
+    write_bundle,
+    write_manifest,
+)
 from .data import EmbeddingSet, download_coco, load_coco_captions, load_karpathy
 from .evaluate import EvaluationError, evaluate, table
 from .models import (
@@ -125,6 +135,13 @@ def cmd_upgrade(args: argparse.Namespace) -> None:
         print(f"{args.bundle} is already format {FORMAT_VERSION}")
     else:
         print(f"{args.bundle} upgraded to format {FORMAT_VERSION} (max |upgraded - original| = {worst:.3g})")
+
+
+def cmd_pin(args: argparse.Namespace) -> None:
+    manifest = read_manifest(args.bundle)
+    write_manifest(args.bundle, manifest)
+    print(f"{args.bundle}: {len(manifest['files'])} files pinned in {MANIFEST} [files]; sign it with "
+          f"`minisign -S -s KEY -m {args.bundle / MANIFEST}` (docs/fleet.md)")
 
 
 def cmd_import_clipcap(args: argparse.Namespace) -> None:
@@ -272,6 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("upgrade", help="a bundle of an older format brought to the current one, in place")
     p.add_argument("bundle", type=Path)
     p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("pin", help="pin a bundle's files (size, SHA-256) in its manifest as they are now, to sign it")
+    p.add_argument("bundle", type=Path)
+    p.set_defaults(func=cmd_pin)
 
     p = sub.add_parser("import-clipcap", help="convert an original ClipCap release checkpoint into a bundle")
     p.add_argument("checkpoint_file", type=Path, metavar="CHECKPOINT",

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import tomli_w
 import torch
 from onnx import TensorProto, helper
 
-from .bundle import FORMAT_VERSION, MANIFEST, read_manifest
+from .bundle import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
 from .graphs import ExportCheckError, _compare, lm_feeds, lm_input_names, pad_left
 
 MASK, POSITIONS = "attention_mask", "position_ids"
@@ -128,5 +127,5 @@ def upgrade_bundle(bundle: Path) -> float | None:
             raise UpgradeError(f"{path}: the upgraded graph differs from the original: {e}") from e
         shutil.move(upgraded, path)
     manifest["format_version"] = FORMAT_VERSION
-    (bundle / MANIFEST).write_text(tomli_w.dumps(manifest), encoding="utf-8")
+    write_manifest(bundle, manifest)
     return worst

@@ -216,3 +216,45 @@ def test_an_existing_bundle_is_quantised_into_a_copy_once(bundle, tmp_path, caps
             main(["quantize", str(source), "--precision", "int4", "--out", str(target)])
         assert why in capsys.readouterr().err
         assert not (tmp_path / "again").exists()
+
+
+def test_every_named_file_is_pinned_and_rewriting_the_manifest_drops_its_signature(bundle, tmp_path, clipcap_binary):
+    import hashlib
+    import shutil
+
+    from clipcap_export.bundle import SIGNATURE
+    from clipcap_export.cli import main
+
+    m = read_manifest(bundle)
+    named = {m[s]["file"] for s in ("image_encoder", "mapper", "language_model", "tokenizer")}
+    named |= {m["text_encoder"]["file"], m["text_encoder"]["tokenizer"]}
+    assert set(m["files"]) == named
+    for name, pin in m["files"].items():
+        data = (bundle / name).read_bytes()
+        assert pin == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # The runtime reads the same pins: `clipcap verify` (without keys) checks the files against them.
+    ok = subprocess.run([clipcap_binary, "verify", str(bundle)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "equal to their pins" in ok.stdout, ok.stdout + ok.stderr
+
+    # A quantised copy pins its own files, and leaves out the original's signature.
+    (bundle / SIGNATURE).write_text("a signature of the fp32 manifest\n")
+    try:
+        main(["quantize", str(bundle), "--precision", "int4", "--out", str(tmp_path / "int4")])
+    finally:
+        (bundle / SIGNATURE).unlink()
+    q = read_manifest(tmp_path / "int4")
+    assert q["files"]["lm.onnx"] != m["files"]["lm.onnx"]
+    assert q["files"]["lm.onnx"]["sha256"] == hashlib.sha256((tmp_path / "int4/lm.onnx").read_bytes()).hexdigest()
+    assert not (tmp_path / "int4" / SIGNATURE).exists()
+
+    # `pin` brings the pins up to date with the files, and removes a signature that no longer holds.
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    (copy / SIGNATURE).write_text("stale\n")
+    with (copy / "tokenizer.json").open("a") as f:
+        f.write(" ")
+    bad = subprocess.run([clipcap_binary, "verify", str(copy)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "tokenizer.json" in bad.stderr and "the manifest pins" in bad.stderr, bad.stderr
+    main(["pin", str(copy)])
+    assert not (copy / SIGNATURE).exists()
+    assert subprocess.run([clipcap_binary, "verify", str(copy)], capture_output=True).returncode == 0

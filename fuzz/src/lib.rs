@@ -65,7 +65,7 @@ pub fn config(data: &[u8]) {
     let path = scratch("config.toml", file);
     if let Ok(config) = Config::load_with(Some(&path), Some(environment)) {
         // What `serve` derives from a loaded configuration must not fail on it either.
-        let _ = config.plugins.options();
+        let _ = config.plugin_options();
     }
 }
 
@@ -201,7 +201,7 @@ fn daemon(cell: &'static OnceLock<Daemon>) -> &'static Daemon {
         .map(|(key, value)| (format!("CLIPCAP__{}", key.replace('.', "__").to_uppercase()), value))
         .collect();
         let config = Config::load_with(None, Some(environment)).expect("the harness's configuration");
-        let mut plugins = config.plugins.options();
+        let mut plugins = config.plugin_options();
         plugins.isolation.program = release.join("clipcap");
         let offline = Offline::start(&config, &repo.join("demo/bundle"), &plugins)
             .unwrap_or_else(|e| panic!("the demo daemon does not start (scripts/setup.sh run?): {e:#}"));

@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::Context;
 use clipcap::bench;
 use clipcap::config::Config;
-use clipcap_core::bundle::Bundle;
 use clipcap_core::imageio;
 
 use super::DecoderArgs;
@@ -36,13 +35,12 @@ pub fn run(args: Args, config: Option<&Path>, started: Instant) -> anyhow::Resul
     let config = Config::load(config)?;
     let factory = super::factory(&config);
     let (mut lanes, seed) = args.decoding.create_lanes(&config, &factory, args.concurrency.into())?;
-    let captioner = super::load_captioner(&config, &args.bundle)?;
+    let (opened, captioner) = super::load_captioner(&config, &args.bundle)?;
     let prepared = args
         .images
         .iter()
         .map(|p| Ok(captioner.prepare(&imageio::load_file(p)?)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let opened = Bundle::open(&args.bundle)?;
     let lm_file = opened.file(&opened.manifest.language_model.file);
     let setup = bench::Setup {
         images: &prepared,

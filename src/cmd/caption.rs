@@ -47,7 +47,7 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
             Ok(Lane { decoders, fallback })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let captioner = super::load_captioner(&config, &args.bundle)?;
+    let (_, captioner) = super::load_captioner(&config, &args.bundle)?;
     let mut failed = false;
     jobs::run(
         &mut lanes,

@@ -1,10 +1,11 @@
 //! `clipcap decoder-host` (hidden): the process an isolated decoder runs in. clipcap starts it itself,
-//! with its socket and shared memory on descriptors 3 and 4; it reads no configuration.
+//! with its socket and shared memory on descriptors 3 and 4; it reads no configuration. And
+//! `clipcap describe-plugin` (hidden): the process that reads one plugin library's descriptor.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clipcap_core::decoding::{HostArgs, decoder_host};
+use clipcap_core::decoding::{HostArgs, ListingArgs, Vetting, decoder_host, describe_plugin};
 
 /// The process an isolated decoder runs in (plugins.isolate).
 #[derive(clap::Args)]
@@ -17,6 +18,35 @@ pub struct Args {
     memory_mb: u64,
     #[arg(long)]
     allow_insecure: bool,
+    /// minisign public keys the plugin must be signed by (security.trusted_keys_file).
+    #[arg(long, value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+}
+
+/// The process that reads a plugin library's descriptor and prints its decoders as JSON.
+#[derive(clap::Args)]
+pub struct DescribeArgs {
+    plugin: PathBuf,
+    #[arg(long)]
+    memory_mb: u64,
+    #[arg(long)]
+    allow_insecure: bool,
+    /// minisign public keys the plugin must be signed by (security.trusted_keys_file).
+    #[arg(long, value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+}
+
+pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
+    let args = ListingArgs {
+        plugin: args.plugin,
+        vetting: Vetting {
+            allow_insecure: args.allow_insecure,
+            trusted_keys: args.trusted_keys,
+        },
+        memory_mb: args.memory_mb,
+    };
+    describe_plugin(&args).map_err(|e| anyhow::anyhow!("describe-plugin {}: {e}", args.plugin.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -24,7 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         plugin: args.plugin,
         decoder: args.decoder,
         label: args.label,
-        allow_insecure: args.allow_insecure,
+        vetting: Vetting {
+            allow_insecure: args.allow_insecure,
+            trusted_keys: args.trusted_keys,
+        },
         memory_mb: args.memory_mb,
     };
     decoder_host(&args).map_err(|e| anyhow::anyhow!("decoder-host {}: {e}", args.label))?;

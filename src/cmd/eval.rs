@@ -50,8 +50,13 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let progress = indicatif::ProgressBar::new((args.bundles.len() * images.len() * decoders.len()) as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} captions, ETA {eta}").expect("a valid template"),
     );
+    let bundles = args
+        .bundles
+        .iter()
+        .map(|b| config.security.open_bundle(b))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let plan = eval::Plan {
-        bundles: &args.bundles,
+        bundles: &bundles,
         images: &images,
         decoders: &mut decoders,
         runtime: &runtime,

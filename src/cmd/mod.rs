@@ -10,6 +10,7 @@ pub mod plugins;
 pub mod report;
 pub mod score;
 pub mod serve;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -89,14 +90,16 @@ fn create(factory: &DecoderFactory, name: &str) -> anyhow::Result<DecoderInstanc
 
 /// The decoder factory of `config`, over the plugins its `[plugins]` loads.
 fn factory(config: &Config) -> DecoderFactory {
-    let plugins = clipcap_core::decoding::Plugins::load(&config.plugins.options());
+    let plugins = clipcap_core::decoding::Plugins::load(&config.plugin_options());
     DecoderFactory::new(config, std::sync::Arc::new(plugins))
 }
 
-fn load_captioner(config: &Config, bundle: &Path) -> anyhow::Result<Captioner> {
-    let bundle = Bundle::open(bundle)?;
+/// The bundle in `dir` (verified when security.require_signed) and its captioner.
+fn load_captioner(config: &Config, dir: &Path) -> anyhow::Result<(Bundle, Captioner)> {
+    let bundle = config.security.open_bundle(dir)?;
     let runtime = Runtime::init(&config.runtime)?;
-    Ok(Captioner::load(&bundle, &runtime, config.captioning.batching())?)
+    let captioner = Captioner::load(&bundle, &runtime, config.captioning.batching())?;
+    Ok((bundle, captioner))
 }
 
 /// `--bundle`, else service.bundle of the config.

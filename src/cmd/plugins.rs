@@ -24,7 +24,7 @@ enum Command {
 
 pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let Command::List { json } = args.command;
-    let plugins = Plugins::load(&Config::load(config)?.plugins.options());
+    let plugins = Plugins::load(&Config::load(config)?.plugin_options());
     list(&plugins, json);
     Ok(ExitCode::SUCCESS)
 }

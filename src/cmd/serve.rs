@@ -34,7 +34,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
 pub fn check(args: CheckArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let bundle = super::bundle_path(&config, args.bundle)?;
-    let loaded = service::load(&config, &bundle, &config.plugins.options())?;
+    let loaded = service::load(&config, &bundle, &config.plugin_options())?;
     Captioner::load(
         &loaded.bundle,
         &Runtime::init(&config.runtime)?,

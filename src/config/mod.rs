@@ -19,9 +19,11 @@ use serde::Deserialize;
 use crate::publish::PublishConfig;
 use crate::ros2::Ros2Config;
 use crate::source::SourceConfig;
-use clipcap_core::decoding::{IsolationOptions, ParamValue, PluginOptions};
+use clipcap_core::bundle::Bundle;
+use clipcap_core::decoding::{IsolationOptions, ParamValue, PluginOptions, Vetting};
 use clipcap_core::imageio::Budget;
 use clipcap_core::runtime::RuntimeOptions;
+use clipcap_core::trust::TrustedKeys;
 use clipcap_core::{Batching, Padding};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -38,6 +40,7 @@ pub struct Config {
     pub decoding: DecodingConfig,
     pub publish: PublishConfig,
     pub ros2: Ros2Config,
+    pub security: SecurityConfig,
     /// Named decoder instances: `[decoders.NAME]` with `decoder = "..."` (default NAME) and parameters.
     pub decoders: BTreeMap<String, BTreeMap<String, ParamValue>>,
 }
@@ -216,28 +219,59 @@ impl Default for PluginsConfig {
     }
 }
 
-impl PluginsConfig {
-    /// The plugin loader's options, relative folders resolved against the executable's folder.
-    pub fn options(&self) -> PluginOptions {
+impl Config {
+    /// The plugin loader's options ([plugins], and [security]'s keys when plugins must be signed),
+    /// relative folders resolved against the executable's folder.
+    pub fn plugin_options(&self) -> PluginOptions {
+        let p = &self.plugins;
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
         PluginOptions {
-            directories: self
+            directories: p
                 .directories
                 .iter()
                 .map(|d| if d.is_absolute() { d.clone() } else { exe_dir.join(d) })
                 .collect(),
-            allow_insecure: self.allow_insecure,
+            vetting: Vetting {
+                allow_insecure: p.allow_insecure,
+                trusted_keys: self.security.required_keys().map(Path::to_path_buf),
+            },
             isolation: IsolationOptions {
                 program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("clipcap")),
-                memory_mb: self.isolate_memory_mb,
-                cpu_seconds: self.isolate_cpu_seconds,
-                wait: Duration::from_millis(self.isolate_wait_ms),
-                restart: Duration::from_millis(self.isolate_restart_ms),
+                memory_mb: p.isolate_memory_mb,
+                cpu_seconds: p.isolate_cpu_seconds,
+                wait: Duration::from_millis(p.isolate_wait_ms),
+                restart: Duration::from_millis(p.isolate_restart_ms),
             },
         }
+    }
+}
+
+/// `[security]`: which signatures bundles and plugins must carry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// minisign public keys (`.pub` format, one or more) that may sign bundles and plugins.
+    pub trusted_keys_file: PathBuf,
+    /// Refuse a bundle or plugin that is not signed by one of those keys, or differs from what was signed.
+    pub require_signed: bool,
+}
+
+impl SecurityConfig {
+    /// The keys every bundle and plugin must be signed by, when `require_signed`.
+    pub fn required_keys(&self) -> Option<&Path> {
+        self.require_signed.then_some(self.trusted_keys_file.as_path())
+    }
+
+    /// Opens the bundle in `dir`; with `require_signed`, only if a trusted key signed it and its files
+    /// equal their pins, all checked before any graph is loaded.
+    pub fn open_bundle(&self, dir: &Path) -> anyhow::Result<Bundle> {
+        Ok(match self.required_keys() {
+            Some(keys) => Bundle::open_trusted(dir, &TrustedKeys::load(keys)?)?,
+            None => Bundle::open(dir)?,
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! The sections that belong to a part are checked by that part (`source::validate`,
 //! `PublishConfig::validate`, `Ros2Config::validate`); the others here.
 
-use super::{CaptioningConfig, Config, ServiceConfig};
+use super::{CaptioningConfig, Config, SecurityConfig, ServiceConfig};
 use crate::settings::{Invalid, check};
 use crate::source::{self, SourceKind};
 use clipcap_core::decoding::DecoderRequest;
 use clipcap_core::runtime::RuntimeOptions;
+use clipcap_core::trust::TrustedKeys;
 
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     let p = &config.plugins;
@@ -34,7 +35,21 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
             config.ros2.validate_sources(&names)?;
         }
     }
+    security(&config.security)?;
     runtime(&config.runtime)
+}
+
+fn security(s: &SecurityConfig) -> Result<(), Invalid> {
+    if s.trusted_keys_file.as_os_str().is_empty() {
+        return check(!s.require_signed, "security.require_signed", || {
+            "security.require_signed = true needs security.trusted_keys_file: the minisign public keys \
+             bundles and plugins must be signed by"
+                .into()
+        });
+    }
+    TrustedKeys::load(&s.trusted_keys_file)
+        .map(drop)
+        .map_err(|e| Invalid::new("security.trusted_keys_file", e.to_string()))
 }
 
 fn service(s: &ServiceConfig) -> Result<(), Invalid> {

@@ -50,11 +50,11 @@ pub struct Loaded {
     pub factory: DecoderFactory,
 }
 
-/// Opens the bundle, loads the plugins with `plugins` (config.plugins.options(), but for the fuzz
+/// Opens the bundle, loads the plugins with `plugins` (config.plugin_options(), but for the fuzz
 /// harness) and creates every configured decoder, so that a bad bundle, plugin folder or decoder
 /// parameter is an error before anything starts.
 pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Loaded> {
-    let bundle = Bundle::open(bundle)?;
+    let bundle = config.security.open_bundle(bundle)?;
     let factory = DecoderFactory::new(config, Arc::new(Plugins::load(plugins)));
     let decoders = Decoders::create(&factory, config, true)?;
     Ok(Loaded {
@@ -195,7 +195,7 @@ pub struct Offline {
 }
 
 impl Offline {
-    /// Loads as `serve` does (with `plugins` for config.plugins.options(): the process is not
+    /// Loads as `serve` does (with `plugins` for config.plugin_options(): the process is not
     /// clipcap, so its isolated decoders need clipcap's path) and returns once the models are loaded.
     pub fn start(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Offline> {
         let loaded = load(config, bundle, plugins)?;
@@ -286,7 +286,7 @@ fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Res
 pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     // First, before anything slow: a watched folder's "already there" is what was there at start.
     let opened = open_sources(&config)?;
-    let loaded = load(&config, bundle, &config.plugins.options())?;
+    let loaded = load(&config, bundle, &config.plugin_options())?;
     let runtime = Runtime::init(&config.runtime)?;
     let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
         cert: config.service.tls_cert.clone(),

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clipcap_core::decoding::{DecoderInstance, DecoderRequest, IsolationOptions, PluginOptions, Plugins};
+use clipcap_core::decoding::{DecoderInstance, DecoderRequest, IsolationOptions, PluginOptions, Plugins, Vetting};
 use clipcap_core::runtime::{Provider, Runtime, RuntimeOptions};
 use serde::Deserialize;
 
@@ -15,6 +15,39 @@ pub fn fixtures() -> PathBuf {
 
 pub fn tiny_bundle() -> PathBuf {
     fixtures().join("tiny-bundle")
+}
+
+/// Builds plugins/c/greedy.c into `dir` with one of its ABI-breaking macros, and with `extra`, more C
+/// source compiled into the same library (a constructor that crashes, say).
+pub fn build_c_plugin(dir: &Path, name: &str, define: Option<&str>, extra: Option<&str>) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join(format!("lib{name}.so"));
+    let mut cc = std::process::Command::new("cc");
+    // Warnings are errors, but the NULL_DECODE build leaves `greedy` unused on purpose.
+    cc.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-function",
+        "-shared",
+        "-fPIC",
+        "-I",
+    ])
+    .arg(root.join("plugins/sdk/include"))
+    .arg("-o")
+    .arg(&out)
+    .arg(root.join("plugins/c/greedy.c"));
+    if let Some(d) = define {
+        cc.arg(format!("-D{d}"));
+    }
+    if let Some(source) = extra {
+        let file = dir.join(format!("{name}-extra.c"));
+        std::fs::write(&file, source).unwrap();
+        cc.arg(file);
+    }
+    assert!(cc.status().unwrap().success(), "cc failed for {name}");
+    out
 }
 
 /// A copy of the tiny bundle quantised to `precision` ("int8", "int4") by the export tool, in `dir`.
@@ -48,7 +81,10 @@ pub fn runtime() -> Runtime {
 pub fn options(directories: Vec<PathBuf>, allow_insecure: bool) -> PluginOptions {
     PluginOptions {
         directories,
-        allow_insecure,
+        vetting: Vetting {
+            allow_insecure,
+            trusted_keys: None,
+        },
         isolation: isolation(),
     }
 }

@@ -17,10 +17,11 @@ mod security;
 use std::path::PathBuf;
 
 pub use generation::{ClipGuide, Generation, SimilarityError};
-pub use isolation::{HostArgs, IsolationOptions, decoder_host};
+pub use isolation::{HostArgs, IsolationOptions, ListingArgs, decoder_host, describe_plugin};
 pub use params::{DecoderRequest, ParamValue};
 pub use plugin::{DecoderInfo, ParamInfo, ParamKind};
 pub use registry::{DecoderInstance, PluginOptions, Plugins};
+pub use security::Vetting;
 
 use crate::lm::LmError;
 
@@ -147,6 +148,18 @@ pub enum PluginFault {
     Descriptor(String),
     #[error("decoder `{decoder}` is already provided by {}", other.display())]
     Duplicate { decoder: String, other: PathBuf },
+    /// Not signed by a trusted key, or changed since (security.trusted_keys_file).
+    #[error("{0}")]
+    Untrusted(crate::trust::TrustFault),
+    /// The process that read the descriptor (isolation/listing.rs) crashed, hung or could not start.
+    #[error("{0}")]
+    Lister(String),
+    /// A refusal that process gave: one of the reasons above, as text.
+    #[error("{0}")]
+    Relayed(String),
+    /// The file changed between its listing and its loading into this process.
+    #[error("changed since it was listed: its decoders are no longer those listed")]
+    Changed,
 }
 
 /// A decoder that cannot be created as asked: a bad spec or table, an unknown decoder or parameter,

@@ -13,7 +13,7 @@ use super::host;
 use super::security::CheckedFile;
 use super::{PluginError, PluginFault};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamKind {
     Int,
@@ -31,7 +31,7 @@ impl ParamKind {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamInfo {
     pub name: String,
     pub description: String,
@@ -49,8 +49,9 @@ pub(crate) struct DecoderFns {
     pub destroy: ffi::DestroyFn,
 }
 
-/// A decoder a plugin provides. Its JSON (`plugins list --json`, `GET /v1/decoders`) is this struct.
-#[derive(Clone, serde::Serialize)]
+/// A decoder a plugin provides, as its descriptor says. Its JSON (`plugins list --json`, `GET
+/// /v1/decoders`, and what `clipcap describe-plugin` reports) is this struct.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecoderInfo {
     pub name: String,
     pub description: String,
@@ -62,11 +63,15 @@ pub struct DecoderInfo {
     #[serde(rename = "abi")]
     pub abi_version: String,
     pub path: PathBuf,
-    #[serde(skip)]
-    pub(crate) fns: DecoderFns,
-    /// Keeps the code behind `fns` loaded as long as this info or an instance exists.
-    #[serde(skip)]
-    pub(crate) _library: Arc<Library>,
+}
+
+/// A decoder of a library loaded into this process: its descriptor and its functions.
+#[derive(Clone)]
+pub(crate) struct LoadedDecoder {
+    pub info: DecoderInfo,
+    pub fns: DecoderFns,
+    /// Keeps the code behind `fns` loaded as long as this or an instance exists.
+    _library: Arc<Library>,
 }
 
 /// Keys of a decoder request that are the host's, never a plugin parameter's (params.rs).
@@ -120,14 +125,14 @@ fn version(v: u32) -> String {
 
 /// Loads the library `file` (opened and checked from `path`) and returns the decoders it provides,
 /// or why it is refused.
-pub fn load(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginError> {
+pub(crate) fn load(path: &Path, file: CheckedFile) -> Result<Vec<LoadedDecoder>, PluginError> {
     decoders(path, file).map_err(|reason| PluginError {
         path: path.to_path_buf(),
         reason,
     })
 }
 
-fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFault> {
+fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<LoadedDecoder>, PluginFault> {
     // SAFETY: loading runs the library's initialisers; security::open has vetted who could have
     // written this very file (or the user allowed insecure plugins) and that it is an ELF file for
     // this machine, which is all a host can know before running it.
@@ -188,14 +193,14 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
         // at least ABI 2.0's size), and a zeroed DecoderSpec is valid.
         unsafe { read_grown::<ffi::DecoderSpec>(d.decoders.cast::<u8>().add(i * decoder_size), decoder_size) }
     });
-    let mut out: Vec<DecoderInfo> = Vec::with_capacity(specs.len());
+    let mut out: Vec<LoadedDecoder> = Vec::with_capacity(specs.len());
     for (i, s) in specs.enumerate() {
         // SAFETY: as above, for the decoder specs.
         let name = unsafe { text(s.name, &format!("decoder {i}'s name")) }?;
         let (Some(create), Some(decode), Some(destroy)) = (s.create, s.decode, s.destroy) else {
             return refuse(format!("decoder `{name}` lacks create, decode or destroy"));
         };
-        if out.iter().any(|o| o.name == name) {
+        if out.iter().any(|o| o.info.name == name) {
             return refuse(format!("decoder `{name}` is declared twice"));
         }
         if s.num_params > 0 && s.params.is_null() {
@@ -237,7 +242,7 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
                 max: p.max,
             });
         }
-        out.push(DecoderInfo {
+        let info = DecoderInfo {
             // SAFETY: as above.
             description: unsafe { text(s.description, &format!("description of `{name}`")) }?,
             name,
@@ -246,6 +251,9 @@ fn decoders(path: &Path, file: CheckedFile) -> Result<Vec<DecoderInfo>, PluginFa
             plugin_version: plugin_version.clone(),
             abi_version: version(abi),
             path: path.to_path_buf(),
+        };
+        out.push(LoadedDecoder {
+            info,
             fns: DecoderFns {
                 create,
                 decode,
@@ -283,12 +291,12 @@ impl Done {
     }
 }
 
-/// A new instance of `info`'s decoder from checked parameter values, or the plugin's message.
-pub(crate) fn create_raw(info: &DecoderInfo, values: &[f64]) -> Result<*mut c_void, Refused> {
+/// A new instance of `decoder` from checked parameter values, or the plugin's message.
+pub(crate) fn create_raw(decoder: &LoadedDecoder, values: &[f64]) -> Result<*mut c_void, Refused> {
     let mut err = [0 as c_char; 512];
     // SAFETY: `create` passed the descriptor checks; `values` has one value per declared parameter,
     // in order (DecoderRequest::values), and `err` is a writable buffer of the length passed.
-    let instance = unsafe { (info.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
+    let instance = unsafe { (decoder.fns.create)(values.as_ptr(), err.as_mut_ptr(), err.len()) };
     if instance.is_null() {
         return Err(Refused(message(&err)));
     }
@@ -298,10 +306,10 @@ pub(crate) fn create_raw(info: &DecoderInfo, values: &[f64]) -> Result<*mut c_vo
 /// One `decode` call of `instance` with `table`, and what it gave back (unchecked).
 ///
 /// # Safety
-/// `instance` came from `info`'s `create` and is not used elsewhere during the call; `table` is a
+/// `instance` came from `decoder`'s `create` and is not used elsewhere during the call; `table` is a
 /// complete host table whose functions and ctx stay valid for the call.
 pub(crate) unsafe fn decode_raw(
-    info: &DecoderInfo,
+    decoder: &LoadedDecoder,
     instance: *mut c_void,
     table: &ffi::Host,
     max_tokens: usize,
@@ -312,7 +320,7 @@ pub(crate) unsafe fn decode_raw(
     // SAFETY: the caller's contract for `instance` and `table`; `out` and `err` are writable buffers
     // of the lengths passed.
     let status = unsafe {
-        (info.fns.decode)(
+        (decoder.fns.decode)(
             instance,
             table,
             out.as_mut_ptr(),

@@ -1,22 +1,24 @@
 //! The decoders available to this process: plugin libraries found in the configured folders (each
-//! checked by `security` and `plugin` before use), and instances created from requests.
+//! listed by a process of its own, isolation/listing.rs, so that nothing of a library runs here
+//! before a decoder of it is created in this process), and instances created from requests.
 
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use super::host::HostCtx;
-use super::isolation::{Isolated, IsolationOptions, Launch};
+use super::isolation::{self, Isolated, IsolationOptions, Launch};
 use super::params::DecoderRequest;
-use super::plugin::{self, DecoderInfo, create_raw, decode_raw};
-use super::{DecodeError, DecoderFault, Generation, PluginError, PluginFault, RequestError, security};
+use super::plugin::{self, DecoderInfo, LoadedDecoder, create_raw, decode_raw};
+use super::security::{self, Vetting};
+use super::{DecodeError, DecoderFault, Generation, PluginError, PluginFault, RequestError};
 
-/// Where plugins are looked for, whether files others could write are refused, and how isolated
-/// decoders run.
+/// Where plugins are looked for, what a file must pass to be loaded, and how isolated decoders run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginOptions {
     pub directories: Vec<PathBuf>,
-    /// Load plugins even from files or folders that others could write (development only).
-    pub allow_insecure: bool,
+    pub vetting: Vetting,
     pub isolation: IsolationOptions,
 }
 
@@ -26,16 +28,21 @@ pub struct Plugins {
     refused: Vec<PluginError>,
     #[serde(skip)]
     options: PluginOptions,
+    /// The libraries loaded into this process, by path: only those of decoders created in process.
+    #[serde(skip)]
+    loaded: Mutex<BTreeMap<PathBuf, Vec<LoadedDecoder>>>,
 }
 
 impl Plugins {
-    /// Loads every `*.so` in the directories (in order; a decoder name already taken is refused).
-    /// A folder that cannot be read is reported as a refusal, not an error.
+    /// Lists every `*.so` in the directories (in order; a decoder name already taken is refused),
+    /// each library read in a process of its own. A folder that cannot be read is reported as a
+    /// refusal, not an error.
     pub fn load(options: &PluginOptions) -> Plugins {
         let mut plugins = Plugins {
             decoders: Vec::new(),
             refused: Vec::new(),
             options: options.clone(),
+            loaded: Mutex::default(),
         };
         for dir in &options.directories {
             let entries = match std::fs::read_dir(dir) {
@@ -54,7 +61,7 @@ impl Plugins {
                 .collect();
             paths.sort();
             for path in paths {
-                if let Err(error) = plugins.add(&path, options.allow_insecure) {
+                if let Err(error) = plugins.add(&path, options) {
                     tracing::warn!("plugin refused: {error}");
                     plugins.refused.push(error);
                 }
@@ -63,9 +70,8 @@ impl Plugins {
         plugins
     }
 
-    fn add(&mut self, path: &Path, allow_insecure: bool) -> Result<(), PluginError> {
-        let file = security::open(path, allow_insecure)?;
-        let found = plugin::load(path, file)?;
+    fn add(&mut self, path: &Path, options: &PluginOptions) -> Result<(), PluginError> {
+        let found = isolation::describe(path, &options.vetting, &options.isolation)?;
         for d in &found {
             if let Some(other) = self.decoders.iter().find(|o| o.name == d.name) {
                 return Err(PluginError {
@@ -110,44 +116,63 @@ impl Plugins {
             })?;
         let values = request.values(info)?;
         let isolate = request.isolate.unwrap_or(isolate);
+        let create_error = |message: String| RequestError::Create {
+            decoder: info.name.clone(),
+            message,
+        };
         let backend = if isolate {
             let launch = Launch {
                 options: self.options.isolation.clone(),
                 plugin: info.path.clone(),
                 decoder: info.name.clone(),
                 label: request.label.clone(),
-                allow_insecure: self.options.allow_insecure,
+                vetting: self.options.vetting.clone(),
                 values,
             };
-            let isolated = Isolated::start(launch).map_err(|e| RequestError::Create {
-                decoder: info.name.clone(),
-                message: e.to_string(),
-            })?;
+            let isolated = Isolated::start(launch).map_err(|e| create_error(e.to_string()))?;
             Backend::Isolated(Box::new(isolated))
         } else {
-            Backend::InProcess(create_raw(info, &values).map_err(|refused| RequestError::Create {
-                decoder: info.name.clone(),
-                message: refused.0,
-            })?)
+            let decoder = self.in_process(info).map_err(|e| create_error(e.to_string()))?;
+            let instance = create_raw(&decoder, &values).map_err(|refused| create_error(refused.0))?;
+            Backend::InProcess { instance, decoder }
         };
         Ok(DecoderInstance {
-            info: info.clone(),
             label: request.label.clone(),
             backend,
         })
+    }
+
+    /// `info`'s decoder loaded into this process: its library is vetted and loaded the first time,
+    /// and must still provide the decoder as it was listed.
+    fn in_process(&self, info: &DecoderInfo) -> Result<LoadedDecoder, PluginError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if !loaded.contains_key(&info.path) {
+            let file = security::open(&info.path, &self.options.vetting)?;
+            loaded.insert(info.path.clone(), plugin::load(&info.path, file)?);
+        }
+        loaded[&info.path]
+            .iter()
+            .find(|d| d.info == *info)
+            .cloned()
+            .ok_or_else(|| PluginError {
+                path: info.path.clone(),
+                reason: PluginFault::Changed,
+            })
     }
 }
 
 /// A created decoder, used by one thread at a time (the ABI's rule).
 pub struct DecoderInstance {
-    info: DecoderInfo,
     label: String,
     backend: Backend,
 }
 
 /// Where the decoder runs: in this process, or in its own (isolation/).
 enum Backend {
-    InProcess(*mut c_void),
+    InProcess {
+        instance: *mut c_void,
+        decoder: LoadedDecoder,
+    },
     Isolated(Box<Isolated>),
 }
 
@@ -175,11 +200,11 @@ impl DecoderInstance {
         let (max_tokens, vocab) = (generation.max_tokens(), generation.vocab_size());
         let mut ctx = HostCtx::new(generation, &self.label);
         let done = match &mut self.backend {
-            Backend::InProcess(instance) => {
+            Backend::InProcess { instance, decoder } => {
                 let table = ctx.table();
                 // SAFETY: `instance` is this decoder's live instance, used by this thread alone
                 // (`&mut self`); `table` outlives the call and `ctx` does not move during it.
-                unsafe { decode_raw(&self.info, *instance, &table, max_tokens) }
+                unsafe { decode_raw(decoder, *instance, &table, max_tokens) }
             }
             Backend::Isolated(isolated) => isolated.decode(&mut ctx).map_err(fail)?,
         };
@@ -205,9 +230,9 @@ impl DecoderInstance {
 
 impl Drop for DecoderInstance {
     fn drop(&mut self) {
-        if let Backend::InProcess(instance) = self.backend {
+        if let Backend::InProcess { instance, decoder } = &self.backend {
             // SAFETY: `instance` came from this decoder's `create` and is destroyed once, here.
-            unsafe { (self.info.fns.destroy)(instance) };
+            unsafe { (decoder.fns.destroy)(*instance) };
         }
     }
 }

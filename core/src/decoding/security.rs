@@ -4,7 +4,8 @@
 //! The file is opened once, without following a symbolic link, and everything is checked on that
 //! descriptor: its owner and mode, its ELF header (a library built for another machine is refused
 //! with both architectures named), and the folders above it. The loader then opens the descriptor
-//! itself (`/proc/self/fd/N`), so a file swapped in after the check is never run.
+//! itself (`/proc/self/fd/N`), so a file swapped in after the check is never run. With trusted keys,
+//! the bytes of that descriptor must also carry a signature of one of them (`libX.so.minisig`).
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::fd::{AsRawFd, IntoRawFd};
@@ -12,6 +13,16 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{PluginError, PluginFault};
+use crate::trust::{TrustError, TrustedKeys};
+
+/// What a plugin file must pass before it is loaded, besides being an ELF library for this machine.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vetting {
+    /// Load plugins even from files or folders that others could write (development only).
+    pub allow_insecure: bool,
+    /// minisign public keys: when set, a plugin must be signed by one of them (`libX.so.minisig`).
+    pub trusted_keys: Option<PathBuf>,
+}
 
 /// A plugin file, open and checked: load it through [`CheckedFile::loader_path`].
 pub struct CheckedFile {
@@ -36,9 +47,10 @@ impl CheckedFile {
 }
 
 /// Opens `path` for loading. Refused: a symbolic link, anything but a regular file, an ELF file for
-/// another architecture, and, unless `allow_insecure`, a file or folder above it owned by someone
-/// other than root or this process's user or writable by group or others.
-pub fn open(path: &Path, allow_insecure: bool) -> Result<CheckedFile, PluginError> {
+/// another architecture, unless `allow_insecure` a file or folder above it owned by someone other
+/// than root or this process's user or writable by group or others, and with `trusted_keys` a file
+/// without a valid signature of one of them.
+pub fn open(path: &Path, vetting: &Vetting) -> Result<CheckedFile, PluginError> {
     let refuse = |reason: PluginFault| PluginError {
         path: path.to_path_buf(),
         reason,
@@ -59,7 +71,7 @@ pub fn open(path: &Path, allow_insecure: bool) -> Result<CheckedFile, PluginErro
         return Err(refuse(PluginFault::Descriptor("not a regular file".into())));
     }
     elf_machine(&file).map_err(refuse)?;
-    if !allow_insecure {
+    if !vetting.allow_insecure {
         owner_and_mode(path, &meta).map_err(|e| insecure(e.to_string()))?;
         let folder = path.parent().unwrap_or(Path::new("."));
         let real = folder
@@ -69,6 +81,14 @@ pub fn open(path: &Path, allow_insecure: bool) -> Result<CheckedFile, PluginErro
             let meta = std::fs::metadata(dir).map_err(|e| insecure(format!("{}: {e}", dir.display())))?;
             owner_and_mode(dir, &meta).map_err(|e| insecure(e.to_string()))?;
         }
+    }
+    if let Some(keys) = &vetting.trusted_keys {
+        let untrusted = |e: TrustError| refuse(PluginFault::Untrusted(e.fault));
+        let keys = TrustedKeys::load(keys).map_err(untrusted)?;
+        let mut bytes = vec![0u8; meta.len() as usize];
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(|e| refuse(PluginFault::Open(e)))?;
+        keys.verify(path, &bytes).map_err(untrusted)?;
     }
     Ok(CheckedFile { file })
 }
@@ -176,12 +196,16 @@ mod tests {
         let (listed, other) = (tmp.join("libdecoders.so"), tmp.join("libother.so"));
         std::fs::copy(built("libclipcap_search.so"), &listed).unwrap();
         std::fs::copy(built("libclipcap_sampling.so"), &other).unwrap();
-        let checked = open(&listed, true).unwrap();
+        let dev = Vetting {
+            allow_insecure: true,
+            trusted_keys: None,
+        };
+        let checked = open(&listed, &dev).unwrap();
         // Between the check and the load, the listed path now names another library.
         std::fs::rename(&other, &listed).unwrap();
         let names = |file: CheckedFile| -> Vec<String> {
             let found = plugin::load(&listed, file).unwrap();
-            found.into_iter().map(|d| d.name).collect()
+            found.into_iter().map(|d| d.info.name).collect()
         };
         assert_eq!(
             names(checked),
@@ -189,7 +213,7 @@ mod tests {
             "the checked file was loaded, not the swapped one"
         );
         // The swap did happen: opening the path now finds the other library.
-        assert_eq!(names(open(&listed, true).unwrap()), ["sample"]);
+        assert_eq!(names(open(&listed, &dev).unwrap()), ["sample"]);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -15,7 +15,7 @@ use super::arena::ArenaReader;
 use super::protocol::{self, Call, Done, Refusal, Reply, ToChild, ToParent};
 use super::sandbox::{self, SandboxError};
 use crate::decoding::host::{self, Facts, HostFns, Row};
-use crate::decoding::plugin::{self, DecoderInfo, create_raw, decode_raw};
+use crate::decoding::plugin::{self, LoadedDecoder, create_raw, decode_raw};
 use crate::decoding::{PluginError, security};
 
 /// The descriptors the daemon hands its decoder process (server.rs puts them there).
@@ -29,7 +29,7 @@ pub struct HostArgs {
     pub decoder: String,
     /// The instance's label (as in the daemon's log), so that `ps` tells the processes apart.
     pub label: String,
-    pub allow_insecure: bool,
+    pub vetting: crate::decoding::Vetting,
     pub memory_mb: u64,
 }
 
@@ -55,10 +55,10 @@ pub fn decoder_host(args: &HostArgs) -> Result<(), HostError> {
     let (socket, arena) = unsafe { (OwnedFd::from_raw_fd(SOCKET_FD), OwnedFd::from_raw_fd(ARENA_FD)) };
     let mut socket = UnixStream::from(socket);
     sandbox::limit_memory(args.memory_mb)?;
-    let file = security::open(&args.plugin, args.allow_insecure)?;
+    let file = security::open(&args.plugin, &args.vetting)?;
     let info = plugin::load(&args.plugin, file)?
         .into_iter()
-        .find(|d| d.name == args.decoder)
+        .find(|d| d.info.name == args.decoder)
         .ok_or_else(|| HostError::NoDecoder {
             plugin: args.plugin.clone(),
             decoder: args.decoder.clone(),
@@ -125,7 +125,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn decode(&mut self, info: &DecoderInfo, instance: *mut c_void, facts: &Facts, arena_bytes: u64) -> Done {
+    fn decode(&mut self, info: &LoadedDecoder, instance: *mut c_void, facts: &Facts, arena_bytes: u64) -> Done {
         self.width = facts.hidden_size as usize;
         if let Err(e) = self.arena.resize(arena_bytes) {
             return Done::failed(format!("cannot map the arena: {e}"));

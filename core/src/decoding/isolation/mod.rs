@@ -6,9 +6,11 @@
 //! (sandbox.rs) and runs `create` and `decode` with a host table whose calls travel over a socket
 //! (protocol.rs) and whose rows of floats come through shared memory (arena.rs). server.rs is the
 //! daemon's side of one such process; this module restarts it, with backoff, after it fails.
+//! listing.rs reads a library's descriptor the same way, in a process of its own.
 
 mod arena;
 mod child;
+mod listing;
 pub(crate) mod protocol;
 mod sandbox;
 mod server;
@@ -17,6 +19,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use child::{HostArgs, decoder_host};
+pub(crate) use listing::describe;
+pub use listing::{ListingArgs, describe_plugin};
 use protocol::Done;
 use server::Child;
 pub use server::StartError;
@@ -46,7 +50,7 @@ pub(crate) struct Launch {
     pub plugin: PathBuf,
     pub decoder: String,
     pub label: String,
-    pub allow_insecure: bool,
+    pub vetting: crate::decoding::Vetting,
     pub values: Vec<f64>,
 }
 

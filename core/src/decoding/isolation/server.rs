@@ -65,8 +65,11 @@ impl Child {
         let (output, writer) = std::io::pipe().map_err(|e| io("pipe", e))?;
         let writer2 = writer.try_clone().map_err(|e| io("pipe", e))?;
         command.stdout(writer2).stderr(writer);
-        if launch.allow_insecure {
+        if launch.vetting.allow_insecure {
             command.arg("--allow-insecure");
+        }
+        if let Some(keys) = &launch.vetting.trusted_keys {
+            command.arg("--trusted-keys").arg(keys);
         }
         let fds = [(theirs.as_raw_fd(), SOCKET_FD), (reader.as_raw_fd(), ARENA_FD)];
         // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
@@ -167,7 +170,7 @@ impl Child {
                         } else {
                             format!("; its last words: {said}")
                         };
-                        return DecoderFault::Crashed(format!("{}{said}", describe(status)));
+                        return DecoderFault::Crashed(format!("{}{said}", ended(status)));
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -314,7 +317,7 @@ fn forward(output: std::io::PipeReader, decoder: String) -> std::thread::JoinHan
 }
 
 /// How the process ended, for the caption's error.
-fn describe(status: ExitStatus) -> String {
+pub(super) fn ended(status: ExitStatus) -> String {
     match status.signal() {
         Some(signal) => {
             let name = match signal {
