@@ -75,6 +75,15 @@ pub enum Published {
     Comparison(Arc<Comparison>),
 }
 
+/// The bundle that made a caption: its folder's name and the SHA-256 of its manifest.toml (which pins
+/// every file of it), so that records from before and after a reload, or from two devices, tell
+/// their models apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleId {
+    pub name: String,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptionEvent {
     pub id: u64,
@@ -91,6 +100,7 @@ pub struct CaptionEvent {
     pub header: Option<Header>,
     #[serde(flatten)]
     pub caption: Caption,
+    pub bundle: BundleId,
     /// CLIPScore of the caption, once a comparison of its frame ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_score: Option<f64>,

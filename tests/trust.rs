@@ -9,41 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{build_c_plugin, fixtures, plugin_dir, tiny_bundle};
-
-/// A minisign key pair without a password in `dir`: (public key file, secret key file).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (public, secret) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.key")));
-    let out = Command::new("minisign")
-        .args(["-G", "-W", "-p"])
-        .arg(&public)
-        .arg("-s")
-        .arg(&secret)
-        .output()
-        .expect("minisign (Debian's package; scripts/setup-lab.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (public, secret)
-}
-
-fn sign(secret: &Path, file: &Path) {
-    let out = Command::new("minisign")
-        .arg("-S")
-        .arg("-s")
-        .arg(secret)
-        .arg("-m")
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-    }
-}
+use common::{build_c_plugin, copy_dir, fixtures, keypair, plugin_dir, sign, tiny_bundle};
 
 fn clipcap(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clipcap"))

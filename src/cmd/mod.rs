@@ -102,16 +102,6 @@ fn load_captioner(config: &Config, dir: &Path) -> anyhow::Result<(Bundle, Captio
     Ok((bundle, captioner))
 }
 
-/// `--bundle`, else service.bundle of the config.
-fn bundle_path(config: &Config, flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let bundle = flag.unwrap_or_else(|| config.service.bundle.clone());
-    anyhow::ensure!(
-        !bundle.as_os_str().is_empty(),
-        "no bundle: pass --bundle or set service.bundle in the config"
-    );
-    Ok(bundle)
-}
-
 /// Prints a comparison table (Markdown, or JSON with `--json`) and writes its files into `--out`.
 fn emit(table: &impl clipcap::eval::Table, json: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     if json {

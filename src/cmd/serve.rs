@@ -25,15 +25,13 @@ pub struct CheckArgs {
 }
 
 pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config)?;
-    let bundle = super::bundle_path(&config, args.bundle)?;
-    service::run(config, &bundle)?;
+    service::run(Config::load(config)?, config, args.bundle)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn check(args: CheckArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
-    let bundle = super::bundle_path(&config, args.bundle)?;
+    let bundle = config.bundle_dir(args.bundle)?;
     let loaded = service::load(&config, &bundle, &config.plugin_options())?;
     Captioner::load(
         &loaded.bundle,

@@ -336,6 +336,16 @@ impl Config {
         vec![single]
     }
 
+    /// The bundle folder: `flag` (`--bundle`), else service.bundle.
+    pub fn bundle_dir(&self, flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+        let bundle = flag.unwrap_or_else(|| self.service.bundle.clone());
+        anyhow::ensure!(
+            !bundle.as_os_str().is_empty(),
+            "no bundle: pass --bundle or set service.bundle in the config"
+        );
+        Ok(bundle)
+    }
+
     /// Defaults, then `file`, then `CLIPCAP__*` environment variables; then every value checked.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load_with(file, None)

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::access::{self, Access, Client};
+use super::live::Live;
 use super::metrics::{ErrorKind, Metrics};
 use super::ratelimit::RateLimit;
 use super::state::State;
@@ -29,7 +30,6 @@ use crate::decoders::DecoderFactory;
 use crate::records::{CaptionEvent, Published, Vote};
 use crate::shutdown::Shutdown;
 use crate::source::Pixels;
-use clipcap_core::bundle::Manifest;
 use clipcap_core::imageio;
 
 pub struct Api {
@@ -41,8 +41,8 @@ pub struct Api {
     pub decoding: DecodingConfig,
     /// Makes the decoders uploads name.
     pub decoders: DecoderFactory,
-    pub manifest: Manifest,
-    pub bundle_dir: String,
+    /// The live bundle (`GET /v1/bundle`).
+    pub live: Arc<Live>,
     pub uploads: UploadSender,
     /// Per-client budget of votes.
     pub votes: RateLimit,
@@ -540,5 +540,5 @@ async fn vote(
 }
 
 async fn bundle(Extract(api): Extract<Shared>) -> Json<Value> {
-    Json(json!({"path": api.bundle_dir, "manifest": api.manifest}))
+    Json(api.live.describe())
 }

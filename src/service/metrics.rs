@@ -9,6 +9,7 @@ use prometheus::{
     Registry,
 };
 
+use super::live::Reloaded;
 use crate::publish::PublishCounters;
 use crate::source::{SourceCounters, SourceStatus};
 use clipcap_core::captioner::{Caption, CaptionError};
@@ -148,6 +149,7 @@ pub struct Metrics {
     compare_clip_score: GaugeVec,
     compare_win_rate: GaugeVec,
     votes: IntCounterVec,
+    reloads: IntCounterVec,
     publish_connected: IntGauge,
     publish_waiting: IntGauge,
     publish_acked: IntCounter,
@@ -201,7 +203,17 @@ impl Metrics {
         );
         let gauge_vec =
             |name: &str, help: &str| registered(&registry, GaugeVec::new(Opts::new(name, help), &["decoder"]));
+        // Every result from the start: a dashboard sees 0 refusals before the first.
+        let reloads = counter_vec(
+            "clipcap_reloads_total",
+            "reloads (SIGHUP): `swapped` (a new bundle is live), `unchanged` (the configured bundle was live), `refused` (the live bundle kept serving; GET /v1/bundle says why)",
+            "result",
+        );
+        for result in Reloaded::ALL {
+            reloads.with_label_values(&[result.as_str()]);
+        }
         Metrics {
+            reloads,
             compare_skipped: counter_vec(
                 "clipcap_compare_skipped_total",
                 "source captions not compared: `sampled` (captioning.compare_every), `rate` (compare_per_minute), `busy` (a frame or upload waited)",
@@ -329,6 +341,10 @@ impl Metrics {
     pub fn decoded(&self, decoder: &str, ms: f64) {
         let decoder = self.decoder_labels.label(decoder);
         self.decoder_seconds.with_label_values(&[decoder]).observe(ms / 1e3);
+    }
+
+    pub fn reloaded(&self, result: Reloaded) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
     }
 
     pub fn compare_skipped(&self, reason: SkipReason) {
@@ -494,6 +510,8 @@ mod tests {
         assert_eq!(documented("Skip reasons, the `reason`"), names(&reasons));
         let refusals: Vec<&str> = ConnectionRefusal::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(documented("Connection refusals, the `reason`"), names(&refusals));
+        let reloads: Vec<&str> = Reloaded::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented("Reload results, the `result`"), names(&reloads));
     }
 
     #[test]

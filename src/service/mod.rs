@@ -13,6 +13,7 @@ mod admission;
 mod caption_log;
 mod compare;
 mod http;
+mod live;
 mod metrics;
 mod notify;
 mod pipeline;
@@ -21,7 +22,7 @@ mod server;
 mod state;
 mod uploads;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,7 @@ fn open_sources(config: &Config) -> anyhow::Result<Vec<Opened>> {
 /// threads' set-up (with each source's frame slot and status), and the MQTT outbox when publishing.
 struct Parts {
     state: Arc<State>,
+    live: Arc<live::Live>,
     metrics: Arc<Metrics>,
     api: http::Api,
     setup: pipeline::Setup,
@@ -108,6 +110,7 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
         factory,
     } = loaded;
     let metrics = Arc::new(Metrics::new(decoders.labels()));
+    let live = Arc::new(live::Live::default());
     let access = Arc::new(access::Access::new(&config.service, metrics.clone())?);
     let sources: Vec<state::Source> = opened
         .into_iter()
@@ -151,8 +154,7 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
         captioning: config.captioning.clone(),
         decoding: config.decoding.clone(),
         decoders: factory,
-        manifest: bundle.manifest.clone(),
-        bundle_dir: bundle.dir.display().to_string(),
+        live: live.clone(),
         uploads,
         votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
         upload_limit: (config.service.uploads_per_minute > 0)
@@ -163,6 +165,7 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
     };
     let setup = pipeline::Setup {
         bundle,
+        live: live.clone(),
         decoders: all,
         config: config.captioning.clone(),
         seed: config.decoding.seed,
@@ -173,6 +176,7 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
     };
     Ok(Parts {
         state,
+        live,
         metrics,
         api,
         setup,
@@ -282,12 +286,19 @@ fn ros2_node(config: &Config, parts: &Parts, shutdown: &Shutdown) -> anyhow::Res
     Ok(Some(node))
 }
 
-/// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set.
-pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
+/// The daemon: its parts, started in order, then stopped in reverse once the shutdown is set. `file`
+/// is the configuration file it was read from and `flag` `serve --bundle`: a reload reads them again.
+pub fn run(config: Config, file: Option<&Path>, flag: Option<PathBuf>) -> anyhow::Result<()> {
+    let bundle = config.bundle_dir(flag.clone())?;
     // First, before anything slow: a watched folder's "already there" is what was there at start.
     let opened = open_sources(&config)?;
-    let loaded = load(&config, bundle, &config.plugin_options())?;
+    let loaded = load(&config, &bundle, &config.plugin_options())?;
     let runtime = Runtime::init(&config.runtime)?;
+    // The reload's self-test decoder, made now: a decoder that cannot be made is an error at start.
+    let probe = loaded
+        .factory
+        .create(&config.decoding.decoder)
+        .with_context(|| format!("decoding.decoder = {:?}", config.decoding.decoder))?;
     let tls = (!config.service.tls_cert.as_os_str().is_empty()).then(|| server::Tls {
         cert: config.service.tls_cert.clone(),
         key: config.service.tls_key.clone(),
@@ -319,15 +330,29 @@ pub fn run(config: Config, bundle: &Path) -> anyhow::Result<()> {
     };
     #[cfg(feature = "ros2")]
     let ros2 = ros2_node(&config, &parts, &shutdown)?;
+    let (requests, reloads) = std::sync::mpsc::sync_channel(1);
+    let reloader = live::Reloader {
+        file: file.map(Path::to_path_buf),
+        flag,
+        security: config.security.clone(),
+        runtime: runtime.clone(),
+        batching: config.captioning.batching(),
+        decoder: probe,
+        seed: config.decoding.seed,
+        live: parts.live.clone(),
+        metrics: parts.metrics.clone(),
+    }
+    .spawn(reloads, shutdown.clone())?;
     let Parts { api, setup, .. } = parts;
     let (captioning, model) = pipeline::spawn(runtime, setup)?;
 
     let bound = Duration::from_millis(config.service.shutdown_timeout_ms);
-    let served = server.serve(api, model, &shutdown, bound);
+    let served = server.serve(api, model, requests, &shutdown, bound);
     // Stopping: no new work; the caption in flight and accepted uploads finish within the bound.
     shutdown.trigger();
     let deadline = Instant::now() + bound;
     captioning.join_by(deadline);
+    reloader.join_by(deadline);
     for capture in captures {
         capture.join_by(deadline);
     }

@@ -1,7 +1,8 @@
 //! The captioning threads: ONNX Runtime calls block, so they run here, off the async runtime. One
 //! thread loads the models, then runs one thread per source and `captioning.upload_concurrency`
 //! threads for uploads (in turns across clients: uploads.rs), each with its own decoders. They share
-//! one captioner, whose language-model calls decode every caption in flight together (clipcap-core's
+//! the live model (live.rs: each caption takes it as it starts, so a reload swaps it between
+//! captions), whose language-model calls decode every caption in flight together (clipcap-core's
 //! batch.rs). A source's thread captions its newest frame at most every `captioning.interval_ms`,
 //! skipping frames whose scene has not changed, so a slow or silent source holds up nothing but
 //! itself. After a source caption is published, the comparison decoders may caption the same frame
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::live::{Live, Model};
 use super::metrics::{ErrorKind, Metrics, SkipReason};
 use super::state::{Source, State};
 use super::uploads::{Upload, UploadReceiver};
@@ -30,6 +32,8 @@ use clipcap_core::runtime::Runtime;
 /// What the captioning threads work with, besides the models they load.
 pub struct Setup {
     pub bundle: Bundle,
+    /// Where the loaded model goes, and where each caption takes it from.
+    pub live: Arc<Live>,
     /// One set for each thread: the sources' (`State::sources`) in their order, then the upload
     /// threads'.
     pub decoders: Vec<Decoders>,
@@ -63,16 +67,17 @@ pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot
             Ok(c) => c,
             Err(e) => return drop(loaded.send(Err(e))),
         };
+        setup.live.set(Model::new(setup.bundle.clone(), captioner));
         setup.state.set_model_ready();
         let _ = loaded.send(Ok(()));
-        run(&captioner, setup);
+        run(setup);
     })?;
     Ok((worker, model))
 }
 
 /// What every captioning thread shares.
 struct Shared<'a> {
-    captioner: &'a Captioner,
+    live: &'a Live,
     config: &'a CaptioningConfig,
     seed: u64,
     state: &'a State,
@@ -146,8 +151,9 @@ impl Turns {
 
 /// Runs one thread per source and the upload threads until the shutdown; then the uploads already
 /// accepted get their captions (their clients are waiting).
-fn run(captioner: &Captioner, setup: Setup) {
+fn run(setup: Setup) {
     let Setup {
+        live,
         decoders,
         config,
         seed,
@@ -159,7 +165,7 @@ fn run(captioner: &Captioner, setup: Setup) {
     } = setup;
     let sources = state.sources();
     let shared = Shared {
-        captioner,
+        live: &live,
         config: &config,
         seed,
         state: &state,
@@ -216,12 +222,21 @@ fn spawn_scoped<'scope>(
 const TICK: Duration = Duration::from_millis(200);
 
 impl Shared<'_> {
+    /// The model a caption starting now uses, to its end.
+    fn model(&self) -> Arc<Model> {
+        self.live
+            .current()
+            .expect("the captioning threads start after the model is loaded")
+    }
+
     fn upload(&self, decoders: &mut Decoders, upload: Upload) {
-        let outcome = self.captioner.prepare(&upload.image).and_then(|prepared| {
+        let model = self.model();
+        let captioner = &model.captioner;
+        let outcome = captioner.prepare(&upload.image).and_then(|prepared| {
             let Decoders { default, fallback, .. } = decoders;
             let mut chosen = upload.decoder;
             let decoder = chosen.as_mut().unwrap_or(default);
-            let outcome = self.captioner.decode(&prepared, decoder, fallback.as_mut(), self.seed);
+            let outcome = captioner.decode(&prepared, decoder, fallback.as_mut(), self.seed);
             self.metrics.decoder_failures(&outcome);
             outcome
         });
@@ -232,8 +247,13 @@ impl Shared<'_> {
         };
         let result = outcome
             .map(|caption| {
-                self.state
-                    .publish(SourceLabel::Upload.as_str(), origin, upload.received, caption)
+                self.state.publish(
+                    SourceLabel::Upload.as_str(),
+                    origin,
+                    upload.received,
+                    caption,
+                    &model.id,
+                )
             })
             .inspect_err(|_| self.metrics.error(ErrorKind::Caption));
         if let Ok(since) = upload.received.elapsed() {
@@ -258,7 +278,7 @@ impl SourceThread<'_> {
         // A queue's files are captioned as they come: no cadence.
         let queue = self.feed.kind.every_frame();
         let mut next_due = Instant::now();
-        let mut last_scene: Option<Vec<f32>> = None;
+        let mut last_scene: Option<Scene> = None;
         while !self.s.shutdown.is_set() {
             self.s.state.beat();
             let until_due = next_due.saturating_duration_since(Instant::now());
@@ -287,9 +307,10 @@ impl SourceThread<'_> {
         &mut self,
         frame: &Frame,
         every_frame: bool,
-        last_scene: &mut Option<Vec<f32>>,
+        last_scene: &mut Option<Scene>,
     ) -> Result<u64, NotCaptioned> {
         let (s, source) = (self.s, self.feed.name.as_str());
+        let model = s.model();
         let image = match frame.pixels.to_rgb() {
             Ok(image) => image,
             // A bad frame (a corrupt MJPEG, say) is the source's error; the camera goes on.
@@ -299,7 +320,7 @@ impl SourceThread<'_> {
                 return Err(e.into());
             }
         };
-        let prepared = match s.captioner.prepare(&image) {
+        let prepared = match model.captioner.prepare(&image) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("source {source}: {e}");
@@ -307,20 +328,25 @@ impl SourceThread<'_> {
                 return Err(e.into());
             }
         };
-        if !every_frame && self.unchanged(&prepared, last_scene) {
+        if !every_frame && self.unchanged(&model, &prepared, last_scene) {
             s.metrics.frame_skipped(source);
             return Err(NotCaptioned::Unchanged);
         }
         let Decoders { default, fallback, .. } = &mut self.decoders;
-        let outcome = s.captioner.decode(&prepared, default, fallback.as_mut(), s.seed);
+        let outcome = model.captioner.decode(&prepared, default, fallback.as_mut(), s.seed);
         s.metrics.decoder_failures(&outcome);
         match outcome {
             Ok(caption) => {
-                *last_scene = Some(prepared.image_embeds.clone());
-                let event = s.state.publish(source, frame.origin.clone(), frame.captured, caption);
+                *last_scene = Some(Scene {
+                    bundle: model.id.sha256.clone(),
+                    embedding: prepared.image_embeds.clone(),
+                });
+                let event = s
+                    .state
+                    .publish(source, frame.origin.clone(), frame.captured, caption, &model.id);
                 // Published first: comparing never delays the caption.
                 if !self.decoders.compare.is_empty() && self.compare_due() {
-                    self.compare(&prepared, &event);
+                    self.compare(&model.captioner, &prepared, &event);
                 }
                 Ok(event.id)
             }
@@ -363,7 +389,7 @@ impl SourceThread<'_> {
     /// Runs the comparison decoders on the frame of `event`, all at once (their steps share the
     /// model's calls), scores every caption with CLIP (when the bundle has its text encoder), and
     /// publishes the comparison.
-    fn compare(&mut self, prepared: &Prepared, event: &CaptionEvent) {
+    fn compare(&mut self, captioner: &Captioner, prepared: &Prepared, event: &CaptionEvent) {
         let (s, metrics) = (self.s, self.s.metrics);
         let outcomes: Vec<_> = std::thread::scope(|scope| {
             let running: Vec<_> = self
@@ -373,7 +399,7 @@ impl SourceThread<'_> {
                 .map(|d| {
                     scope.spawn(move || {
                         let start = Instant::now();
-                        let outcome = s.captioner.decode(prepared, d, None, s.seed);
+                        let outcome = captioner.decode(prepared, d, None, s.seed);
                         (d.label().to_string(), start.elapsed(), outcome)
                     })
                 })
@@ -411,7 +437,7 @@ impl SourceThread<'_> {
         }
         let mut texts = vec![event.caption.caption.as_str()];
         texts.extend(compared.iter().filter_map(|c| c.caption.as_deref()));
-        let scores = match s.captioner.clip_scores(prepared, &texts) {
+        let scores = match captioner.clip_scores(prepared, &texts) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("CLIPScore: {e}");
@@ -436,14 +462,21 @@ impl SourceThread<'_> {
         s.state.publish_comparison(comparison);
     }
 
-    /// Whether the scene is within `scene_change` cosine distance of the last captioned one.
-    fn unchanged(&self, prepared: &Prepared, last: &Option<Vec<f32>>) -> bool {
+    /// Whether the scene is within `scene_change` cosine distance of the last captioned one (by the
+    /// same model: another one's embedding is not comparable).
+    fn unchanged(&self, model: &Model, prepared: &Prepared, last: &Option<Scene>) -> bool {
         let threshold = self.s.config.scene_change;
         threshold > 0.0
-            && last
-                .as_ref()
-                .is_some_and(|l| 1.0 - cosine(l, &prepared.image_embeds) < threshold as f64)
+            && last.as_ref().is_some_and(|l| {
+                l.bundle == model.id.sha256 && 1.0 - cosine(&l.embedding, &prepared.image_embeds) < threshold as f64
+            })
     }
+}
+
+/// The last captioned scene of a source: its image embedding, and the bundle that made it.
+struct Scene {
+    bundle: String,
+    embedding: Vec<f32>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! The HTTP side of the daemon: the listener (plain, or TLS with rustls whose certificate SIGHUP
-//! reloads), the tokio runtime serving the API (axum-server), the systemd notifications, and the
-//! decision to stop (a signal, or a model that failed to load).
+//! The HTTP side of the daemon: the listener (plain, or TLS with rustls), the tokio runtime serving
+//! the API (axum-server), SIGHUP (the TLS certificate read again, and a reload of the bundle asked of
+//! live.rs), the systemd notifications, and the decision to stop (a signal, or a model that failed to
+//! load).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +29,7 @@ pub enum Stop {
 }
 
 /// The certificate and key files of an HTTPS listener.
+#[derive(Clone)]
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -61,11 +64,13 @@ impl Server {
     }
 
     /// Serves the API until the daemon stops, then gives requests in progress `bound` to finish.
-    /// `model` reports the captioning thread's model load: READY (and the watchdog) follow it.
+    /// `model` reports the captioning thread's model load: READY (and the watchdog) follow it. Each
+    /// SIGHUP sends a reload request on `reload`.
     pub fn serve(
         self,
         api: http::Api,
         model: oneshot::Receiver<Result<(), CaptionError>>,
+        reload: SyncSender<()>,
         shutdown: &Shutdown,
         bound: Duration,
     ) -> anyhow::Result<Stop> {
@@ -109,11 +114,16 @@ impl Server {
                     handle.graceful_shutdown(Some(bound));
                 }
             });
-            match self.tls {
-                Some((files, config)) => {
+            let tls = self
+                .tls
+                .map(|(files, config)| (files, RustlsConfig::from_config(config)));
+            tokio::spawn(on_sighup(
+                tls.as_ref().map(|(files, config)| (files.clone(), config.clone())),
+                reload,
+            ));
+            match tls {
+                Some((_, config)) => {
                     tracing::info!("serving on https://{}", self.listen);
-                    let config = RustlsConfig::from_config(config);
-                    tokio::spawn(reload_on_sighup(files, config.clone()));
                     let acceptor = RustlsAcceptor::new(config).handshake_timeout(timeout).acceptor(admit);
                     let server = axum_server::from_tcp(self.listener)?.acceptor(acceptor);
                     http1(server, timeout).handle(handle).serve(app).await
@@ -175,21 +185,27 @@ async fn watchdog(state: Arc<State>, period: Duration) -> ! {
     }
 }
 
-/// SIGHUP reads the certificate and key again (a renewed certificate); a bad pair is logged and the
-/// one in use kept.
-async fn reload_on_sighup(files: Tls, config: RustlsConfig) {
+/// SIGHUP reads the certificate and key again (a renewed certificate; a bad pair is logged and the
+/// one in use kept), and asks for a reload of the bundle (one waits at most while another runs).
+async fn on_sighup(tls: Option<(Tls, RustlsConfig)>, reload: SyncSender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler: the TLS certificate will not be reloaded");
+        tracing::warn!("no SIGHUP handler: neither the bundle nor a TLS certificate will be reloaded");
         return;
     };
     while hup.recv().await.is_some() {
-        match files.load() {
-            Ok(new) => {
-                config.reload_from_config(new);
-                tracing::info!("SIGHUP: reloaded the TLS certificate {}", files.cert.display());
+        tracing::info!("SIGHUP: reloading");
+        if let Some((files, config)) = &tls {
+            match files.load() {
+                Ok(new) => {
+                    config.reload_from_config(new);
+                    tracing::info!("SIGHUP: reloaded the TLS certificate {}", files.cert.display());
+                }
+                Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the certificate in use"),
             }
-            Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the certificate in use"),
+        }
+        if let Err(TrySendError::Disconnected(())) = reload.try_send(()) {
+            tracing::warn!("SIGHUP: the bundle is not reloaded (the reload thread has stopped)");
         }
     }
 }

@@ -15,7 +15,7 @@ use super::caption_log::CaptionLog;
 use super::compare::{CompareStats, DecoderSummary};
 use super::metrics::{ErrorKind, Metrics};
 use crate::publish::Outbox;
-use crate::records::{CaptionEvent, Comparison, Published, Vote};
+use crate::records::{BundleId, CaptionEvent, Comparison, Published, Vote};
 use crate::source::{self, Origin, SourceStatus};
 use clipcap_core::captioner::Caption;
 
@@ -145,7 +145,14 @@ impl State {
 
     /// Stores, broadcasts and logs a caption of an image of the source named `source` (or `upload`)
     /// from `origin`, taken at `time`; returns the event.
-    pub fn publish(&self, source: &str, origin: Origin, time: SystemTime, caption: Caption) -> Arc<CaptionEvent> {
+    pub fn publish(
+        &self,
+        source: &str,
+        origin: Origin,
+        time: SystemTime,
+        caption: Caption,
+        bundle: &BundleId,
+    ) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
         self.metrics.caption(source);
         let event = Arc::new(CaptionEvent {
@@ -156,6 +163,7 @@ impl State {
             origin: origin.name,
             header: origin.header,
             caption,
+            bundle: bundle.clone(),
             clip_score: None,
             compare: Vec::new(),
         });

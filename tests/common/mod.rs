@@ -50,6 +50,41 @@ pub fn build_c_plugin(dir: &Path, name: &str, define: Option<&str>, extra: Optio
     out
 }
 
+/// A minisign key pair without a password in `dir`: (public key file, secret key file).
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (public, secret) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.key")));
+    let out = std::process::Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("minisign (Debian's package; scripts/setup-lab.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (public, secret)
+}
+
+pub fn sign(secret: &Path, file: &Path) {
+    let out = std::process::Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(secret)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A copy of the files of `from` (not its folders) in `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
 /// A copy of the tiny bundle quantised to `precision` ("int8", "int4") by the export tool, in `dir`.
 pub fn quantised_tiny_bundle(dir: &Path, precision: &str) -> PathBuf {
     let bundle = dir.join(precision);
