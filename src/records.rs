@@ -22,6 +22,14 @@ pub struct Compared {
     /// CLIPScore of the caption (when the bundle has CLIP's text encoder).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_score: Option<f64>,
+    /// The shadow bundle that made it (captioning.shadow_bundle); absent for the live bundle's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleId>,
+}
+
+/// How a shadow bundle's captions are labelled where decoders are: `DECODER@BUNDLE`.
+pub fn shadow_label(decoder: &str, bundle: &str) -> String {
+    format!("{decoder}@{bundle}")
 }
 
 /// The comparison of one source caption: its decoder and CLIPScore, and the other decoders' captions.
@@ -40,6 +48,9 @@ pub struct Comparison {
     /// The caption's decoding milliseconds.
     pub ms: f64,
     pub compare: Vec<Compared>,
+    /// The live bundle that made the caption. Absent in logs from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleId>,
 }
 
 /// A person's choice of the best caption of a frame (the kiosk page's votes).

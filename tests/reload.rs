@@ -1,14 +1,15 @@
-//! The bundle swapped while the daemon runs (SIGHUP): under a queued folder and a stream of uploads,
-//! with signed bundles and plugins, every upload is answered, every file captioned once, each
+//! Bundles changed while the daemon runs. Swapped (SIGHUP): under a queued folder and a stream of
+//! uploads, with signed bundles and plugins, every upload is answered, every file captioned once, each
 //! caption names the bundle that made it (the old one, then the new), and a tampered replacement is
-//! refused while the live bundle keeps serving.
+//! refused while the live bundle keeps serving. Tried in the shadow: a quantised copy of the demo
+//! bundle captions the compared frames, and `clipcap report` compares the two bundles.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{Daemon, copy_dir, demo_image, keypair, metric, plugin_dir, sign, tiny_bundle};
+use common::{Daemon, copy_dir, demo_image, keypair, metric, plugin_dir, quantise, sign, tiny_bundle};
 use serde_json::Value;
 
 /// Sends SIGHUP to the daemon.
@@ -198,4 +199,86 @@ fn a_reload_swaps_the_bundle_between_captions_and_a_tampered_one_is_refused() {
     let metrics = daemon.metrics();
     assert_eq!(metric(&metrics, "clipcap_reloads_total{result=\"swapped\"}"), 1.0);
     assert_eq!(metric(&metrics, "clipcap_reloads_total{result=\"refused\"}"), 1.0);
+}
+
+#[test]
+fn a_shadow_bundle_captions_the_compared_frames_and_the_report_compares_the_bundles() {
+    let demo_bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle");
+    let daemon = Daemon::start_with(
+        "[captioning]\ninterval_ms = 50\ncompare = [\"beam:num_beams=3\"]\nshadow_bundle = \"{dir}/int8\"",
+        &[],
+        |dir| quantise(&demo_bundle, &dir.join("int8"), "int8"),
+    );
+    daemon.wait_ready();
+    let frames = 6;
+    for i in 0..frames {
+        daemon.drop_image(&format!("082{i:02}.png"));
+        daemon.wait_until(|| daemon.log_records("comparison").len() > i, "the frame's comparison");
+    }
+    let comparisons = daemon.log_records("comparison");
+    let shadow = "greedy@int8";
+    for c in &comparisons {
+        assert_eq!(c["bundle"]["name"], "bundle", "{c}");
+        let labels: Vec<&str> = c["compare"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["decoder"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, ["beam:num_beams=3", shadow], "{c}");
+        let candidate = &c["compare"][1];
+        assert_eq!(candidate["bundle"]["name"], "int8", "{c}");
+        assert_ne!(candidate["bundle"]["sha256"], c["bundle"]["sha256"], "{c}");
+        assert!(candidate["caption"].as_str().is_some_and(|t| !t.is_empty()), "{c}");
+        assert!(candidate["clip_score"].as_f64().is_some(), "{c}");
+    }
+    // The live statistics: the candidate's CLIPScore, latency, win rate and agreement.
+    let summary = daemon.get_json("/v1/compare");
+    let candidate = summary["decoders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["decoder"] == shadow)
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(candidate["captions"], frames as u64, "{summary}");
+    for key in ["clip_score", "win_rate", "agreement", "ms_p50"] {
+        assert!(!candidate[key].is_null(), "{key}: {summary}");
+    }
+
+    // `clipcap report` on the log: the two bundles (with greedy) side by side, and the difference
+    // with its paired interval.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipcap"))
+        .arg("report")
+        .arg(daemon.log_path())
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["compared_frames"], frames as u64, "{report}");
+    let systems: Vec<&str> = report["comparison"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems, ["greedy", "beam:num_beams=3", shadow], "{report}");
+    let pair = report["comparison"]["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p.to_string().contains(shadow) && p.to_string().contains("\"greedy\""))
+        .unwrap_or_else(|| panic!("no greedy against {shadow}: {report}"));
+    let clip = pair["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["metric"] == "CLIPScore")
+        .unwrap_or_else(|| panic!("{pair}"));
+    let (low, difference, high) = (
+        clip["low"].as_f64().unwrap(),
+        clip["difference"].as_f64().unwrap(),
+        clip["high"].as_f64().unwrap(),
+    );
+    assert!(low <= difference && difference <= high, "{pair}");
 }

@@ -144,6 +144,8 @@ pub struct CaptioningConfig {
     pub compare_every: u64,
     /// At most this many comparisons a minute; 0: no limit.
     pub compare_per_minute: u64,
+    /// A candidate bundle that also captions each compared frame; empty: none.
+    pub shadow_bundle: PathBuf,
     /// The kiosk page lets a person vote for the best caption of a compared frame.
     pub votes: bool,
     /// Votes accepted per client (IP address) and minute.
@@ -177,6 +179,7 @@ impl Default for CaptioningConfig {
             compare: Vec::new(),
             compare_every: 1,
             compare_per_minute: 0,
+            shadow_bundle: PathBuf::new(),
             votes: false,
             votes_per_minute: 20,
             max_batch: Batching::default().max_batch,

@@ -1,6 +1,6 @@
 //! The live comparison of decoders: running statistics of every decoder the daemon runs on its source
-//! frames (the primary one and `captioning.compare`), from the comparison records the pipeline
-//! publishes. Served as `GET /v1/compare` and as Prometheus gauges.
+//! frames (the primary one, `captioning.compare`, and the shadow bundle's `DECODER@BUNDLE`), from the
+//! comparison records the pipeline publishes. Served as `GET /v1/compare` and as Prometheus gauges.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -26,6 +26,8 @@ struct Running {
     /// counts one half).
     duels: u64,
     wins: f64,
+    /// Its captions equal to the primary caption of their frame.
+    same: u64,
 }
 
 /// What `GET /v1/compare` says of one decoder.
@@ -43,6 +45,9 @@ pub struct DecoderSummary {
     /// Share of frames where its CLIPScore beat the primary decoder's (ties count half).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub win_rate: Option<f64>,
+    /// Share of its captions equal to the primary caption of their frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
 }
 
 /// A mean with its 95% interval (normal approximation).
@@ -77,6 +82,7 @@ impl CompareStats {
                 Some(text) => {
                     r.captions += 1;
                     r.words += text.split_whitespace().count() as u64;
+                    r.same += u64::from(text == c.caption);
                 }
             }
             if let Some(x) = clip {
@@ -152,6 +158,7 @@ impl CompareStats {
                     ms_p50: at(0.5),
                     ms_p95: at(0.95),
                     win_rate: (r.duels > 0).then(|| r.wins / r.duels as f64),
+                    agreement: (name != primary && r.captions > 0).then(|| r.same as f64 / r.captions as f64),
                 }
             })
             .collect()

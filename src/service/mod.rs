@@ -31,6 +31,7 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::decoders::{DecoderFactory, Decoders};
 use crate::publish::{self, Outbox};
+use crate::records::shadow_label;
 use crate::shutdown::{Shutdown, Worker};
 use crate::source::{self, FrameSlot, Kind, SourceStatus};
 use clipcap_core::bundle::Bundle;
@@ -47,6 +48,8 @@ const UPLOAD_QUEUE: usize = 8;
 /// Everything `serve` needs, loaded and checked: also what `check-config` verifies.
 pub struct Loaded {
     pub bundle: Bundle,
+    /// captioning.shadow_bundle, opened (and verified like the bundle).
+    pub shadow: Option<Bundle>,
     pub decoders: Decoders,
     pub factory: DecoderFactory,
 }
@@ -56,10 +59,15 @@ pub struct Loaded {
 /// parameter is an error before anything starts.
 pub fn load(config: &Config, bundle: &Path, plugins: &PluginOptions) -> anyhow::Result<Loaded> {
     let bundle = config.security.open_bundle(bundle)?;
+    let shadow = &config.captioning.shadow_bundle;
+    let shadow = (!shadow.as_os_str().is_empty())
+        .then(|| config.security.open_bundle(shadow).context("captioning.shadow_bundle"))
+        .transpose()?;
     let factory = DecoderFactory::new(config, Arc::new(Plugins::load(plugins)));
     let decoders = Decoders::create(&factory, config, true)?;
     Ok(Loaded {
         bundle,
+        shadow,
         decoders,
         factory,
     })
@@ -106,10 +114,15 @@ struct Parts {
 fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shutdown) -> anyhow::Result<Parts> {
     let Loaded {
         bundle,
+        shadow,
         decoders,
         factory,
     } = loaded;
-    let metrics = Arc::new(Metrics::new(decoders.labels()));
+    let mut labels = decoders.labels();
+    if let Some(shadow) = &shadow {
+        labels.push(shadow_label(decoders.default.label(), &shadow.name()));
+    }
+    let metrics = Arc::new(Metrics::new(labels));
     let live = Arc::new(live::Live::default());
     let access = Arc::new(access::Access::new(&config.service, metrics.clone())?);
     let sources: Vec<state::Source> = opened
@@ -166,6 +179,7 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
     let setup = pipeline::Setup {
         bundle,
         live: live.clone(),
+        shadow,
         decoders: all,
         config: config.captioning.clone(),
         seed: config.decoding.seed,

@@ -6,7 +6,8 @@
 //! batch.rs). A source's thread captions its newest frame at most every `captioning.interval_ms`,
 //! skipping frames whose scene has not changed, so a slow or silent source holds up nothing but
 //! itself. After a source caption is published, the comparison decoders may caption the same frame
-//! (`captioning.compare`, sampled), all at once.
+//! (`captioning.compare`, sampled), all at once, and with them the shadow bundle
+//! (`captioning.shadow_bundle`) with the primary decoder.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::RecvTimeoutError;
@@ -21,19 +22,23 @@ use super::state::{Source, State};
 use super::uploads::{Upload, UploadReceiver};
 use crate::config::CaptioningConfig;
 use crate::decoders::Decoders;
-use crate::records::{CaptionEvent, Compared, Comparison};
+use crate::records::{CaptionEvent, Compared, Comparison, shadow_label};
 use crate::shutdown::{Shutdown, Worker};
 use crate::source::{Frame, FrameError, Origin, SourceLabel};
 use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::{CaptionError, Captioner, Prepared};
 use clipcap_core::cosine;
+use clipcap_core::decoding::DecoderInstance;
 use clipcap_core::runtime::Runtime;
+use image::RgbImage;
 
 /// What the captioning threads work with, besides the models they load.
 pub struct Setup {
     pub bundle: Bundle,
     /// Where the loaded model goes, and where each caption takes it from.
     pub live: Arc<Live>,
+    /// captioning.shadow_bundle, opened.
+    pub shadow: Option<Bundle>,
     /// One set for each thread: the sources' (`State::sources`) in their order, then the upload
     /// threads'.
     pub decoders: Vec<Decoders>,
@@ -68,9 +73,16 @@ pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot
             Err(e) => return drop(loaded.send(Err(e))),
         };
         setup.live.set(Model::new(setup.bundle.clone(), captioner));
+        let shadow = match &setup.shadow {
+            Some(bundle) => match Captioner::load(bundle, &runtime, setup.config.batching()) {
+                Ok(c) => Some(Model::new(bundle.clone(), c)),
+                Err(e) => return drop(loaded.send(Err(e))),
+            },
+            None => None,
+        };
         setup.state.set_model_ready();
         let _ = loaded.send(Ok(()));
-        run(setup);
+        run(setup, shadow.as_ref());
     })?;
     Ok((worker, model))
 }
@@ -78,6 +90,7 @@ pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot
 /// What every captioning thread shares.
 struct Shared<'a> {
     live: &'a Live,
+    shadow: Option<&'a Model>,
     config: &'a CaptioningConfig,
     seed: u64,
     state: &'a State,
@@ -151,7 +164,7 @@ impl Turns {
 
 /// Runs one thread per source and the upload threads until the shutdown; then the uploads already
 /// accepted get their captions (their clients are waiting).
-fn run(setup: Setup) {
+fn run(setup: Setup, shadow: Option<&Model>) {
     let Setup {
         live,
         decoders,
@@ -166,6 +179,7 @@ fn run(setup: Setup) {
     let sources = state.sources();
     let shared = Shared {
         live: &live,
+        shadow,
         config: &config,
         seed,
         state: &state,
@@ -345,8 +359,8 @@ impl SourceThread<'_> {
                     .state
                     .publish(source, frame.origin.clone(), frame.captured, caption, &model.id);
                 // Published first: comparing never delays the caption.
-                if !self.decoders.compare.is_empty() && self.compare_due() {
-                    self.compare(&model.captioner, &prepared, &event);
+                if (!self.decoders.compare.is_empty() || s.shadow.is_some()) && self.compare_due() {
+                    self.compare(&model, &image, &prepared, &event);
                 }
                 Ok(event.id)
             }
@@ -387,14 +401,14 @@ impl SourceThread<'_> {
     }
 
     /// Runs the comparison decoders on the frame of `event`, all at once (their steps share the
-    /// model's calls), scores every caption with CLIP (when the bundle has its text encoder), and
-    /// publishes the comparison.
-    fn compare(&mut self, captioner: &Captioner, prepared: &Prepared, event: &CaptionEvent) {
+    /// model's calls), and the shadow bundle with the primary decoder beside them; scores every
+    /// caption with CLIP (when its bundle has the text encoder), and publishes the comparison.
+    fn compare(&mut self, model: &Model, image: &RgbImage, prepared: &Prepared, event: &CaptionEvent) {
         let (s, metrics) = (self.s, self.s.metrics);
-        let outcomes: Vec<_> = std::thread::scope(|scope| {
-            let running: Vec<_> = self
-                .decoders
-                .compare
+        let captioner = &model.captioner;
+        let Decoders { default, compare, .. } = &mut self.decoders;
+        let (outcomes, shadowed): (Vec<_>, _) = std::thread::scope(|scope| {
+            let running: Vec<_> = compare
                 .iter_mut()
                 .map(|d| {
                     scope.spawn(move || {
@@ -404,10 +418,12 @@ impl SourceThread<'_> {
                     })
                 })
                 .collect();
-            running
+            let shadowed = s.shadow.map(|shadow| shadow_caption(shadow, default, image, s.seed));
+            let outcomes = running
                 .into_iter()
                 .map(|r| r.join().expect("a decoder's panic is caught at the plugin boundary"))
-                .collect()
+                .collect();
+            (outcomes, shadowed)
         });
         let mut compared: Vec<Compared> = Vec::with_capacity(outcomes.len());
         for (label, took, outcome) in outcomes {
@@ -421,6 +437,7 @@ impl SourceThread<'_> {
                         error: None,
                         ms: c.ms.decode,
                         clip_score: None,
+                        bundle: None,
                     }
                 }
                 Err(e) => {
@@ -431,6 +448,7 @@ impl SourceThread<'_> {
                         error: Some(e.to_string()),
                         ms: took.as_secs_f64() * 1e3,
                         clip_score: None,
+                        bundle: None,
                     }
                 }
             });
@@ -450,6 +468,12 @@ impl SourceThread<'_> {
         for c in compared.iter_mut().filter(|c| c.caption.is_some()) {
             c.clip_score = scores.next();
         }
+        if let Some(shadowed) = shadowed {
+            if shadowed.caption.is_none() {
+                metrics.error(ErrorKind::Compare);
+            }
+            compared.push(shadowed);
+        }
         let comparison = Comparison {
             id: event.id,
             source: event.source.clone(),
@@ -458,6 +482,7 @@ impl SourceThread<'_> {
             clip_score,
             ms: event.caption.ms.decode,
             compare: compared,
+            bundle: Some(model.id.clone()),
         };
         s.state.publish_comparison(comparison);
     }
@@ -470,6 +495,48 @@ impl SourceThread<'_> {
             && last.as_ref().is_some_and(|l| {
                 l.bundle == model.id.sha256 && 1.0 - cosine(&l.embedding, &prepared.image_embeds) < threshold as f64
             })
+    }
+}
+
+/// The shadow bundle's caption of a compared frame with `decoder` (the primary one), scored with the
+/// shadow bundle's own CLIP, as a compared caption labelled `DECODER@BUNDLE`.
+fn shadow_caption(shadow: &Model, decoder: &mut DecoderInstance, image: &RgbImage, seed: u64) -> Compared {
+    let start = Instant::now();
+    let label = shadow_label(decoder.label(), &shadow.id.name);
+    let captioned = shadow.captioner.prepare(image).and_then(|prepared| {
+        let caption = shadow.captioner.decode(&prepared, decoder, None, seed)?;
+        Ok((prepared, caption))
+    });
+    match captioned {
+        Ok((prepared, caption)) => {
+            let clip_score = shadow
+                .captioner
+                .clip_scores(&prepared, &[caption.caption.as_str()])
+                .unwrap_or_else(|e| {
+                    tracing::warn!("CLIPScore of the shadow bundle {}: {e}", shadow.id.name);
+                    None
+                })
+                .and_then(|scores| scores.first().copied());
+            Compared {
+                decoder: label,
+                caption: Some(caption.caption),
+                error: None,
+                ms: caption.ms.decode,
+                clip_score,
+                bundle: Some(shadow.id.clone()),
+            }
+        }
+        Err(e) => {
+            tracing::warn!("shadow bundle {}: {e}", shadow.id.name);
+            Compared {
+                decoder: label,
+                caption: None,
+                error: Some(e.to_string()),
+                ms: start.elapsed().as_secs_f64() * 1e3,
+                clip_score: None,
+                bundle: Some(shadow.id.clone()),
+            }
+        }
     }
 }
 

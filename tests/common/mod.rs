@@ -88,22 +88,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// A copy of the tiny bundle quantised to `precision` ("int8", "int4") by the export tool, in `dir`.
 pub fn quantised_tiny_bundle(dir: &Path, precision: &str) -> PathBuf {
     let bundle = dir.join(precision);
-    let out = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("export/.venv/bin/clipcap-export"))
-        .args([
-            "quantize",
-            tiny_bundle().to_str().unwrap(),
-            "--precision",
-            precision,
-            "--out",
-        ])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    quantise(&tiny_bundle(), &bundle, precision);
     bundle
 }
 
-/// ONNX Runtime on CPU from ORT_DYLIB_PATH (set by .cargo/config.toml to where scripts/setup.sh puts it).
+/// `bundle` quantised to `precision` by the export tool, into `out`.
+pub fn quantise(bundle: &Path, out: &Path, precision: &str) {
+    let done =
+        std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("export/.venv/bin/clipcap-export"))
+            .arg("quantize")
+            .arg(bundle)
+            .args(["--precision", precision, "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+}
+
 pub fn runtime() -> Runtime {
     let options = RuntimeOptions {
         providers: vec![Provider::Cpu],
