@@ -33,9 +33,14 @@ fn aarch64(library: &str) -> Command {
         library.display()
     );
     let mut command = Command::new("qemu-aarch64");
+    // The sysroot as an argument and in the environment: clipcap starts processes of its own program
+    // (plugin listing, isolated decoders), which a kernel with qemu registered in binfmt_misc runs
+    // under qemu too, finding the aarch64 loader through QEMU_LD_PREFIX. Without binfmt_misc, clipcap
+    // lists plugins in its own process (docs/plugins.md).
     command
         .args(["-L", "/usr/aarch64-linux-gnu"])
         .arg(binary)
+        .env("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
         .env("ORT_DYLIB_PATH", library);
     with_plugins(command, build)
 }

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{Daemon, copy_dir, demo_image, keypair, metric, plugin_dir, quantise, sign, tiny_bundle};
+use common::{Daemon, copy_dir, demo_image, keypair, metric, plugin_dir, quantise, sign, signed_plugins, tiny_bundle};
 use serde_json::Value;
 
 /// Sends SIGHUP to the daemon.
@@ -79,12 +79,7 @@ fn a_reload_swaps_the_bundle_between_captions_and_a_tampered_one_is_refused() {
             bytes[middle] ^= 1;
             std::fs::write(&lm, bytes).unwrap();
             // Signed plugins, which require_signed asks for too.
-            let plugins = dir.join("plugins");
-            std::fs::create_dir(&plugins).unwrap();
-            for lib in ["libclipcap_search.so", "libclipcap_sampling.so"] {
-                std::fs::copy(plugin_dir().join(lib), plugins.join(lib)).unwrap();
-                sign(&secret, &plugins.join(lib));
-            }
+            let plugins = signed_plugins(dir, &secret);
             let file = dir.join("clipcap.toml");
             let config = std::fs::read_to_string(&file).unwrap();
             let demo_bundle = format!("{:?}", Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/bundle"));

@@ -106,6 +106,10 @@ fn installs_in_fhs_places_and_the_unit_verifies() {
             std::fs::copy(&path, units.join(path.file_name().unwrap())).unwrap();
         }
     }
+    // The unit's ExecReload runs the system's /bin/kill (procps), which the installed root stands
+    // without: it is put there as a system has it.
+    std::fs::create_dir_all(dest.join("bin")).unwrap();
+    std::fs::copy("/bin/kill", dest.join("bin/kill")).unwrap();
     let root = format!("--root={}", dest.display());
     let verified = run(Command::new("systemd-analyze").args(["verify", &root, "clipcap.service"]));
     let said = String::from_utf8_lossy(&verified.stderr).into_owned() + &String::from_utf8_lossy(&verified.stdout);

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{build_c_plugin, copy_dir, fixtures, keypair, plugin_dir, sign, tiny_bundle};
+use common::{build_c_plugin, copy_dir, fixtures, keypair, plugin_dir, sign, signed_plugins, tiny_bundle};
 
 fn clipcap(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clipcap"))
@@ -50,12 +50,7 @@ impl Lab {
         let bundle = dir.join("bundle");
         copy_dir(&tiny_bundle(), &bundle);
         sign(&secret, &bundle.join("manifest.toml"));
-        let plugins = dir.join("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        for lib in ["libclipcap_search.so", "libclipcap_sampling.so"] {
-            std::fs::copy(plugin_dir().join(lib), plugins.join(lib)).unwrap();
-            sign(&secret, &plugins.join(lib));
-        }
+        let plugins = signed_plugins(&dir, &secret);
         let required = dir.join("required.toml");
         std::fs::write(
             &required,

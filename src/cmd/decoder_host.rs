@@ -16,11 +16,8 @@ pub struct Args {
     label: String,
     #[arg(long)]
     memory_mb: u64,
-    #[arg(long)]
-    allow_insecure: bool,
-    /// minisign public keys the plugin must be signed by (security.trusted_keys_file).
-    #[arg(long, value_name = "FILE")]
-    trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    vetting: VettingArgs,
 }
 
 /// The process that reads a plugin library's descriptor and prints its decoders as JSON.
@@ -29,20 +26,33 @@ pub struct DescribeArgs {
     plugin: PathBuf,
     #[arg(long)]
     memory_mb: u64,
+    #[command(flatten)]
+    vetting: VettingArgs,
+}
+
+/// What the plugin file must pass (plugins.allow_insecure, security.trusted_keys_file).
+#[derive(clap::Args)]
+struct VettingArgs {
     #[arg(long)]
     allow_insecure: bool,
-    /// minisign public keys the plugin must be signed by (security.trusted_keys_file).
+    /// minisign public keys the plugin must be signed by.
     #[arg(long, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+}
+
+impl From<VettingArgs> for Vetting {
+    fn from(v: VettingArgs) -> Vetting {
+        Vetting {
+            allow_insecure: v.allow_insecure,
+            trusted_keys: v.trusted_keys,
+        }
+    }
 }
 
 pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
     let args = ListingArgs {
         plugin: args.plugin,
-        vetting: Vetting {
-            allow_insecure: args.allow_insecure,
-            trusted_keys: args.trusted_keys,
-        },
+        vetting: args.vetting.into(),
         memory_mb: args.memory_mb,
     };
     describe_plugin(&args).map_err(|e| anyhow::anyhow!("describe-plugin {}: {e}", args.plugin.display()))?;
@@ -54,10 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         plugin: args.plugin,
         decoder: args.decoder,
         label: args.label,
-        vetting: Vetting {
-            allow_insecure: args.allow_insecure,
-            trusted_keys: args.trusted_keys,
-        },
+        vetting: args.vetting.into(),
         memory_mb: args.memory_mb,
     };
     decoder_host(&args).map_err(|e| anyhow::anyhow!("decoder-host {}: {e}", args.label))?;

@@ -64,6 +64,17 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (public, secret)
 }
 
+/// Copies of the shipped greedy/beam and sampling plugins in `dir/plugins`, signed with `secret`.
+pub fn signed_plugins(dir: &Path, secret: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for lib in ["libclipcap_search.so", "libclipcap_sampling.so"] {
+        std::fs::copy(plugin_dir().join(lib), plugins.join(lib)).unwrap();
+        sign(secret, &plugins.join(lib));
+    }
+    plugins
+}
+
 pub fn sign(secret: &Path, file: &Path) {
     let out = std::process::Command::new("minisign")
         .arg("-S")

@@ -33,6 +33,19 @@ pub struct Plugins {
     loaded: Mutex<BTreeMap<PathBuf, Vec<LoadedDecoder>>>,
 }
 
+/// Whether libraries can be listed by a process of their own here; says why not, once.
+fn lister_runs(options: &PluginOptions) -> bool {
+    isolation::lister_runs(&options.isolation)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "cannot run {} ({e}): plugins are listed in this process, where a library that crashes as it \
+                 loads takes this process down",
+                options.isolation.program.display()
+            )
+        })
+        .is_ok()
+}
+
 impl Plugins {
     /// Lists every `*.so` in the directories (in order; a decoder name already taken is refused),
     /// each library read in a process of its own. A folder that cannot be read is reported as a
@@ -44,6 +57,7 @@ impl Plugins {
             options: options.clone(),
             loaded: Mutex::default(),
         };
+        let in_child = std::cell::OnceCell::new();
         for dir in &options.directories {
             let entries = match std::fs::read_dir(dir) {
                 Ok(entries) => entries,
@@ -61,7 +75,7 @@ impl Plugins {
                 .collect();
             paths.sort();
             for path in paths {
-                if let Err(error) = plugins.add(&path, options) {
+                if let Err(error) = plugins.add(&path, options, *in_child.get_or_init(|| lister_runs(options))) {
                     tracing::warn!("plugin refused: {error}");
                     plugins.refused.push(error);
                 }
@@ -70,8 +84,21 @@ impl Plugins {
         plugins
     }
 
-    fn add(&mut self, path: &Path, options: &PluginOptions) -> Result<(), PluginError> {
-        let found = isolation::describe(path, &options.vetting, &options.isolation)?;
+    /// Adds the decoders of the library at `path`, listed by a process of its own (`in_child`), or
+    /// loaded into this one where such processes cannot run.
+    fn add(&mut self, path: &Path, options: &PluginOptions, in_child: bool) -> Result<(), PluginError> {
+        let found = if in_child {
+            isolation::describe(path, &options.vetting, &options.isolation)?
+        } else {
+            let file = security::open(path, &options.vetting)?;
+            let loaded = plugin::load(path, file)?;
+            let found = loaded.iter().map(|d| d.info.clone()).collect();
+            self.loaded
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(path.to_path_buf(), loaded);
+            found
+        };
         for d in &found {
             if let Some(other) = self.decoders.iter().find(|o| o.name == d.name) {
                 return Err(PluginError {

@@ -38,6 +38,21 @@ pub fn describe_plugin(args: &ListingArgs) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether processes of `options.program` run on this machine: not so for an aarch64 build run by
+/// qemu-user on another machine without binfmt_misc (its children fail to exec, and under qemu the
+/// failure is not even reported to the parent: the child just exits 127). Asked once, with
+/// `--version`, before any plugin is listed, so that no library can make the answer.
+pub(crate) fn lister_runs(options: &IsolationOptions) -> Result<(), String> {
+    let status = Command::new(&options.program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() { Ok(()) } else { Err(ended(status)) }
+}
+
 /// The decoders the library at `path` provides, read by a child process, or why it is refused: the
 /// child's refusal, or how the child failed (crashed, killed after `options.wait`).
 pub(crate) fn describe(

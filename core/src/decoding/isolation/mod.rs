@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use child::{HostArgs, decoder_host};
-pub(crate) use listing::describe;
 pub use listing::{ListingArgs, describe_plugin};
+pub(crate) use listing::{describe, lister_runs};
 use protocol::Done;
 use server::Child;
 pub use server::StartError;
