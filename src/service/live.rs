@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Reloaded};
 use crate::config::{Config, SecurityConfig};
 use crate::records::BundleId;
 use crate::shutdown::{Shutdown, Worker};
@@ -108,27 +108,6 @@ impl Live {
         };
         out["last_refused"] = serde_json::to_value(refused).unwrap_or_default();
         out
-    }
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Reloaded {
-    Swapped,
-    /// The configured bundle is the live one (same folder and manifest).
-    Unchanged,
-    Refused,
-}
-
-impl Reloaded {
-    pub const ALL: [Reloaded; 3] = [Reloaded::Swapped, Reloaded::Unchanged, Reloaded::Refused];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reloaded::Swapped => "swapped",
-            Reloaded::Unchanged => "unchanged",
-            Reloaded::Refused => "refused",
-        }
     }
 }
 

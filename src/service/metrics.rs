@@ -9,7 +9,6 @@ use prometheus::{
     Registry,
 };
 
-use super::live::Reloaded;
 use crate::publish::PublishCounters;
 use crate::source::{SourceCounters, SourceStatus};
 use clipcap_core::captioner::{Caption, CaptionError};
@@ -124,6 +123,27 @@ impl ConnectionRefusal {
             ConnectionRefusal::Full => "full",
             ConnectionRefusal::Client => "client",
             ConnectionRefusal::Reserved => "reserved",
+        }
+    }
+}
+
+/// What a reload of the bundle did (the `result` of `clipcap_reloads_total`; live.rs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reloaded {
+    Swapped,
+    /// The configured bundle is the live one (same folder and manifest).
+    Unchanged,
+    Refused,
+}
+
+impl Reloaded {
+    pub const ALL: [Reloaded; 3] = [Reloaded::Swapped, Reloaded::Unchanged, Reloaded::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reloaded::Swapped => "swapped",
+            Reloaded::Unchanged => "unchanged",
+            Reloaded::Refused => "refused",
         }
     }
 }
