@@ -90,14 +90,11 @@ impl Plugins {
         let found = if in_child {
             isolation::describe(path, &options.vetting, &options.isolation)?
         } else {
-            let file = security::open(path, &options.vetting)?;
-            let loaded = plugin::load(path, file)?;
-            let found = loaded.iter().map(|d| d.info.clone()).collect();
-            self.loaded
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(path.to_path_buf(), loaded);
-            found
+            let loaded = self.loaded.get_mut().unwrap_or_else(PoisonError::into_inner);
+            load_here(loaded, path, &options.vetting)?
+                .iter()
+                .map(|d| d.info.clone())
+                .collect()
         };
         for d in &found {
             if let Some(other) = self.decoders.iter().find(|o| o.name == d.name) {
@@ -173,11 +170,7 @@ impl Plugins {
     /// and must still provide the decoder as it was listed.
     fn in_process(&self, info: &DecoderInfo) -> Result<LoadedDecoder, PluginError> {
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if !loaded.contains_key(&info.path) {
-            let file = security::open(&info.path, &self.options.vetting)?;
-            loaded.insert(info.path.clone(), plugin::load(&info.path, file)?);
-        }
-        loaded[&info.path]
+        load_here(&mut loaded, &info.path, &self.options.vetting)?
             .iter()
             .find(|d| d.info == *info)
             .cloned()
@@ -186,6 +179,20 @@ impl Plugins {
                 reason: PluginFault::Changed,
             })
     }
+}
+
+/// The decoders of the library at `path` in this process: vetted and loaded the first time, kept in
+/// `loaded` for the life of the process.
+fn load_here<'a>(
+    loaded: &'a mut BTreeMap<PathBuf, Vec<LoadedDecoder>>,
+    path: &Path,
+    vetting: &Vetting,
+) -> Result<&'a [LoadedDecoder], PluginError> {
+    if !loaded.contains_key(path) {
+        let file = security::open(path, vetting)?;
+        loaded.insert(path.to_path_buf(), plugin::load(path, file)?);
+    }
+    Ok(&loaded[path])
 }
 
 /// A created decoder, used by one thread at a time (the ABI's rule).
