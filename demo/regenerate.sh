@@ -4,7 +4,8 @@
 # here: bundle/, images/ (the first 12 test images of the world, taken in order, not chosen by result)
 # with their ground-truth captions (annotations.json, COCO format), the PyTorch reference captions
 # the Rust tests compare against, the evaluation report (with evaluation-before.md, the recipe before
-# the attribute fix, appended), and eval/: `clipcap eval` of five decoders on the 200 held-out images.
+# the attribute fix, appended), and eval/: `clipcap eval` of five decoders on the 200 held-out images,
+# with a screenshot of its gallery.
 # Needs scripts/setup.sh's build (target/release) and the export tool (scripts/setup-export.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +38,7 @@ ORT_DYLIB_PATH=$PWD/target/release/libonnxruntime.so CLIPCAP__PLUGINS__DIRECTORI
     target/release/clipcap eval --bundle demo/bundle --images "$run/world" \
     --annotations "$run/world/coco-test.json" --decoder greedy --decoder beam:num_beams=5 \
     --decoder sample:top_p=0.9 --decoder contrastive --decoder magic --out demo/eval
+# The README's picture of the gallery: eval.html (not committed: 2.7 MB of inline thumbnails) sorted
+# by disagreement, in headless Chromium (scripts/setup-lab.sh installs it).
+python3 scripts/screenshot.py "file://$PWD/demo/eval/eval.html?sort=disagreement" demo/eval/gallery.png \
+    --element pictures --size 1280x1000

@@ -1,9 +1,12 @@
 //! `clipcap eval`: the field comparison of decoding methods. Every image of a folder is captioned once
 //! per (bundle, decoder), then each of those "systems" gets a row of metrics (BLEU, ROUGE-L and CIDEr-D
 //! against the references when there are any; CLIPScore and RefCLIPScore with the bundle's CLIP;
-//! length and diversity; latency), and every pair of systems the paired-bootstrap differences that
-//! say whether the gap is real. Written as Markdown, CSV, JSON and a quality-against-latency plot.
+//! length and diversity; latency) with each value's 95% bootstrap interval, and every pair of
+//! systems the paired-bootstrap differences that say whether the gap is real. Written (table.rs) as
+//! Markdown, CSV, JSON, a quality-against-latency plot per metric, and an HTML page with the images and
+//! their captions (gallery.rs).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +19,15 @@ use clipcap_core::bundle::Bundle;
 use clipcap_core::captioner::Captioner;
 use clipcap_core::decoding::DecoderInstance;
 use clipcap_core::imageio;
-use clipcap_core::metrics::bootstrap::{self, Difference, Measured};
+use clipcap_core::metrics::bootstrap::{self, Difference, Interval, Measured};
 use clipcap_core::metrics::clipscore;
 use clipcap_core::metrics::{self, Diversity, coco};
 use clipcap_core::runtime::Runtime;
 
+use crate::plot::Point;
+
 /// One image to caption, and its references when the annotations have them.
+#[derive(Debug, Clone)]
 pub struct Image {
     pub id: String,
     pub path: PathBuf,
@@ -152,7 +158,16 @@ pub struct Row {
     pub ms_per_caption: Percentiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ms_per_token: Option<Percentiles>,
+    /// 95% bootstrap intervals over the images of the metrics above, by metric name, and of the
+    /// median latency ([`LATENCY`]).
+    pub intervals: BTreeMap<String, Interval>,
 }
+
+/// The key of the median ms per caption in [`Row::intervals`].
+pub const LATENCY: &str = "ms/caption p50";
+
+/// The metrics drawn against latency, one plot each, when the systems have them.
+pub const PLOTTED: [&str; 2] = ["CIDEr-D", "CLIPScore"];
 
 /// The bootstrap differences between two systems: `a` minus `b`.
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +186,9 @@ pub struct Captioned {
     pub clip_score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ref_clip_score: Option<f64>,
+    /// BLEU, ROUGE-L and CIDEr-D of this caption alone, when there are references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<metrics::Scores>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,7 +200,10 @@ pub struct Report {
     pub pairs: Vec<Pair>,
     pub notes: Vec<String>,
     /// Every caption of every system (JSON output only).
-    pub captions: std::collections::BTreeMap<String, Vec<Captioned>>,
+    pub captions: BTreeMap<String, Vec<Captioned>>,
+    /// The images measured, in order, for the gallery.
+    #[serde(skip)]
+    pub frames: Vec<Image>,
 }
 
 /// What to compare, on what.
@@ -279,7 +300,7 @@ pub(crate) fn measure(
     let mut rows = Vec::new();
     let mut measured: Vec<(String, Measured)> = Vec::new();
     let mut notes = Vec::new();
-    let mut captions = std::collections::BTreeMap::new();
+    let mut captions = BTreeMap::new();
     for s in systems.iter().filter(|s| !s.captions.is_empty()) {
         let n = s.captions.len();
         let raw: Vec<&str> = s.captions.iter().map(String::as_str).collect();
@@ -303,23 +324,11 @@ pub(crate) fn measure(
                 caption: caption.clone(),
                 clip_score: s.clip_score.get(i).copied(),
                 ref_clip_score: s.ref_clip_score.get(i).copied(),
+                scores: per_image.as_ref().map(|p| p.scores(&[i])),
             })
             .collect();
         captions.insert(system.clone(), listed);
-        rows.push(Row {
-            system: system.clone(),
-            bundle: s.bundle.clone(),
-            decoder: s.decoder.clone(),
-            images: n,
-            failed: s.failed,
-            scores: per_image.as_ref().map(metrics::PerImage::all),
-            clip_score: mean(&s.clip_score),
-            ref_clip_score: mean(&s.ref_clip_score),
-            diversity: metrics::diversity(&tokenised),
-            ms_per_caption: percentiles(&s.caption_ms),
-            ms_per_token: (!s.token_ms.is_empty()).then(|| percentiles(&s.token_ms)),
-        });
-        let mut values = std::collections::BTreeMap::new();
+        let mut values = BTreeMap::new();
         if !s.clip_score.is_empty() {
             values.insert("CLIPScore", s.clip_score.clone());
         }
@@ -330,13 +339,45 @@ pub(crate) fn measure(
             "length",
             tokenised.iter().map(|c| c.split_whitespace().count() as f64).collect(),
         );
-        measured.push((
-            system,
-            Measured {
-                references: per_image,
-                values,
-            },
-        ));
+        let scores = per_image.as_ref().map(metrics::PerImage::all);
+        let measured_here = Measured {
+            references: per_image,
+            values,
+        };
+        let mut intervals: BTreeMap<String, Interval> = measured_here
+            .metrics()
+            .into_iter()
+            .filter_map(|m| {
+                Some((
+                    m.to_string(),
+                    bootstrap::interval(n, draws, seed, |rows| measured_here.value(m, rows))?,
+                ))
+            })
+            .collect();
+        let ms = &s.caption_ms;
+        let median = |rows: &[usize]| {
+            let mut v: Vec<f64> = rows.iter().map(|&i| ms[i]).collect();
+            v.sort_by(f64::total_cmp);
+            metrics::quantile(&v, 0.5)
+        };
+        if let Some(latency) = bootstrap::interval(ms.len(), draws, seed, median) {
+            intervals.insert(LATENCY.into(), latency);
+        }
+        rows.push(Row {
+            system: system.clone(),
+            bundle: s.bundle.clone(),
+            decoder: s.decoder.clone(),
+            images: n,
+            failed: s.failed,
+            scores,
+            clip_score: mean(&s.clip_score),
+            ref_clip_score: mean(&s.ref_clip_score),
+            diversity: metrics::diversity(&tokenised),
+            ms_per_caption: percentiles(&s.caption_ms),
+            ms_per_token: (!s.token_ms.is_empty()).then(|| percentiles(&s.token_ms)),
+            intervals,
+        });
+        measured.push((system, measured_here));
     }
     if rows.iter().any(|r| r.images == 1) && images.first().is_some_and(|i| i.references.is_some()) {
         notes.push(
@@ -364,6 +405,7 @@ pub(crate) fn measure(
             }
         }
     }
+    let rows_done = rows.iter().map(|r| r.images).max().unwrap_or(0);
     Report {
         images: images.len(),
         interrupted,
@@ -371,220 +413,81 @@ pub(crate) fn measure(
         pairs,
         notes,
         captions,
+        frames: images.iter().take(rows_done).cloned().collect(),
     }
 }
 
-/// What `clipcap eval` and `clipcap report` produce: printed as Markdown (or JSON), and written as
-/// `STEM.md`, `STEM.csv`, `STEM.json` and `STEM.svg` into `--out`.
-pub trait Table: Serialize {
-    /// The files' name in `--out`.
-    const STEM: &'static str;
-    fn markdown(&self) -> String;
-    fn csv(&self) -> String;
-    fn plot(&self, path: &Path) -> anyhow::Result<()>;
-
-    fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
-        let file = |ext: &str| dir.join(format!("{}.{ext}", Self::STEM));
-        let write =
-            |ext: &str, text: String| std::fs::write(file(ext), text).with_context(|| file(ext).display().to_string());
-        write("md", self.markdown())?;
-        write("csv", self.csv())?;
-        write("json", serde_json::to_string_pretty(self)?)?;
-        self.plot(&file("svg"))
-    }
-}
-
-fn cell(v: Option<f64>, digits: usize) -> String {
-    v.map_or("–".into(), |v| format!("{v:.digits$}"))
-}
-
-impl Table for Report {
-    const STEM: &'static str = "eval";
-
-    fn markdown(&self) -> String {
-        let mut out = String::new();
-        let done = self.rows.iter().map(|r| r.images).max().unwrap_or(0);
-        out += &format!("{} images", self.images);
-        if self.interrupted {
-            out += &format!(" (interrupted: the rows cover the first {done})");
-        }
-        out += "\n\n| system | images | BLEU-4 | ROUGE-L | CIDEr-D | CLIPScore | RefCLIPScore | words | distinct-1 | distinct-2 | repetition | vocabulary | ms/caption p50 | p95 | ms/token p50 | p95 |\n";
-        out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-        for r in &self.rows {
-            let s = r.scores.as_ref();
-            let d = &r.diversity;
-            out += &format!(
-                "| {} | {}{} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {:.1} | {} | {} |\n",
-                r.system,
-                r.images,
-                if r.failed > 0 {
-                    format!(" ({} failed)", r.failed)
-                } else {
-                    String::new()
-                },
-                cell(s.map(|s| s.bleu[3]), 4),
-                cell(s.map(|s| s.rouge_l), 4),
-                cell(s.map(|s| s.cider_d), 4),
-                cell(r.clip_score, 4),
-                cell(r.ref_clip_score, 4),
-                d.mean_length,
-                d.distinct_1,
-                d.distinct_2,
-                d.repetition,
-                d.vocabulary,
-                r.ms_per_caption.p50,
-                r.ms_per_caption.p95,
-                cell(r.ms_per_token.as_ref().map(|p| p.p50), 2),
-                cell(r.ms_per_token.as_ref().map(|p| p.p95), 2),
-            );
-        }
-        if !self.pairs.is_empty() {
-            out += "\nDifferences, paired bootstrap over the images (A − B, 95% interval; * where the interval excludes 0):\n\n";
-            out += "| A | B | metric | A − B | 95% interval |\n|---|---|---|---|---|\n";
-            for p in &self.pairs {
-                for d in &p.differences {
-                    out += &format!(
-                        "| {} | {} | {} | {:+.4}{} | [{:+.4}, {:+.4}] |\n",
-                        p.a,
-                        p.b,
-                        d.metric,
-                        d.difference,
-                        if d.significant() { " *" } else { "" },
-                        d.low,
-                        d.high
-                    );
-                }
-            }
-            let sentences: Vec<String> = self
-                .pairs
-                .iter()
-                .flat_map(|p| p.differences.iter().map(move |d| (p, d)))
-                .filter(|(_, d)| d.significant() && d.metric != "length")
-                .map(|(p, d)| {
-                    let (winner, loser) = if d.difference > 0.0 { (&p.a, &p.b) } else { (&p.b, &p.a) };
-                    let (low, high) = if d.difference > 0.0 {
-                        (d.low, d.high)
-                    } else {
-                        (-d.high, -d.low)
-                    };
-                    format!(
-                        "- {winner} beats {loser} by {:.4} {} [{low:.4}, {high:.4}]",
-                        d.difference.abs(),
-                        d.metric
-                    )
-                })
-                .collect();
-            if !sentences.is_empty() {
-                out += "\nDifferences whose interval excludes 0:\n\n";
-                out += &sentences.join("\n");
-                out += "\n";
-            }
-        }
-        for note in &self.notes {
-            out += &format!("\nNote: {note}\n");
-        }
-        out
-    }
-
-    fn csv(&self) -> String {
-        let mut out = String::from(
-            "system,bundle,decoder,images,failed,bleu1,bleu2,bleu3,bleu4,rouge_l,cider_d,clip_score,ref_clip_score,\
-             mean_length,distinct_1,distinct_2,repetition,vocabulary,ms_caption_p50,ms_caption_p95,ms_token_p50,ms_token_p95\n",
-        );
-        let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-        for r in &self.rows {
-            let s = r.scores.as_ref();
-            let d = &r.diversity;
-            let quote = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
-            out += &[
-                quote(&r.system),
-                quote(&r.bundle),
-                quote(&r.decoder),
-                r.images.to_string(),
-                r.failed.to_string(),
-                opt(s.map(|s| s.bleu[0])),
-                opt(s.map(|s| s.bleu[1])),
-                opt(s.map(|s| s.bleu[2])),
-                opt(s.map(|s| s.bleu[3])),
-                opt(s.map(|s| s.rouge_l)),
-                opt(s.map(|s| s.cider_d)),
-                opt(r.clip_score),
-                opt(r.ref_clip_score),
-                d.mean_length.to_string(),
-                d.distinct_1.to_string(),
-                d.distinct_2.to_string(),
-                d.repetition.to_string(),
-                d.vocabulary.to_string(),
-                r.ms_per_caption.p50.to_string(),
-                r.ms_per_caption.p95.to_string(),
-                opt(r.ms_per_token.as_ref().map(|p| p.p50)),
-                opt(r.ms_per_token.as_ref().map(|p| p.p95)),
-            ]
-            .join(",");
-            out.push('\n');
-        }
-        out
-    }
-
-    /// Quality against latency, one point per system: CIDEr-D when there are references, else CLIPScore.
-    fn plot(&self, path: &Path) -> anyhow::Result<()> {
-        let (metric, points): (&str, Vec<(String, f64, f64)>) = if self.rows.iter().all(|r| r.scores.is_some()) {
-            (
-                "CIDEr-D",
-                self.rows
+impl Report {
+    /// The points of each plotted metric: the systems with an interval of it and of latency.
+    pub fn plots(&self) -> Vec<(&'static str, Vec<Point>)> {
+        PLOTTED
+            .iter()
+            .map(|&metric| {
+                let points = self
+                    .rows
                     .iter()
-                    .map(|r| {
-                        (
-                            r.system.clone(),
-                            r.ms_per_caption.p50,
-                            r.scores.as_ref().map_or(0.0, |s| s.cider_d),
-                        )
+                    .filter_map(|r| {
+                        Some(Point {
+                            system: r.system.clone(),
+                            ms: *r.intervals.get(LATENCY)?,
+                            quality: *r.intervals.get(metric)?,
+                        })
                     })
-                    .collect(),
-            )
-        } else {
-            (
-                "CLIPScore",
-                self.rows
-                    .iter()
-                    .map(|r| (r.system.clone(), r.ms_per_caption.p50, r.clip_score.unwrap_or(0.0)))
-                    .collect(),
-            )
-        };
-        quality_plot(path, metric, &points)
+                    .collect::<Vec<_>>();
+                (metric, points)
+            })
+            .filter(|(_, points)| !points.is_empty())
+            .collect()
+    }
+
+    /// The pairwise differences whose interval excludes 0, as sentences (length left out).
+    pub fn significant(&self) -> Vec<String> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.differences.iter().map(move |d| (p, d)))
+            .filter(|(_, d)| d.significant() && d.metric != "length")
+            .map(|(p, d)| {
+                let (winner, loser) = if d.difference > 0.0 { (&p.a, &p.b) } else { (&p.b, &p.a) };
+                let (low, high) = if d.difference > 0.0 {
+                    (d.low, d.high)
+                } else {
+                    (-d.high, -d.low)
+                };
+                format!(
+                    "{winner} beats {loser} by {:.4} {} [{low:.4}, {high:.4}]",
+                    d.difference.abs(),
+                    d.metric
+                )
+            })
+            .collect()
+    }
+
+    /// The Markdown table of each system's intervals of the plotted metrics and latency.
+    pub(crate) fn intervals_markdown(&self) -> String {
+        let columns: Vec<&str> = PLOTTED
+            .iter()
+            .copied()
+            .filter(|m| self.rows.iter().any(|r| r.intervals.contains_key(*m)))
+            .chain([LATENCY])
+            .collect();
+        let mut out = format!(
+            "\nEach system with its 95% interval (bootstrap over the images; the plots draw these):\n\n| system | {} |\n|---|{}\n",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        );
+        for r in &self.rows {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|m| r.intervals.get(*m).map_or("–".into(), |i| interval_cell(m, i)))
+                .collect();
+            out += &format!("| {} | {} |\n", r.system, cells.join(" | "));
+        }
+        out
     }
 }
 
-/// A scatter plot of `(label, ms, quality)` points as SVG: latency on x, `metric` on y.
-pub fn quality_plot(path: &Path, metric: &str, points: &[(String, f64, f64)]) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-
-    let max = |f: fn(&(String, f64, f64)) -> f64| points.iter().map(f).fold(0.0f64, f64::max);
-    // Room on the right and above for the labels.
-    let (x_max, y_max) = (max(|p| p.1) * 1.4 + 1e-9, max(|p| p.2) * 1.15 + 1e-9);
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{metric} against latency"), ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .x_desc("ms per caption (median)")
-            .y_desc(metric)
-            .draw()?;
-        chart.draw_series(points.iter().map(|(_, x, y)| Circle::new((*x, *y), 5, BLUE.filled())))?;
-        chart.draw_series(
-            points
-                .iter()
-                .map(|(label, x, y)| Text::new(label.clone(), (*x, *y), ("sans-serif", 14).into_font())),
-        )?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| anyhow::anyhow!("{}: cannot draw the plot: {e}", path.display()))
+/// `value [low, high]`, with the digits of the metric's column.
+pub fn interval_cell(metric: &str, i: &Interval) -> String {
+    let digits = if metric == LATENCY { 1 } else { 4 };
+    format!("{:.digits$} [{:.digits$}, {:.digits$}]", i.value, i.low, i.high)
 }

@@ -51,6 +51,9 @@ pub struct Comparison {
     /// The live bundle that made the caption. Absent in logs from before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleId>,
+    /// The JPEG of the frame kept for `clipcap report` (captioning.keep_compared_frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<String>,
 }
 
 /// A person's choice of the best caption of a frame (the kiosk page's votes).
@@ -59,10 +62,12 @@ pub struct Vote {
     /// The caption's id.
     pub id: u64,
     pub decoder: String,
-    /// The client's address.
+    /// The client's address; absent with captioning.vote_addresses off.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client: String,
-    /// Who voted: `token:NAME` with tokens, else `address:IP`; one vote each per caption. Empty in
-    /// logs from before it was recorded, which stand for `client`.
+    /// Who voted: `token:NAME` with tokens, else `address:IP`, or `anonymous:KEY` (a keyed hash of the
+    /// address, the key new each run) with captioning.vote_addresses off; one vote each per caption.
+    /// Empty in logs from before it was recorded, which stand for `client`.
     #[serde(default)]
     pub voter: String,
     pub time: String,

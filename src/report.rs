@@ -1,9 +1,10 @@
 //! `clipcap report`: the daemons' caption logs (one device or several, as files or from an MQTT
 //! broker) turned into the comparison table, intervals and plot of `clipcap eval`, reference-free
 //! (CLIPScore, length, diversity, latency), over the frames where the decoders were compared; then
-//! the people's votes as pairwise win rates with bootstrap intervals; with `--group-by source`, the
-//! same for each source's frames after the whole (in the Markdown and JSON; the CSV and plot are the
-//! whole's).
+//! the people's votes as pairwise win rates and Bradley–Terry ratings with bootstrap intervals; with
+//! `--group-by source|bundle|decoder`, the same for each group's frames after the whole (in the
+//! Markdown, JSON and HTML; the CSV and plots are the whole's). The gallery of report.html shows the
+//! frames the daemon kept (captioning.keep_compared_frames).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,18 +15,42 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{self, Image, System, Table};
+use crate::eval::{self, Image, System};
+use crate::gallery;
 use crate::publish::{self, PublishConfig};
 
-use crate::records::{Comparison, Vote};
+use crate::ratings::{self, Ratings};
+use crate::records::{BundleId, Comparison, Vote};
+use crate::table::Table;
 
-/// A log line: its kind, its daemon run, and (captions) its source.
+/// A log line: its kind, its daemon run, and (captions) what `--group-by` groups it by.
 #[derive(Deserialize)]
 struct Line {
     event: String,
     run: u64,
+    #[serde(flatten)]
+    group: Group,
+}
+
+/// What a caption or comparison is grouped by.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+struct Group {
     #[serde(default)]
     source: String,
+    #[serde(default)]
+    bundle: Option<BundleId>,
+    #[serde(default)]
+    decoder: String,
+}
+
+impl Group {
+    fn of(c: &Comparison) -> Group {
+        Group {
+            source: c.source.clone(),
+            bundle: c.bundle.clone(),
+            decoder: c.decoder.clone(),
+        }
+    }
 }
 
 /// What `clipcap report --group-by` splits the frames by.
@@ -33,6 +58,39 @@ struct Line {
 pub enum GroupBy {
     /// The source's name (`[[sources]]`); logs from before sources had names are one group, "".
     Source,
+    /// The live bundle's name (after a reload, the frames of each bundle); "" in logs from before
+    /// bundles were recorded.
+    Bundle,
+    /// The primary decoder (`decoding.decoder`, which may differ between devices or runs).
+    Decoder,
+}
+
+impl GroupBy {
+    fn key(self, group: &Group) -> String {
+        match self {
+            GroupBy::Source => group.source.clone(),
+            GroupBy::Bundle => group.bundle.as_ref().map_or(String::new(), |b| b.name.clone()),
+            GroupBy::Decoder => group.decoder.clone(),
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            GroupBy::Source => "Source",
+            GroupBy::Bundle => "Bundle",
+            GroupBy::Decoder => "Decoder",
+        }
+    }
+}
+
+/// How to report: the bootstrap's draws and seed, the groups, and where kept frames are.
+pub struct Options {
+    pub draws: usize,
+    pub seed: u64,
+    pub group_by: Option<GroupBy>,
+    /// A folder holding the kept frames (copied from the devices), looked up by file name; without
+    /// it, each comparison's `frame` path as the daemon wrote it.
+    pub frames: Option<PathBuf>,
 }
 
 /// A frame, across logs: (log, run, caption id).
@@ -44,8 +102,8 @@ pub struct Logs {
     votes: Vec<(Frame, Vote)>,
     /// Who voted on which frame, for one vote each.
     voters: HashSet<(Frame, String)>,
-    /// The source of each caption logged.
-    captions: Vec<String>,
+    /// What each caption logged is grouped by.
+    captions: Vec<Group>,
 }
 
 impl Logs {
@@ -58,23 +116,23 @@ impl Logs {
         }
     }
 
-    /// The sources of the logged captions, in the order they first appear.
-    fn sources(&self) -> Vec<String> {
+    /// The groups of the logged captions by `by`, in the order they first appear.
+    fn groups(&self, by: GroupBy) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for name in &self.captions {
-            if !names.contains(name) {
-                names.push(name.clone());
+        for name in self.captions.iter().map(|c| by.key(c)) {
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
         names
     }
 
-    /// The captions, comparisons and votes of the source named `source` only.
-    fn of_source(&self, source: &str) -> Logs {
+    /// The captions, comparisons and votes of the group `name` by `by` only.
+    fn of_group(&self, by: GroupBy, name: &str) -> Logs {
         let comparisons: Vec<(Frame, Comparison)> = self
             .comparisons
             .iter()
-            .filter(|(_, c)| c.source == source)
+            .filter(|(_, c)| by.key(&Group::of(c)) == name)
             .cloned()
             .collect();
         let frames: HashSet<&Frame> = comparisons.iter().map(|(f, _)| f).collect();
@@ -83,7 +141,7 @@ impl Logs {
             voters: votes.iter().map(|(f, v)| (*f, v.voter().to_string())).collect(),
             comparisons,
             votes,
-            captions: self.captions.iter().filter(|c| *c == source).cloned().collect(),
+            captions: self.captions.iter().filter(|c| by.key(c) == name).cloned().collect(),
         }
     }
 
@@ -91,7 +149,7 @@ impl Logs {
     fn add(&mut self, index: usize, raw: &str) -> anyhow::Result<()> {
         let line: Line = serde_json::from_str(raw).context("not a caption-log record")?;
         match line.event.as_str() {
-            "caption" => self.captions.push(line.source),
+            "caption" => self.captions.push(line.group),
             "comparison" => {
                 let c: Comparison = serde_json::from_str(raw)?;
                 self.comparisons.push(((index, line.run, c.id), c));
@@ -227,21 +285,27 @@ pub struct Report {
     pub comparison: eval::Report,
     pub votes: usize,
     pub win_rates: Vec<WinRate>,
-    /// With `--group-by`: the same report for each group's frames, by group.
+    /// The votes as Bradley–Terry ratings, when there are votes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratings: Option<Ratings>,
+    /// With `--group-by`: what the frames were grouped by, and the same report for each group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<(String, Report)>,
 }
 
-/// The decoder comparison of the logs (decoders in the order they first appear), and with `group_by`
-/// that of each group too.
-pub fn report(logs: &Logs, draws: usize, seed: u64, group_by: Option<GroupBy>) -> Report {
-    let mut whole = report_of(logs, draws, seed);
-    if group_by == Some(GroupBy::Source) {
+/// The decoder comparison of the logs (decoders in the order they first appear), and with
+/// `options.group_by` that of each group too.
+pub fn report(logs: &Logs, options: &Options) -> Report {
+    let mut whole = report_of(logs, options);
+    if let Some(by) = options.group_by {
+        whole.group_by = Some(by.heading());
         whole.groups = logs
-            .sources()
+            .groups(by)
             .into_iter()
             .map(|name| {
-                let group = report_of(&logs.of_source(&name), draws, seed);
+                let group = report_of(&logs.of_group(by, &name), options);
                 (name, group)
             })
             .collect();
@@ -249,7 +313,18 @@ pub fn report(logs: &Logs, draws: usize, seed: u64, group_by: Option<GroupBy>) -
     whole
 }
 
-fn report_of(logs: &Logs, draws: usize, seed: u64) -> Report {
+/// Where the frame a comparison kept is to be read: in `frames` by file name, or where the daemon
+/// wrote it. An empty path where none was kept.
+fn frame_path(c: &Comparison, frames: Option<&Path>) -> PathBuf {
+    match (&c.frame, frames) {
+        (None, _) => PathBuf::new(),
+        (Some(kept), None) => kept.into(),
+        (Some(kept), Some(dir)) => dir.join(Path::new(kept).file_name().unwrap_or_default()),
+    }
+}
+
+fn report_of(logs: &Logs, options: &Options) -> Report {
+    let (draws, seed) = (options.draws, options.seed);
     let mut order: Vec<String> = Vec::new();
     for (_, c) in &logs.comparisons {
         for d in std::iter::once(&c.decoder).chain(c.compare.iter().map(|x| &x.decoder)) {
@@ -291,11 +366,20 @@ fn report_of(logs: &Logs, draws: usize, seed: u64) -> Report {
             s.caption_ms.push(ms);
         }
     }
+    let several_logs = complete.iter().any(|((log, _, _), _)| *log > 0);
     let frames: Vec<Image> = complete
         .iter()
-        .map(|((log, run, id), _)| Image {
-            id: format!("{log}:{run}:{id}"),
-            path: Path::new("").into(),
+        .map(|((log, run, id), c)| Image {
+            id: format!(
+                "#{id} {} · run {run}{}",
+                c.source,
+                if several_logs {
+                    format!(" · log {}", log + 1)
+                } else {
+                    String::new()
+                }
+            ),
+            path: frame_path(c, options.frames.as_deref()),
             references: None,
         })
         .collect();
@@ -304,14 +388,41 @@ fn report_of(logs: &Logs, draws: usize, seed: u64) -> Report {
         .notes
         .push("latencies are the decoders' decoding times on the daemon (ms per caption)".into());
     let win_rates = win_rates(logs, &order, draws, seed);
+    let ratings = (!logs.votes.is_empty()).then(|| ratings::rate(&order, &rated_votes(logs, &order), draws, seed));
     Report {
         captions: logs.captions.len(),
         compared_frames: complete.len(),
         comparison,
         votes: logs.votes.len(),
         win_rates,
+        ratings,
+        group_by: None,
         groups: Vec::new(),
     }
+}
+
+/// Each vote as its decoder beating every other decoder that captioned the frame.
+fn rated_votes(logs: &Logs, order: &[String]) -> Vec<ratings::Vote> {
+    let index = |d: &str| order.iter().position(|o| o == d);
+    let shown: BTreeMap<&Frame, &Comparison> = logs.comparisons.iter().map(|(f, c)| (f, c)).collect();
+    logs.votes
+        .iter()
+        .filter_map(|(f, v)| {
+            let c = shown.get(f)?;
+            let winner = index(&v.decoder)?;
+            let losers = std::iter::once(c.decoder.as_str())
+                .chain(
+                    c.compare
+                        .iter()
+                        .filter(|x| x.caption.is_some())
+                        .map(|x| x.decoder.as_str()),
+                )
+                .filter_map(index)
+                .filter(|&i| i != winner)
+                .collect();
+            Some(ratings::Vote { winner, losers })
+        })
+        .collect()
 }
 
 fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinRate> {
@@ -370,7 +481,75 @@ fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinR
     out
 }
 
-/// The comparison's CSV and plot are `clipcap eval`'s; the Markdown adds the votes.
+impl Report {
+    /// The votes' win rates, as Markdown table rows.
+    fn win_rate_rows(&self) -> Vec<Vec<String>> {
+        self.win_rates
+            .iter()
+            .map(|w| {
+                vec![
+                    w.a.clone(),
+                    w.b.clone(),
+                    w.votes_a.to_string(),
+                    w.votes_b.to_string(),
+                    format!("{:.0}%", 100.0 * w.rate),
+                    format!("[{:.0}%, {:.0}%]", 100.0 * w.low, 100.0 * w.high),
+                ]
+            })
+            .collect()
+    }
+
+    /// The ratings and the votes their gaps need, as rows of two tables.
+    fn rating_rows(&self) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+        let Some(r) = &self.ratings else {
+            return (Vec::new(), Vec::new());
+        };
+        let ratings = r
+            .ratings
+            .iter()
+            .map(|x| {
+                vec![
+                    x.decoder.clone(),
+                    format!("{:.0}", x.rating),
+                    format!("[{:.0}, {:.0}]", x.low, x.high),
+                    x.shown.to_string(),
+                    x.won.to_string(),
+                ]
+            })
+            .collect();
+        let gaps = r
+            .gaps
+            .iter()
+            .map(|g| {
+                vec![
+                    g.a.clone(),
+                    g.b.clone(),
+                    format!("{:.0}%", 100.0 * g.p_a),
+                    g.votes.to_string(),
+                    g.needed.map_or("–".into(), |n| n.to_string()),
+                ]
+            })
+            .collect();
+        (ratings, gaps)
+    }
+}
+
+const WIN_RATE_HEAD: [&str; 6] = ["A", "B", "votes A", "votes B", "A wins", "95% interval"];
+const RATING_HEAD: [&str; 5] = ["decoder", "rating", "95% interval", "votes shown", "votes won"];
+const GAP_HEAD: [&str; 5] = ["A", "B", "A preferred", "votes on both", "votes needed"];
+const RATINGS_TEXT: &str = "Bradley–Terry ratings (Elo scale, mean 1000; 95% bootstrap interval over the votes). \
+    A vote for a caption beats every other caption of its frame. \"votes needed\": votes on frames showing \
+    both that a preference of that size needs to show at 95% confidence with 80% power.";
+
+fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for r in rows {
+        out += &format!("| {} |\n", r.join(" | "));
+    }
+    out
+}
+
+/// The comparison's CSV and plots are `clipcap eval`'s; the Markdown and the page add the votes.
 impl Table for Report {
     const STEM: &'static str = "report";
 
@@ -382,24 +561,24 @@ impl Table for Report {
         out += &self.comparison.markdown();
         out += &format!("\n## Votes\n\n{} votes.", self.votes);
         if !self.win_rates.is_empty() {
-            out += " Pairwise, on frames that showed both (95% bootstrap interval):\n\n| A | B | votes A | votes B | A wins | 95% interval |\n|---|---|---|---|---|---|\n";
-            for w in &self.win_rates {
-                out += &format!(
-                    "| {} | {} | {} | {} | {:.0}% | [{:.0}%, {:.0}%] |\n",
-                    w.a,
-                    w.b,
-                    w.votes_a,
-                    w.votes_b,
-                    100.0 * w.rate,
-                    100.0 * w.low,
-                    100.0 * w.high
-                );
-            }
+            out += " Pairwise, on frames that showed both (95% bootstrap interval):\n\n";
+            out += &markdown_table(&WIN_RATE_HEAD, &self.win_rate_rows());
         } else {
             out += "\n";
         }
+        let (ratings, gaps) = self.rating_rows();
+        if !ratings.is_empty() {
+            out += &format!("\n{RATINGS_TEXT}\n\n");
+            out += &markdown_table(&RATING_HEAD, &ratings);
+            out += "\n";
+            out += &markdown_table(&GAP_HEAD, &gaps);
+        }
         for (name, group) in &self.groups {
-            out += &format!("\n# Source {name}\n\n{}", group.markdown());
+            out += &format!(
+                "\n# {} {name}\n\n{}",
+                self.group_by.unwrap_or_default(),
+                group.markdown()
+            );
         }
         out
     }
@@ -408,7 +587,41 @@ impl Table for Report {
         self.comparison.csv()
     }
 
-    fn plot(&self, path: &Path) -> anyhow::Result<()> {
-        self.comparison.plot(path)
+    fn comparison(&self) -> &eval::Report {
+        &self.comparison
+    }
+
+    fn html(&self, plots: &[(&str, String)]) -> String {
+        let esc = |rows: Vec<Vec<String>>| rows.into_iter().map(|r| r.iter().map(|c| gallery::escape(c)).collect());
+        let mut votes = format!(
+            "<p>{} votes on {} compared frames.</p>",
+            self.votes, self.compared_frames
+        );
+        if !self.win_rates.is_empty() {
+            votes += "<p>Pairwise, on frames that showed both (95% bootstrap interval):</p>";
+            votes += &gallery::table(&WIN_RATE_HEAD, esc(self.win_rate_rows()));
+        }
+        let (ratings, gaps) = self.rating_rows();
+        if !ratings.is_empty() {
+            votes += &format!("<p>{}</p>", gallery::escape(RATINGS_TEXT));
+            votes += &gallery::table(&RATING_HEAD, esc(ratings));
+            votes += &gallery::table(&GAP_HEAD, esc(gaps));
+        }
+        let mut sections = vec![("Votes".to_string(), votes)];
+        for (name, group) in &self.groups {
+            sections.push((
+                format!("{} {name}", self.group_by.unwrap_or_default()),
+                format!("<pre>{}</pre>", gallery::escape(&group.markdown())),
+            ));
+        }
+        gallery::page(
+            &format!(
+                "clipcap report: {} captions, {} frames compared",
+                self.captions, self.compared_frames
+            ),
+            &self.comparison,
+            plots,
+            &sections,
+        )
     }
 }

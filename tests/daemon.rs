@@ -607,7 +607,13 @@ fn compares_decoders_live_takes_votes_and_reports_them() {
     }
     assert!(text.contains("3 votes."), "{text}");
     assert!(text.contains("| greedy | beam:num_beams=3 | 1 | 2 | 33% |"), "{text}");
-    for file in ["report.md", "report.csv", "report.json", "report.svg"] {
+    for file in [
+        "report.md",
+        "report.csv",
+        "report.json",
+        "report-clipscore.svg",
+        "report.html",
+    ] {
         assert!(out.join(file).is_file(), "{file}");
     }
 

@@ -1,10 +1,11 @@
-//! Faults of the machine the daemon runs on, survived, reported and counted: the caption log's disk
-//! fills up and frees again. (A camera unplugged and returning: tests/vivid.rs.)
+//! Faults of the machine the daemon runs on, survived, reported and counted: the caption log's disk,
+//! and the kept frames' disk, fill up and free again. (A camera unplugged and returning:
+//! tests/vivid.rs.)
 
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{Daemon, demo_image, metric};
 
@@ -96,5 +97,68 @@ fn a_full_disk_costs_the_log_only_what_did_not_fit_and_the_log_resumes() {
     assert!(
         stderr.contains(&format!("written again, after losing {lost} records")),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_full_disk_costs_kept_frames_not_comparisons_and_keeping_resumes() {
+    // captioning.keep_compared_frames on a 256 KiB tmpfs of the daemon's own mount namespace.
+    let daemon = Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=256k tmpfs \"$0\" && exec \"$@\"",
+            "{dir}/disk",
+        ],
+        "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\nkeep_compared_frames = \"{dir}/disk/frames\"",
+        &[],
+        |dir| std::fs::create_dir(dir.join("disk")).unwrap(),
+    );
+    let disk = PathBuf::from(format!("/proc/{}/root", daemon.child.id()))
+        .join(daemon.dir.path().join("disk").strip_prefix("/").unwrap());
+    let compared = |n: usize| {
+        daemon.wait_until(|| daemon.log_records("comparison").len() == n, "a comparison");
+        daemon.log_records("comparison").pop().unwrap()
+    };
+    daemon.drop_image("08200.png");
+    let first = compared(1);
+    assert!(
+        disk.join("frames")
+            .join(Path::new(first["frame"].as_str().unwrap()).file_name().unwrap())
+            .is_file()
+    );
+
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    while filler.write_all(&block[..1]).is_ok() {}
+    drop(filler);
+    for (n, name) in ["08203.png", "08208.png"].iter().enumerate() {
+        daemon.drop_image(name);
+        let c = compared(n + 2);
+        assert!(
+            c.get("frame").is_none() && c["compare"][0]["caption"].is_string(),
+            "{c}"
+        );
+    }
+    assert_eq!(metric(&daemon.metrics(), "clipcap_errors_total{kind=\"frame\"}"), 2.0);
+    assert!(daemon.stderr().contains("keep_compared_frames"), "{}", daemon.stderr());
+
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    daemon.drop_image("08209.png");
+    let last = compared(4);
+    assert!(last["frame"].is_string(), "{last}");
+    // No half-written frame was left behind.
+    let names: Vec<String> = std::fs::read_dir(disk.join("frames"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.len() == 2 && names.iter().all(|n| n.ends_with(".jpg")),
+        "{names:?}"
     );
 }

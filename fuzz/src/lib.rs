@@ -138,11 +138,19 @@ pub fn decoder_spec(data: &[u8]) {
     }
 }
 
-/// A caption log, read as `clipcap report` reads it, and reported on when it is one.
+/// A caption log, read as `clipcap report` reads it, and reported on when it is one, grouped by
+/// source, bundle or decoder as its length says.
 pub fn caption_log(data: &[u8]) {
+    use clipcap::report::{GroupBy, Options};
     let path = scratch("captions.jsonl", data);
     if let Ok(logs) = clipcap::report::read(&[path]) {
-        let _ = clipcap::report::report(&logs, 20, 0, Some(clipcap::report::GroupBy::Source));
+        let options = Options {
+            draws: 20,
+            seed: 0,
+            group_by: Some([GroupBy::Source, GroupBy::Bundle, GroupBy::Decoder][data.len() % 3]),
+            frames: None,
+        };
+        let _ = clipcap::report::report(&logs, &options);
     }
 }
 

@@ -14,7 +14,8 @@ use clipcap_core::runtime::Runtime;
 use super::DecoderArgs;
 
 /// Compare decoders (and bundles) on a folder of images: metrics, CLIPScore, diversity, latency,
-/// and paired-bootstrap intervals; Markdown on stdout, and with --out also CSV, JSON and a plot.
+/// and paired-bootstrap intervals; Markdown on stdout, and with --out also CSV, JSON, plots
+/// and an HTML page with the images.
 #[derive(clap::Args)]
 pub struct Args {
     /// Model bundle folder; repeat to compare bundles (the prefix-length study).
@@ -29,7 +30,8 @@ pub struct Args {
     annotations: Option<PathBuf>,
     #[command(flatten)]
     decoding: DecoderArgs,
-    /// Folder for eval.md, eval.csv, eval.json and eval.svg.
+    /// Folder for eval.md, eval.csv, eval.json, the plots (eval-cider-d.svg, eval-clipscore.svg) and
+    /// eval.html, the page with every image and its captions.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Bootstrap resamples for the intervals.

@@ -103,7 +103,7 @@ fn load_captioner(config: &Config, dir: &Path) -> anyhow::Result<(Bundle, Captio
 }
 
 /// Prints a comparison table (Markdown, or JSON with `--json`) and writes its files into `--out`.
-fn emit(table: &impl clipcap::eval::Table, json: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+fn emit(table: &impl clipcap::table::Table, json: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(table)?);
     } else {

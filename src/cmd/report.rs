@@ -23,12 +23,17 @@ pub struct Args {
     /// With --mqtt: how long to collect before reporting (e.g. 30s, 10m, 2h).
     #[arg(long, value_name = "DURATION", default_value = "60s", requires = "mqtt")]
     listen: humantime::Duration,
-    /// Folder for report.md, report.csv, report.json and report.svg.
+    /// Folder for report.md, report.csv, report.json, the plots (report-cider-d.svg,
+    /// report-clipscore.svg) and report.html, the page with the frames and their captions.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Also a report for each group of frames: `source`, by the source's name.
+    /// Also a report for each group of frames: by `source` name, live `bundle`, or primary `decoder`.
     #[arg(long, value_name = "GROUP")]
     group_by: Option<report::GroupBy>,
+    /// Where the kept frames (captioning.keep_compared_frames) are, when copied off the device:
+    /// looked up here by file name instead of at the path the daemon logged.
+    #[arg(long, value_name = "DIR")]
+    frames: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     draws: usize,
     #[arg(long, default_value_t = 0)]
@@ -47,10 +52,12 @@ pub fn run(args: Args, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         None => report::read(&args.logs)?,
     };
-    super::emit(
-        &report::report(&logs, args.draws, args.seed, args.group_by),
-        args.json,
-        args.out,
-    )?;
+    let options = report::Options {
+        draws: args.draws,
+        seed: args.seed,
+        group_by: args.group_by,
+        frames: args.frames,
+    };
+    super::emit(&report::report(&logs, &options), args.json, args.out)?;
     Ok(ExitCode::SUCCESS)
 }

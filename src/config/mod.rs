@@ -146,8 +146,14 @@ pub struct CaptioningConfig {
     pub compare_per_minute: u64,
     /// A candidate bundle that also captions each compared frame; empty: none.
     pub shadow_bundle: PathBuf,
+    /// A folder where the JPEG of each compared frame is kept for `clipcap report`; empty: none.
+    pub keep_compared_frames: PathBuf,
+    /// The most megabytes of frames that folder holds; the oldest go first.
+    pub keep_compared_frames_mb: u64,
     /// The kiosk page lets a person vote for the best caption of a compared frame.
     pub votes: bool,
+    /// A vote records the voter's IP address; false: an anonymous per-run key stands for it.
+    pub vote_addresses: bool,
     /// Votes accepted per client (IP address) and minute.
     pub votes_per_minute: u32,
     /// The most sequences one language-model call decodes together (every caption in flight,
@@ -180,7 +186,10 @@ impl Default for CaptioningConfig {
             compare_every: 1,
             compare_per_minute: 0,
             shadow_bundle: PathBuf::new(),
+            keep_compared_frames: PathBuf::new(),
+            keep_compared_frames_mb: 500,
             votes: false,
+            vote_addresses: true,
             votes_per_minute: 20,
             max_batch: Batching::default().max_batch,
             batch_wait_ms: Batching::default().max_wait.as_millis() as u64,

@@ -131,6 +131,11 @@ fn captioning(c: &CaptioningConfig) -> Result<(), Invalid> {
         "captioning.compare_every",
         || "captioning.compare_every and votes_per_minute must be > 0".into(),
     )?;
+    check(
+        c.keep_compared_frames_mb > 0,
+        "captioning.keep_compared_frames_mb",
+        || "captioning.keep_compared_frames_mb must be >= 1 (leave keep_compared_frames empty to keep none)".into(),
+    )?;
     check(c.max_batch > 0, "captioning.max_batch", || {
         "captioning.max_batch must be >= 1".into()
     })?;

@@ -46,6 +46,9 @@ pub struct Api {
     pub uploads: UploadSender,
     /// Per-client budget of votes.
     pub votes: RateLimit,
+    /// This run's random key that stands for a voter's address when captioning.vote_addresses is
+    /// off: one vote per address still holds, and the log cannot tell the address.
+    pub voter_key: std::hash::RandomState,
     /// Per-client budget of uploads (service.uploads_per_minute), if any.
     pub upload_limit: Option<RateLimit>,
     /// Hosts, origins and tokens (access.rs).
@@ -516,7 +519,16 @@ async fn vote(
         return too_many(wait, &format!("too many votes from {}", client.name));
     }
     // One vote per person and caption: a person is a token, or an address (the client's name).
-    let voter = format!("{}:{}", if client.token { "token" } else { "address" }, client.name);
+    let voter = if client.token {
+        format!("token:{}", client.name)
+    } else if api.captioning.vote_addresses {
+        format!("address:{}", client.name)
+    } else {
+        format!(
+            "anonymous:{:016x}",
+            std::hash::BuildHasher::hash_one(&api.voter_key, &client.name)
+        )
+    };
     if !api.state.claim_vote(id, &voter) {
         return refuse(
             StatusCode::CONFLICT,
@@ -527,7 +539,11 @@ async fn vote(
     let vote = Vote {
         id,
         decoder: request.decoder,
-        client: peer.ip().to_string(),
+        client: if api.captioning.vote_addresses {
+            peer.ip().to_string()
+        } else {
+            String::new()
+        },
         voter,
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     };

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Upload,
     Caption,
     Compare,
+    /// A compared frame that could not be kept (captioning.keep_compared_frames).
+    Frame,
     Vote,
     Log,
     Publish,
@@ -42,11 +44,12 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Source,
         ErrorKind::Upload,
         ErrorKind::Caption,
         ErrorKind::Compare,
+        ErrorKind::Frame,
         ErrorKind::Vote,
         ErrorKind::Log,
         ErrorKind::Publish,
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Upload => "upload",
             ErrorKind::Caption => "caption",
             ErrorKind::Compare => "compare",
+            ErrorKind::Frame => "frame",
             ErrorKind::Vote => "vote",
             ErrorKind::Log => "log",
             ErrorKind::Publish => "publish",

@@ -13,6 +13,7 @@ mod admission;
 mod caption_log;
 mod compare;
 mod http;
+mod keep;
 mod live;
 mod metrics;
 mod notify;
@@ -170,16 +171,22 @@ fn assemble(config: &Config, loaded: Loaded, opened: Vec<Opened>, shutdown: &Shu
         live: live.clone(),
         uploads,
         votes: ratelimit::RateLimit::new(config.captioning.votes_per_minute),
+        voter_key: std::hash::RandomState::new(),
         upload_limit: (config.service.uploads_per_minute > 0)
             .then(|| ratelimit::RateLimit::new(config.service.uploads_per_minute)),
         access,
         shutdown: shutdown.clone(),
         decodes: tokio::sync::Semaphore::new(http::MAX_DECODES),
     };
+    let kept = &config.captioning.keep_compared_frames;
+    let keeper = (!kept.as_os_str().is_empty())
+        .then(|| keep::Keeper::open(kept, config.captioning.keep_compared_frames_mb))
+        .transpose()?;
     let setup = pipeline::Setup {
         bundle,
         live: live.clone(),
         shadow,
+        keeper,
         decoders: all,
         config: config.captioning.clone(),
         seed: config.decoding.seed,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::keep::Keeper;
 use super::live::{Live, Model};
 use super::metrics::{ErrorKind, Metrics, SkipReason};
 use super::state::{Source, State};
@@ -39,6 +40,8 @@ pub struct Setup {
     pub live: Arc<Live>,
     /// captioning.shadow_bundle, opened.
     pub shadow: Option<Bundle>,
+    /// captioning.keep_compared_frames, opened.
+    pub keeper: Option<Keeper>,
     /// One set for each thread: the sources' (`State::sources`) in their order, then the upload
     /// threads'.
     pub decoders: Vec<Decoders>,
@@ -91,6 +94,7 @@ pub fn spawn(runtime: Runtime, setup: Setup) -> std::io::Result<(Worker, oneshot
 struct Shared<'a> {
     live: &'a Live,
     shadow: Option<&'a Model>,
+    keeper: Option<&'a Keeper>,
     config: &'a CaptioningConfig,
     seed: u64,
     state: &'a State,
@@ -167,6 +171,7 @@ impl Turns {
 fn run(setup: Setup, shadow: Option<&Model>) {
     let Setup {
         live,
+        keeper,
         decoders,
         config,
         seed,
@@ -180,6 +185,7 @@ fn run(setup: Setup, shadow: Option<&Model>) {
     let shared = Shared {
         live: &live,
         shadow,
+        keeper: keeper.as_ref(),
         config: &config,
         seed,
         state: &state,
@@ -483,6 +489,14 @@ impl SourceThread<'_> {
             ms: event.caption.ms.decode,
             compare: compared,
             bundle: Some(model.id.clone()),
+            frame: s.keeper.and_then(|k| match k.keep(s.state.run(), event.id, image) {
+                Ok(path) => Some(path.display().to_string()),
+                Err(e) => {
+                    tracing::warn!("captioning.keep_compared_frames: {e:#}");
+                    metrics.error(ErrorKind::Frame);
+                    None
+                }
+            }),
         };
         s.state.publish_comparison(comparison);
     }

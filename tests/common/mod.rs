@@ -1,6 +1,8 @@
 //! Shared by the integration tests: fixture paths, the ONNX Runtime set-up, reference outputs.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,7 +2,8 @@
 //! The same images are resampled with replacement for both systems (1,000 draws, seeded), each
 //! metric is computed on each resample for both, and the 2.5th and 97.5th percentiles of the
 //! differences are the 95% interval. Corpus metrics (BLEU) are recomputed from the resample's counts;
-//! CIDEr-D keeps the document frequencies of the whole set.
+//! CIDEr-D keeps the document frequencies of the whole set. Each system's own value gets its 95%
+//! interval the same way ([`interval`]), so that a table and a plot can show it.
 
 use std::collections::BTreeMap;
 
@@ -102,6 +103,36 @@ pub fn paired(a: &Measured, b: &Measured, draws: usize, seed: u64) -> Vec<Differ
         .collect()
 }
 
+/// A value with its 95% bootstrap interval.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The 95% interval of `statistic` (of the rows of a resample) over `draws` resamples of `n` images
+/// with replacement; `value` is the statistic of all images. None where the statistic has no value.
+pub fn interval(n: usize, draws: usize, seed: u64, statistic: impl Fn(&[usize]) -> Option<f64>) -> Option<Interval> {
+    let all: Vec<usize> = (0..n).collect();
+    let value = statistic(&all)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = vec![0usize; n];
+    let mut values: Vec<f64> = (0..draws)
+        .filter_map(|_| {
+            rows.iter_mut().for_each(|r| *r = rng.random_range(0..n.max(1)));
+            statistic(&rows)
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| super::quantile(&values, q).unwrap_or(value);
+    Some(Interval {
+        value,
+        low: at(0.025),
+        high: at(0.975),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +156,22 @@ mod tests {
         let same = &paired(&system(a.clone()), &system(a), 1000, 7)[0];
         assert_eq!((same.difference, same.low, same.high), (0.0, 0.0, 0.0));
         assert!(!same.significant());
+    }
+
+    #[test]
+    fn a_systems_interval_covers_its_true_mean_and_narrows_with_more_images() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let values: Vec<f64> = (0..1000).map(|_| rng.random_range(0.0..1.0)).collect();
+        let s = system(values.clone());
+        let mean_of = |n: usize| {
+            interval(n, 1000, 5, |rows| {
+                s.value("CLIPScore", rows).filter(|_| !rows.is_empty())
+            })
+        };
+        let (few, many) = (mean_of(50).unwrap(), mean_of(1000).unwrap());
+        assert!(many.low < 0.5 && 0.5 < many.high, "{many:?}");
+        assert!(many.high - many.low < few.high - few.low, "{few:?} {many:?}");
+        assert!(few.low <= few.value && few.value <= few.high);
     }
 
     #[test]
