@@ -2,7 +2,8 @@
 //! self-contained file (thumbnails and plots inline, no network: its Content-Security-Policy allows
 //! no fetch at all) with the summary table, the plots, and a gallery of every image with every
 //! system's caption and scores, the words the systems disagree on marked. A few lines of plain script
-//! sort the gallery (by disagreement, lowest CLIPScore, a system's CLIPScore) and filter its systems.
+//! sort the gallery (by disagreement, lowest CLIPScore, a system's CLIPScore) and filter its systems,
+//! also from the address (`eval.html?sort=disagreement&only=greedy`).
 
 use std::collections::BTreeSet;
 use std::fmt::Write;

@@ -19,6 +19,22 @@ fn upload(daemon: &Daemon) -> u64 {
         .unwrap()
 }
 
+/// The daemon's wrapper that mounts a tmpfs of `size` at `{dir}/disk` in the daemon's own mount
+/// namespace (root only, as CI runs): a disk the test can fill.
+fn on_tmpfs(size: &str) -> Vec<&'static str> {
+    let mount: &'static str = format!("mount -t tmpfs -o size={size} tmpfs \"$0\" && exec \"$@\"").leak();
+    vec![
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        mount,
+        "{dir}/disk",
+    ]
+}
+
 /// The log's lines; every one must be a whole JSON record.
 fn logged_ids(log: &std::path::Path) -> Vec<u64> {
     let text = std::fs::read_to_string(log).unwrap();
@@ -37,18 +53,9 @@ fn logged_ids(log: &std::path::Path) -> Vec<u64> {
 
 #[test]
 fn a_full_disk_costs_the_log_only_what_did_not_fit_and_the_log_resumes() {
-    // The log lives on a 64 KiB tmpfs of the daemon's own mount namespace (root only, as CI runs).
+    // The log lives on a 64 KiB tmpfs.
     let daemon = Daemon::start_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=64k tmpfs \"$0\" && exec \"$@\"",
-            "{dir}/disk",
-        ],
+        &on_tmpfs("64k"),
         "caption_log = \"{dir}/disk/captions.jsonl\"\n[source]\nkind = \"none\"",
         &[],
         |dir| std::fs::create_dir(dir.join("disk")).unwrap(),
@@ -102,18 +109,9 @@ fn a_full_disk_costs_the_log_only_what_did_not_fit_and_the_log_resumes() {
 
 #[test]
 fn a_full_disk_costs_kept_frames_not_comparisons_and_keeping_resumes() {
-    // captioning.keep_compared_frames on a 256 KiB tmpfs of the daemon's own mount namespace.
+    // captioning.keep_compared_frames on a 256 KiB tmpfs.
     let daemon = Daemon::start_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=256k tmpfs \"$0\" && exec \"$@\"",
-            "{dir}/disk",
-        ],
+        &on_tmpfs("256k"),
         "[captioning]\ninterval_ms = 100\ncompare = [\"beam:num_beams=2\"]\nkeep_compared_frames = \"{dir}/disk/frames\"",
         &[],
         |dir| std::fs::create_dir(dir.join("disk")).unwrap(),
