@@ -41,7 +41,7 @@ def main() -> None:
         options = {"binary": "/usr/bin/chromium",
                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                             f"--window-size={width},{height}"]}
-        for attempt in range(100):
+        for _ in range(100):
             try:
                 session = call(base, "POST", {"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}})
                 break
