@@ -189,6 +189,13 @@ pub struct Captioned {
     /// BLEU, ROUGE-L and CIDEr-D of this caption alone, when there are references.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scores: Option<metrics::Scores>,
+    /// People's votes for this caption as the best of its frame (`clipcap report`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub votes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +332,7 @@ pub(crate) fn measure(
                 clip_score: s.clip_score.get(i).copied(),
                 ref_clip_score: s.ref_clip_score.get(i).copied(),
                 scores: per_image.as_ref().map(|p| p.scores(&[i])),
+                votes: 0,
             })
             .collect();
         captions.insert(system.clone(), listed);

@@ -211,6 +211,13 @@ fn item(order: usize, image: &Image, systems: &[(&str, &Captioned)]) -> String {
         if let Some(v) = c.ref_clip_score {
             scores.push(format!("RefCLIPScore {v:.3}"));
         }
+        if c.votes > 0 {
+            scores.push(format!(
+                "<b>{} vote{}</b>",
+                c.votes,
+                if c.votes == 1 { "" } else { "s" }
+            ));
+        }
         if let Some(s) = &c.scores {
             scores.push(format!(
                 "BLEU-4 {:.3} · ROUGE-L {:.3} · CIDEr-D {:.3}",

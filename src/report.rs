@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
 use rand::{RngExt, SeedableRng};
@@ -371,8 +371,9 @@ fn report_of(logs: &Logs, options: &Options) -> Report {
         .iter()
         .map(|((log, run, id), c)| Image {
             id: format!(
-                "#{id} {} · run {run}{}",
+                "#{id} {} · run of {}{}",
                 c.source,
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(*run)),
                 if several_logs {
                     format!(" · log {}", log + 1)
                 } else {
@@ -387,6 +388,14 @@ fn report_of(logs: &Logs, options: &Options) -> Report {
     comparison
         .notes
         .push("latencies are the decoders' decoding times on the daemon (ms per caption)".into());
+    // The people's votes beside the captions they chose.
+    for (i, (frame, _)) in complete.iter().enumerate() {
+        for (_, vote) in logs.votes.iter().filter(|(f, _)| f == frame) {
+            if let Some(c) = comparison.captions.get_mut(&vote.decoder).and_then(|c| c.get_mut(i)) {
+                c.votes += 1;
+            }
+        }
+    }
     let win_rates = win_rates(logs, &order, draws, seed);
     let ratings = (!logs.votes.is_empty()).then(|| ratings::rate(&order, &rated_votes(logs, &order), draws, seed));
     Report {

@@ -374,6 +374,12 @@ fn report_page_shows_the_kept_frames_with_their_captions_and_the_votes_as_rating
         }
         assert_eq!(*rows, expected);
     }
+    // Each vote shows beside the caption it chose.
+    let voted = browser.script(
+        "return [...document.querySelectorAll('#gallery article')].map(a => [...a.querySelectorAll('tr[data-system]')]
+            .filter(r => r.querySelector('.scores').textContent.includes('1 vote')).map(r => r.dataset.system))",
+    );
+    assert_eq!(voted, json!([["beam:num_beams=3"], ["beam:num_beams=3"], ["greedy"]]));
     let ratings = browser.script("return [...document.querySelectorAll('table')].map(t => t.innerText).join('\\n')");
     let ratings = ratings.as_str().unwrap();
     assert!(
