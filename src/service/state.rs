@@ -63,6 +63,9 @@ pub struct State {
     capacity: usize,
     events: broadcast::Sender<Published>,
     next_id: AtomicU64,
+    /// Held by `publish` from a caption's id to its broadcast, so that the history, the log and the
+    /// event stream all get the captions of concurrent threads (sources, uploads) in id order.
+    order: Mutex<()>,
     log: Mutex<Option<CaptionLog>>,
     /// The MQTT publisher's spool: gets every log record, in log order.
     outbox: Option<Arc<Outbox>>,
@@ -92,6 +95,7 @@ impl State {
             capacity,
             events: broadcast::channel(64).0,
             next_id: AtomicU64::new(1),
+            order: Mutex::new(()),
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -155,6 +159,7 @@ impl State {
     ) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
         self.metrics.caption(source);
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let event = Arc::new(CaptionEvent {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             time: humantime::format_rfc3339_millis(time).to_string(),
