@@ -56,6 +56,24 @@ pub struct Comparison {
     pub frame: Option<String>,
 }
 
+/// The decoders that captioned a compared frame: the `primary` one, then those of `compare` that did
+/// not fail.
+pub fn captioned<'a>(primary: &'a str, compare: &'a [Compared]) -> impl Iterator<Item = &'a str> {
+    std::iter::once(primary).chain(
+        compare
+            .iter()
+            .filter(|x| x.caption.is_some())
+            .map(|x| x.decoder.as_str()),
+    )
+}
+
+impl Comparison {
+    /// The decoders that captioned the frame ([`captioned`]).
+    pub fn captioned(&self) -> impl Iterator<Item = &str> {
+        captioned(&self.decoder, &self.compare)
+    }
+}
+
 /// A person's choice of the best caption of a frame (the kiosk page's votes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vote {

@@ -6,7 +6,7 @@
 //! Markdown, JSON and HTML; the CSV and plots are the whole's). The gallery of report.html shows the
 //! frames the daemon kept (captioning.keep_compared_frames).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -337,11 +337,7 @@ fn report_of(logs: &Logs, options: &Options) -> Report {
     let complete: Vec<&(Frame, Comparison)> = logs
         .comparisons
         .iter()
-        .filter(|(_, c)| {
-            order
-                .iter()
-                .all(|d| *d == c.decoder || c.compare.iter().any(|x| x.decoder == *d && x.caption.is_some()))
-        })
+        .filter(|(_, c)| order.iter().all(|d| c.captioned().any(|x| x == d)))
         .collect();
     let mut systems: Vec<System> = order.iter().map(|d| System::new(String::new(), d.clone())).collect();
     let scored = complete
@@ -389,11 +385,13 @@ fn report_of(logs: &Logs, options: &Options) -> Report {
         .notes
         .push("latencies are the decoders' decoding times on the daemon (ms per caption)".into());
     // The people's votes beside the captions they chose.
-    for (i, (frame, _)) in complete.iter().enumerate() {
-        for (_, vote) in logs.votes.iter().filter(|(f, _)| f == frame) {
-            if let Some(c) = comparison.captions.get_mut(&vote.decoder).and_then(|c| c.get_mut(i)) {
-                c.votes += 1;
-            }
+    let position: HashMap<&Frame, usize> = complete.iter().enumerate().map(|(i, (f, _))| (f, i)).collect();
+    for (frame, vote) in &logs.votes {
+        let caption = position
+            .get(frame)
+            .and_then(|&i| comparison.captions.get_mut(&vote.decoder)?.get_mut(i));
+        if let Some(c) = caption {
+            c.votes += 1;
         }
     }
     let win_rates = win_rates(logs, &order, draws, seed);
@@ -419,16 +417,7 @@ fn rated_votes(logs: &Logs, order: &[String]) -> Vec<ratings::Vote> {
         .filter_map(|(f, v)| {
             let c = shown.get(f)?;
             let winner = index(&v.decoder)?;
-            let losers = std::iter::once(c.decoder.as_str())
-                .chain(
-                    c.compare
-                        .iter()
-                        .filter(|x| x.caption.is_some())
-                        .map(|x| x.decoder.as_str()),
-                )
-                .filter_map(index)
-                .filter(|&i| i != winner)
-                .collect();
+            let losers = c.captioned().filter_map(index).filter(|&i| i != winner).collect();
             Some(ratings::Vote { winner, losers })
         })
         .collect()
@@ -438,16 +427,7 @@ fn win_rates(logs: &Logs, order: &[String], draws: usize, seed: u64) -> Vec<WinR
     let shown: BTreeMap<&Frame, Vec<&str>> = logs
         .comparisons
         .iter()
-        .map(|(f, c)| {
-            let mut d = vec![c.decoder.as_str()];
-            d.extend(
-                c.compare
-                    .iter()
-                    .filter(|x| x.caption.is_some())
-                    .map(|x| x.decoder.as_str()),
-            );
-            (f, d)
-        })
+        .map(|(f, c)| (f, c.captioned().collect()))
         .collect();
     let mut out = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

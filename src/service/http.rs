@@ -27,7 +27,7 @@ use super::state::State;
 use super::uploads::{NotQueued, Upload, UploadSender};
 use crate::config::{CaptioningConfig, DecodingConfig, ServiceConfig};
 use crate::decoders::DecoderFactory;
-use crate::records::{CaptionEvent, Published, Vote};
+use crate::records::{CaptionEvent, Published, Vote, captioned};
 use crate::shutdown::Shutdown;
 use crate::source::Pixels;
 use clipcap_core::imageio;
@@ -492,14 +492,7 @@ async fn vote(
     let Some(event) = api.state.caption(id) else {
         return refuse(StatusCode::NOT_FOUND, format!("no caption {id} in this run's history"));
     };
-    let mut candidates = vec![event.caption.decoder.as_str()];
-    candidates.extend(
-        event
-            .compare
-            .iter()
-            .filter(|c| c.caption.is_some())
-            .map(|c| c.decoder.as_str()),
-    );
+    let candidates: Vec<&str> = captioned(&event.caption.decoder, &event.compare).collect();
     if event.compare.is_empty() || !candidates.contains(&request.decoder.as_str()) {
         return refuse(
             StatusCode::BAD_REQUEST,
