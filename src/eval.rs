@@ -469,29 +469,6 @@ impl Report {
             })
             .collect()
     }
-
-    /// The Markdown table of each system's intervals of the plotted metrics and latency.
-    pub(crate) fn intervals_markdown(&self) -> String {
-        let columns: Vec<&str> = PLOTTED
-            .iter()
-            .copied()
-            .filter(|m| self.rows.iter().any(|r| r.intervals.contains_key(*m)))
-            .chain([LATENCY])
-            .collect();
-        let mut out = format!(
-            "\nEach system with its 95% interval (bootstrap over the images; the plots draw these):\n\n| system | {} |\n|---|{}\n",
-            columns.join(" | "),
-            "---|".repeat(columns.len())
-        );
-        for r in &self.rows {
-            let cells: Vec<String> = columns
-                .iter()
-                .map(|m| r.intervals.get(*m).map_or("–".into(), |i| interval_cell(m, i)))
-                .collect();
-            out += &format!("| {} | {} |\n", r.system, cells.join(" | "));
-        }
-        out
-    }
 }
 
 /// `value [low, high]`, with the digits of the metric's column.

@@ -21,7 +21,7 @@ use crate::publish::{self, PublishConfig};
 
 use crate::ratings::{self, Ratings};
 use crate::records::{BundleId, Comparison, Vote};
-use crate::table::Table;
+use crate::table::{Table, markdown_table};
 
 /// A log line: its kind, its daemon run, and (captions) what `--group-by` groups it by.
 #[derive(Deserialize)]
@@ -529,14 +529,6 @@ const GAP_HEAD: [&str; 5] = ["A", "B", "A preferred", "votes on both", "votes ne
 const RATINGS_TEXT: &str = "Bradley–Terry ratings (Elo scale, mean 1000; 95% bootstrap interval over the votes). \
     A vote for a caption beats every other caption of its frame. \"votes needed\": votes on frames showing \
     both that a preference of that size needs to show at 95% confidence with 80% power.";
-
-fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
-    for r in rows {
-        out += &format!("| {} |\n", r.join(" | "));
-    }
-    out
-}
 
 /// The comparison's CSV and plots are `clipcap eval`'s; the Markdown and the page add the votes.
 impl Table for Report {

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::eval::Report;
+use crate::eval::{LATENCY, PLOTTED, Report, interval_cell};
 use crate::gallery;
 use crate::plot;
 
@@ -43,6 +43,43 @@ pub trait Table: Serialize {
         }
         write(format!("{}.html", Self::STEM), self.html(&plots))
     }
+}
+
+/// A Markdown table of `head` and `rows`.
+pub(crate) fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for r in rows {
+        out += &format!("| {} |\n", r.join(" | "));
+    }
+    out
+}
+
+/// The table of each system's intervals of the plotted metrics and latency.
+fn intervals_markdown(report: &Report) -> String {
+    let columns: Vec<&str> = PLOTTED
+        .iter()
+        .copied()
+        .filter(|m| report.rows.iter().any(|r| r.intervals.contains_key(*m)))
+        .chain([LATENCY])
+        .collect();
+    let head: Vec<&str> = std::iter::once("system").chain(columns.iter().copied()).collect();
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            std::iter::once(r.system.clone())
+                .chain(
+                    columns
+                        .iter()
+                        .map(|m| r.intervals.get(*m).map_or("–".into(), |i| interval_cell(m, i))),
+                )
+                .collect()
+        })
+        .collect();
+    format!(
+        "\nEach system with its 95% interval (bootstrap over the images; the plots draw these):\n\n{}",
+        markdown_table(&head, &rows)
+    )
 }
 
 fn cell(v: Option<f64>, digits: usize) -> String {
@@ -89,7 +126,7 @@ impl Table for Report {
                 cell(r.ms_per_token.as_ref().map(|p| p.p95), 2),
             );
         }
-        out += &self.intervals_markdown();
+        out += &intervals_markdown(self);
         if !self.pairs.is_empty() {
             out += "\nDifferences, paired bootstrap over the images (A − B, 95% interval; * where the interval excludes 0):\n\n";
             out += "| A | B | metric | A − B | 95% interval |\n|---|---|---|---|---|\n";
