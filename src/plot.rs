@@ -3,8 +3,6 @@
 //! system named in a legend, and the Pareto front (the systems no other is both faster and better
 //! than) drawn through them. Axes span the intervals, not zero.
 
-use std::path::Path;
-
 use clipcap_core::metrics::bootstrap::Interval;
 use plotters::prelude::*;
 
@@ -42,9 +40,10 @@ fn span(values: impl Iterator<Item = Interval>) -> std::ops::Range<f64> {
     low - pad..high + pad
 }
 
-/// Writes the plot of `metric` against latency to `path`.
-pub fn write(path: &Path, metric: &str, points: &[Point]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+/// The plot of `metric` against latency, as SVG text.
+pub fn render(metric: &str, points: &[Point]) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
@@ -105,7 +104,9 @@ pub fn write(path: &Path, metric: &str, points: &[Point]) -> anyhow::Result<()> 
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow::anyhow!("{}: cannot draw the plot: {e}", path.display()))
+    draw().map_err(|e| anyhow::anyhow!("cannot draw the plot of {metric}: {e}"))?;
+    drop(root);
+    Ok(svg)
 }
 
 #[cfg(test)]

@@ -26,22 +26,19 @@ pub trait Table: Serialize {
     fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
         let file = |name: String| dir.join(name);
-        let write = |name: String, text: String| {
+        let write = |name: String, text: &str| {
             std::fs::write(file(name.clone()), text).with_context(|| file(name).display().to_string())
         };
-        write(format!("{}.md", Self::STEM), self.markdown())?;
-        write(format!("{}.csv", Self::STEM), self.csv())?;
-        write(format!("{}.json", Self::STEM), serde_json::to_string_pretty(self)?)?;
+        write(format!("{}.md", Self::STEM), &self.markdown())?;
+        write(format!("{}.csv", Self::STEM), &self.csv())?;
+        write(format!("{}.json", Self::STEM), &serde_json::to_string_pretty(self)?)?;
         let mut plots = Vec::new();
         for (metric, points) in self.comparison().plots() {
-            let path = file(format!("{}-{}.svg", Self::STEM, metric.to_lowercase()));
-            plot::write(&path, metric, &points)?;
-            plots.push((
-                metric,
-                std::fs::read_to_string(&path).with_context(|| path.display().to_string())?,
-            ));
+            let svg = plot::render(metric, &points)?;
+            write(format!("{}-{}.svg", Self::STEM, metric.to_lowercase()), &svg)?;
+            plots.push((metric, svg));
         }
-        write(format!("{}.html", Self::STEM), self.html(&plots))
+        write(format!("{}.html", Self::STEM), &self.html(&plots))
     }
 }
 
