@@ -4,7 +4,7 @@
 //! crate::records'.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,10 +62,10 @@ pub struct State {
     history: Mutex<VecDeque<Arc<CaptionEvent>>>,
     capacity: usize,
     events: broadcast::Sender<Published>,
-    next_id: AtomicU64,
-    /// Held by `publish` from a caption's id to its broadcast, so that the history, the log and the
-    /// event stream all get the captions of concurrent threads (sources, uploads) in id order.
-    order: Mutex<()>,
+    /// The next caption's id, held by `publish` from taking an id to the caption's broadcast, so that
+    /// the history, the log and the event stream all get the captions of concurrent threads (sources,
+    /// uploads) in id order.
+    next_id: Mutex<u64>,
     log: Mutex<Option<CaptionLog>>,
     /// The MQTT publisher's spool: gets every log record, in log order.
     outbox: Option<Arc<Outbox>>,
@@ -94,8 +94,7 @@ impl State {
             history: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
             events: broadcast::channel(64).0,
-            next_id: AtomicU64::new(1),
-            order: Mutex::new(()),
+            next_id: Mutex::new(1),
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -159,9 +158,9 @@ impl State {
     ) -> Arc<CaptionEvent> {
         self.metrics.observe(&caption);
         self.metrics.caption(source);
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next_id = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
         let event = Arc::new(CaptionEvent {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id: *next_id,
             time: humantime::format_rfc3339_millis(time).to_string(),
             source: source.to_string(),
             kind: origin.source,
@@ -172,6 +171,7 @@ impl State {
             clip_score: None,
             compare: Vec::new(),
         });
+        *next_id += 1;
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
             if h.len() == self.capacity
