@@ -7,10 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::io::Cursor;
 
 use base64::Engine;
-use image::codecs::jpeg::JpegEncoder;
+use clipcap_core::imageio;
 
 use crate::eval::{self, Captioned, Image, LATENCY, PLOTTED, Report};
 
@@ -90,7 +89,7 @@ fn thumbnail(image: &Image) -> String {
     if image.path.as_os_str().is_empty() {
         return "<div class=noframe>frame not kept (captioning.keep_compared_frames)</div>".into();
     }
-    let encoded = clipcap_core::imageio::load_file(&image.path)
+    let encoded = imageio::load_file(&image.path)
         .map_err(anyhow::Error::from)
         .and_then(|rgb| {
             let (w, h) = rgb.dimensions();
@@ -100,9 +99,7 @@ fn thumbnail(image: &Image) -> String {
                 ((w as f64 * scale).round() as u32).max(1),
                 ((h as f64 * scale).round() as u32).max(1),
             );
-            let mut jpeg = Vec::new();
-            JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), 80).encode_image(&small)?;
-            anyhow::Ok(jpeg)
+            anyhow::Ok(imageio::encode_jpeg(&small, 80)?)
         });
     match encoded {
         Ok(jpeg) => format!(

@@ -1,5 +1,5 @@
 //! Decoding image files and uploaded bytes into RGB8, with limits so a hostile or broken file
-//! fails with an error instead of exhausting memory.
+//! fails with an error instead of exhausting memory; and encoding RGB8 as JPEG.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,13 @@ pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         fault,
     })
+}
+
+/// `image` as a JPEG of `quality` (1 to 100).
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> image::ImageResult<Vec<u8>> {
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality).encode_image(image)?;
+    Ok(jpeg)
 }
 
 /// Decodes image bytes (any supported format) as RGB8, within the size and memory limits above.
@@ -222,11 +229,7 @@ mod tests {
     use super::*;
 
     fn jpeg(image: &RgbImage) -> Vec<u8> {
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 50)
-            .encode_image(image)
-            .unwrap();
-        out
+        encode_jpeg(image, 50).unwrap()
     }
 
     #[test]

@@ -315,14 +315,7 @@ async fn frame(Extract(api): Extract<Shared>, Query(q): Query<Vec<(String, Strin
     // The camera's own JPEG when it sent one; anything else is converted and encoded here.
     let encoded = tokio::task::spawn_blocking(move || match &frame.pixels {
         Pixels::Jpeg(jpeg) => Some(jpeg.clone()),
-        pixels => {
-            let image = pixels.to_rgb().ok()?;
-            let mut out = std::io::Cursor::new(Vec::new());
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-                .encode_image(&*image)
-                .ok()?;
-            Some(out.into_inner())
-        }
+        pixels => imageio::encode_jpeg(&*pixels.to_rgb().ok()?, 85).ok(),
     })
     .await;
     match encoded {

@@ -4,13 +4,12 @@
 //! (docs/privacy.md).
 
 use std::collections::VecDeque;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context;
+use clipcap_core::imageio;
 use image::RgbImage;
-use image::codecs::jpeg::JpegEncoder;
 
 /// JPEG quality of a kept frame: a thumbnail-sized file that still shows what the caption is about.
 const QUALITY: u8 = 85;
@@ -53,8 +52,7 @@ impl Keeper {
     /// the oldest frames past the cap; returns the file's path.
     pub fn keep(&self, run: u64, id: u64, image: &RgbImage) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("{run}-{id}.jpg"));
-        let mut jpeg = Vec::new();
-        JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), QUALITY).encode_image(image)?;
+        let jpeg = imageio::encode_jpeg(image, QUALITY)?;
         // Written whole, then renamed: `clipcap report` never reads half a frame.
         let partial = path.with_extension("jpg.partial");
         std::fs::write(&partial, &jpeg)
