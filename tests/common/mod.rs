@@ -488,6 +488,13 @@ impl Daemon {
 
     /// [`Daemon::raw`] from the client address `source`.
     pub fn raw_from(&self, source: Ipv4Addr, head: &str, body: &[u8]) -> (u16, String) {
+        self.try_raw_from(source, head, body)
+            .unwrap_or_else(|e| panic!("`{head}`: no answer: {e}"))
+    }
+
+    /// [`Daemon::raw_from`], an error where the connection was closed unanswered (the daemon refuses
+    /// a connection over `service.max_connections` that way) or broke.
+    fn try_raw_from(&self, source: Ipv4Addr, head: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
         use std::io::{Read, Write};
         let address = self.url.trim_start_matches("http://");
         let mut tcp = self.connect_from(source);
@@ -496,23 +503,32 @@ impl Daemon {
             tcp,
             "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        )
-        .unwrap();
-        tcp.write_all(body).unwrap();
+        )?;
+        tcp.write_all(body)?;
         let mut response = String::new();
-        tcp.read_to_string(&mut response).unwrap();
-        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, response)
+        tcp.read_to_string(&mut response)?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {response:?}")))?;
+        Ok((status, response))
     }
 
-    /// Sends `head` like [`Daemon::raw`] until the answer is 200 (for up to 60 s), and returns it.
+    /// Sends `head` like [`Daemon::raw`] until the answer is 200 (for up to 60 s), and returns it. A
+    /// connection closed unanswered is an attempt that was not answered 200, not a failure.
     pub fn raw_until_ok(&self, head: &str, body: &[u8], what: &str) -> String {
         let mut answer = String::new();
         self.wait_until(
-            || {
-                let (status, response) = self.raw(head, body);
-                answer = response;
-                status == 200
+            || match self.try_raw_from(Ipv4Addr::LOCALHOST, head, body) {
+                Ok((status, response)) => {
+                    answer = response;
+                    status == 200
+                }
+                Err(e) => {
+                    answer = e.to_string();
+                    false
+                }
             },
             what,
         );
